@@ -1,0 +1,108 @@
+//! Command-line definitions (clap). The shape of `s3files mount` is a contract other tools
+//! drive; extend it compatibly and keep docs/CONFIGURATION.md in step with the help text.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{parse_duration, parse_size};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "s3files",
+    version,
+    about = "Mount an S3 bucket as a local directory with Amazon S3 Files semantics",
+    long_about = None
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+// Parsed once per process: the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Mount s3://BUCKET[/PREFIX] on MOUNTPOINT.
+    Mount(MountArgs),
+    /// Unmount an s3files mount.
+    Unmount(UnmountArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MountArgs {
+    /// Bucket (and optional key prefix) to mount, as s3://BUCKET[/PREFIX].
+    #[arg(value_name = "s3://BUCKET[/PREFIX]")]
+    pub source: String,
+
+    /// Existing empty directory to mount on.
+    #[arg(value_name = "MOUNTPOINT")]
+    pub mountpoint: PathBuf,
+
+    /// S3 endpoint URL, e.g. http://127.0.0.1:9000 for MinIO or moto.
+    #[arg(long, value_name = "URL", env = "AWS_ENDPOINT_URL")]
+    pub endpoint_url: Option<String>,
+
+    /// AWS region. Without it the standard AWS configuration chain decides; with a custom
+    /// endpoint and no region anywhere, us-east-1 is used.
+    #[arg(long, value_name = "REGION")]
+    pub region: Option<String>,
+
+    /// Address buckets as ENDPOINT/BUCKET instead of BUCKET.ENDPOINT (needed for MinIO-style
+    /// endpoints).
+    #[arg(long)]
+    pub force_path_style: bool,
+
+    /// Directory for the daemon's local state (log, staging, cache). Default:
+    /// $XDG_CACHE_HOME/s3files/<mount-id> (or ~/.cache/...), one per mount.
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Bound on cached file data, e.g. 10GiB. [not implemented yet]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub cache_size: Option<u64>,
+
+    /// Quiet time after the last write before a file is exported, e.g. 60s, 500ms
+    /// [default: 60s; not implemented yet]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub write_back_delay: Option<std::time::Duration>,
+
+    /// How often accessed directories are re-listed to pick up changes made in the bucket
+    /// [default: 5s; not implemented yet]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub poll_interval: Option<std::time::Duration>,
+
+    /// Files smaller than this are fetched in the background when their directory is first
+    /// listed [default: 128KiB; not implemented yet]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub import_size_threshold: Option<u64>,
+
+    /// Access-point user: every request acts as this uid, and the daemon checks permissions
+    /// against it.
+    #[arg(long, value_name = "N")]
+    pub uid: Option<u32>,
+
+    /// Access-point group: every request acts as this gid.
+    #[arg(long, value_name = "N")]
+    pub gid: Option<u32>,
+
+    /// Refuse every write with EROFS.
+    #[arg(long)]
+    pub read_only: bool,
+
+    /// Stay attached to the terminal. Without it, `mount` returns 0 once the mount is live,
+    /// or non-zero with a one-line reason, and the daemon logs to CACHE_DIR/s3files.log.
+    #[arg(long)]
+    pub foreground: bool,
+
+    /// Log level (error, warn, info, debug, trace) or a tracing filter directive.
+    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+#[derive(Debug, Args)]
+pub struct UnmountArgs {
+    /// Mount point of a running s3files mount.
+    #[arg(value_name = "MOUNTPOINT")]
+    pub mountpoint: PathBuf,
+}

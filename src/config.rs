@@ -1,0 +1,317 @@
+//! Typed configuration: the validated form of the command line, with defaults, and the
+//! parsers for sizes (`10GiB`), durations (`60s`, `500ms`) and `s3://` URIs.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::cli::MountArgs;
+use crate::fs::namespace::validate_prefix;
+
+/// Where the mount's data lives in S3.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Location {
+    pub bucket: String,
+    /// Key prefix of the mount root: empty, or ending in `/`.
+    pub prefix: String,
+}
+
+/// Identity that every request acts as (S3 Files access point).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AccessPoint {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct MountConfig {
+    pub location: S3Location,
+    pub mountpoint: PathBuf,
+    pub endpoint_url: Option<String>,
+    pub region: Option<String>,
+    pub force_path_style: bool,
+    pub cache_dir: PathBuf,
+    pub access_point: Option<AccessPoint>,
+    pub read_only: bool,
+    pub foreground: bool,
+    pub log_level: String,
+    /// Stable id of this mount (bucket, prefix, mount point); names the default cache dir.
+    pub mount_id: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("invalid source '{0}': expected s3://BUCKET[/PREFIX]")]
+    BadUri(String),
+    #[error("invalid source '{uri}': {reason}")]
+    BadPrefix { uri: String, reason: String },
+    #[error("{0} is not implemented yet")]
+    NotImplemented(&'static str),
+    #[error("--uid and --gid must be given together")]
+    PartialAccessPoint,
+    #[error("mount point {0} does not exist")]
+    MountpointMissing(PathBuf),
+    #[error("mount point {0} is not a directory")]
+    MountpointNotDir(PathBuf),
+    #[error("cannot find a cache directory: set --cache-dir (no HOME or XDG_CACHE_HOME)")]
+    NoCacheHome,
+    #[error("invalid endpoint URL '{0}': expected http://HOST[:PORT] or https://...")]
+    BadEndpoint(String),
+}
+
+impl MountConfig {
+    /// Validates the command line. Checks that need the file system (mount point, cache
+    /// dir) happen here too, so that nothing is mounted with a bad configuration.
+    pub fn from_args(args: &MountArgs) -> Result<Self, ConfigError> {
+        let location = parse_s3_uri(&args.source)?;
+        // Flags for features that have not landed are refused rather than ignored.
+        if args.cache_size.is_some() {
+            return Err(ConfigError::NotImplemented("--cache-size"));
+        }
+        if args.write_back_delay.is_some() {
+            return Err(ConfigError::NotImplemented("--write-back-delay"));
+        }
+        if args.poll_interval.is_some() {
+            return Err(ConfigError::NotImplemented("--poll-interval"));
+        }
+        if args.import_size_threshold.is_some() {
+            return Err(ConfigError::NotImplemented("--import-size-threshold"));
+        }
+        let access_point = match (args.uid, args.gid) {
+            (Some(uid), Some(gid)) => Some(AccessPoint { uid, gid }),
+            (None, None) => None,
+            _ => return Err(ConfigError::PartialAccessPoint),
+        };
+        if let Some(url) = &args.endpoint_url {
+            validate_endpoint(url)?;
+        }
+        let mountpoint = check_mountpoint(&args.mountpoint)?;
+        let mount_id = mount_id(&location, &mountpoint);
+        let cache_dir = match &args.cache_dir {
+            Some(dir) => dir.clone(),
+            None => default_cache_root()?.join(&mount_id),
+        };
+        Ok(MountConfig {
+            location,
+            mountpoint,
+            endpoint_url: args.endpoint_url.clone(),
+            region: args.region.clone(),
+            force_path_style: args.force_path_style,
+            cache_dir,
+            access_point,
+            read_only: args.read_only,
+            foreground: args.foreground,
+            log_level: args.log_level.clone(),
+            mount_id,
+        })
+    }
+}
+
+fn check_mountpoint(path: &Path) -> Result<PathBuf, ConfigError> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => {
+            Ok(std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()))
+        }
+        Ok(_) => Err(ConfigError::MountpointNotDir(path.to_path_buf())),
+        Err(_) => Err(ConfigError::MountpointMissing(path.to_path_buf())),
+    }
+}
+
+fn validate_endpoint(url: &str) -> Result<(), ConfigError> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| ConfigError::BadEndpoint(url.to_string()))?;
+    if rest.is_empty() || rest.starts_with('/') || rest.contains(char::is_whitespace) {
+        return Err(ConfigError::BadEndpoint(url.to_string()));
+    }
+    Ok(())
+}
+
+fn default_cache_root() -> Result<PathBuf, ConfigError> {
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(dir).join("s3files"));
+    }
+    match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        Some(home) => Ok(PathBuf::from(home).join(".cache").join("s3files")),
+        None => Err(ConfigError::NoCacheHome),
+    }
+}
+
+/// A short hex id that is the same for the same bucket, prefix and mount point, so a
+/// remount finds its cache dir (and, later, its pending exports) again.
+pub fn mount_id(location: &S3Location, mountpoint: &Path) -> String {
+    // FNV-1a: stable across Rust versions, unlike std's DefaultHasher.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let parts = [
+        location.bucket.as_bytes(),
+        b"\0",
+        location.prefix.as_bytes(),
+        b"\0",
+        mountpoint.as_os_str().as_encoded_bytes(),
+    ];
+    for byte in parts.into_iter().flatten() {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
+/// Parses `s3://BUCKET[/PREFIX]`. The prefix is normalised to end in `/` and must be a
+/// valid path (no empty, `.` or `..` segments), so no key outside it can be reached.
+pub fn parse_s3_uri(uri: &str) -> Result<S3Location, ConfigError> {
+    let rest = uri
+        .strip_prefix("s3://")
+        .ok_or_else(|| ConfigError::BadUri(uri.to_string()))?;
+    let (bucket, prefix) = match rest.split_once('/') {
+        Some((bucket, prefix)) => (bucket, prefix),
+        None => (rest, ""),
+    };
+    if !is_valid_bucket_name(bucket) {
+        return Err(ConfigError::BadUri(uri.to_string()));
+    }
+    let trimmed = prefix.strip_suffix('/').unwrap_or(prefix);
+    let prefix = if prefix.is_empty() {
+        String::new()
+    } else {
+        validate_prefix(trimmed).map_err(|reason| ConfigError::BadPrefix {
+            uri: uri.to_string(),
+            reason: reason.to_string(),
+        })?;
+        format!("{trimmed}/")
+    };
+    Ok(S3Location {
+        bucket: bucket.to_string(),
+        prefix,
+    })
+}
+
+/// Bucket names per S3's rules (3-63 chars of lowercase letters, digits, `.`, `-`,
+/// starting and ending with a letter or digit); underscores and capitals are accepted too
+/// because some S3-compatible stores allow them.
+fn is_valid_bucket_name(name: &str) -> bool {
+    let ok_len = (3..=63).contains(&name.len());
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+    let ok_ends = name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && name.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric());
+    ok_len && ok_chars && ok_ends
+}
+
+/// Parses a byte size: a number with an optional unit (B, K/KB/KiB, M/MB/MiB, G/GB/GiB,
+/// T/TB/TiB). Units are binary (KiB = 1024) whether or not the `i` is written, because a
+/// cache size is about memory and disk blocks, and mixing bases would surprise.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    if number.is_empty() {
+        return Err(format!("invalid size '{text}': expected e.g. 512MiB or 10GiB"));
+    }
+    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        other => return Err(format!("invalid size '{text}': unknown unit '{other}'")),
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("invalid size '{text}': expected e.g. 512MiB or 10GiB"))?;
+    let bytes = value * multiplier as f64;
+    if !bytes.is_finite() || bytes > u64::MAX as f64 {
+        return Err(format!("invalid size '{text}': too large"));
+    }
+    Ok(bytes as u64)
+}
+
+/// Parses a duration such as `60s`, `500ms`, `2m` or `1h 30m` (humantime syntax).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("invalid duration '{text}': {e} (expected e.g. 60s or 500ms)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_bucket_and_prefix() {
+        let loc = parse_s3_uri("s3://my-bucket/some/prefix/").unwrap();
+        assert_eq!(loc.bucket, "my-bucket");
+        assert_eq!(loc.prefix, "some/prefix/");
+        let loc = parse_s3_uri("s3://my-bucket/some/prefix").unwrap();
+        assert_eq!(loc.prefix, "some/prefix/");
+        let loc = parse_s3_uri("s3://my-bucket").unwrap();
+        assert_eq!(loc.prefix, "");
+        let loc = parse_s3_uri("s3://my-bucket/").unwrap();
+        assert_eq!(loc.prefix, "");
+    }
+
+    #[test]
+    fn rejects_bad_uris() {
+        for bad in [
+            "my-bucket",
+            "s3://",
+            "s3:/bucket",
+            "http://bucket/x",
+            "s3://a",
+            "s3://-bucket",
+            "s3://bucket!/x",
+            "s3://bucket/a//b",
+            "s3://bucket/a/../b",
+            "s3://bucket/./a",
+            "s3://bucket//",
+        ] {
+            assert!(parse_s3_uri(bad).is_err(), "{bad} should be rejected");
+        }
+    }
+
+    #[test]
+    fn parses_sizes() {
+        assert_eq!(parse_size("0"), Ok(0));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("128KiB"), Ok(128 * 1024));
+        assert_eq!(parse_size("128k"), Ok(128 * 1024));
+        assert_eq!(parse_size("10GiB"), Ok(10 << 30));
+        assert_eq!(parse_size("1.5GiB"), Ok(3 << 29));
+        assert_eq!(parse_size(" 2 TB"), Ok(2 << 40));
+        assert!(parse_size("").is_err());
+        assert!(parse_size("GiB").is_err());
+        assert!(parse_size("10XB").is_err());
+        assert!(parse_size("-1").is_err());
+        assert!(parse_size("99999999999999999999TiB").is_err());
+    }
+
+    #[test]
+    fn parses_durations() {
+        assert_eq!(parse_duration("60s"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn mount_id_is_stable_and_distinct() {
+        let a = parse_s3_uri("s3://bucket/a").unwrap();
+        let b = parse_s3_uri("s3://bucket/b").unwrap();
+        let mnt = Path::new("/mnt/x");
+        assert_eq!(mount_id(&a, mnt), mount_id(&a, mnt));
+        assert_ne!(mount_id(&a, mnt), mount_id(&b, mnt));
+        assert_ne!(mount_id(&a, mnt), mount_id(&a, Path::new("/mnt/y")));
+        assert_eq!(mount_id(&a, mnt).len(), 16);
+    }
+
+    #[test]
+    fn endpoint_must_be_http() {
+        assert!(validate_endpoint("http://127.0.0.1:9000").is_ok());
+        assert!(validate_endpoint("https://s3.example.com").is_ok());
+        assert!(validate_endpoint("127.0.0.1:9000").is_err());
+        assert!(validate_endpoint("http://").is_err());
+        assert!(validate_endpoint("ftp://x").is_err());
+    }
+}

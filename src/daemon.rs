@@ -1,0 +1,406 @@
+//! Running a mount: checks that must pass before anything is mounted (cache dir, bucket
+//! reachable with these credentials), the FUSE session, signal handling, and the
+//! background mode in which `s3files mount` returns only once the mount is live.
+//!
+//! Background mode re-executes this binary with `--foreground` in a new session; the child
+//! reports "ok" or "error: <reason>" on a pipe whose fd it gets in `S3FILES_NOTIFY_FD`,
+//! and logs to CACHE_DIR/s3files.log.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuser::{MountOption, SessionACL};
+use tracing::{error, info, warn};
+
+use crate::cli::MountArgs;
+use crate::config::MountConfig;
+use crate::fs::access::Identity;
+use crate::fs::{CoreOptions, FsCore};
+use crate::fuse::FuseAdapter;
+use crate::metrics::Metrics;
+use crate::mounts;
+use crate::store::s3::{S3Options, S3Store};
+use crate::store::{ObjectStore, StoreError};
+
+const NOTIFY_ENV: &str = "S3FILES_NOTIFY_FD";
+const LOG_FILE: &str = "s3files.log";
+/// The bucket check at start-up gives up after this long, so a dead endpoint fails the
+/// mount in seconds rather than hanging.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(6);
+/// How long `s3files mount` waits for the background daemon to report.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// After a lazy unmount, how long the daemon keeps serving files still open.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `s3files mount`: the exit code is 0 only once the mount is live (or, in the
+/// foreground, once it has been unmounted cleanly).
+pub fn mount_command(args: MountArgs) -> ExitCode {
+    let config = match MountConfig::from_args(&args) {
+        Ok(config) => config,
+        Err(e) => return fail(&e.to_string()),
+    };
+    if let Some(existing) = mounts::find_mount(&config.mountpoint) {
+        if existing.fstype == mounts::FS_TYPE {
+            return fail(&format!(
+                "{} is already an s3files mount ({})",
+                config.mountpoint.display(),
+                existing.source
+            ));
+        }
+    }
+    if let Err(e) = prepare_cache_dir(&config.cache_dir) {
+        return fail(&e);
+    }
+    if config.foreground {
+        run_foreground(config)
+    } else {
+        start_background(&config)
+    }
+}
+
+fn fail(reason: &str) -> ExitCode {
+    eprintln!("s3files: error: {reason}");
+    ExitCode::FAILURE
+}
+
+/// Creates the cache dir and proves it writable.
+fn prepare_cache_dir(dir: &Path) -> Result<(), String> {
+    let unwritable = |e: std::io::Error| format!("cache dir {} is not writable: {e}", dir.display());
+    std::fs::create_dir_all(dir).map_err(unwritable)?;
+    let probe = dir.join(".write-test");
+    std::fs::write(&probe, b"ok").map_err(unwritable)?;
+    std::fs::remove_file(&probe).map_err(unwritable)?;
+    Ok(())
+}
+
+/// Takes the cache dir's lock so two daemons never share one staging area.
+fn lock_cache_dir(dir: &Path) -> Result<File, String> {
+    let path = dir.join("lock");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("cache dir {} is not writable: {e}", dir.display()))?;
+    // SAFETY: flock on an fd we own; no memory is involved.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(format!(
+            "cache dir {} is in use by another s3files daemon",
+            dir.display()
+        ));
+    }
+    Ok(file)
+}
+
+fn start_background(config: &MountConfig) -> ExitCode {
+    let log_path = config.cache_dir.join(LOG_FILE);
+    let log = match OpenOptions::new().create(true).append(true).open(&log_path) {
+        Ok(file) => file,
+        Err(e) => return fail(&format!("cannot open log {}: {e}", log_path.display())),
+    };
+    let (read_end, write_end) = match pipe() {
+        Ok(ends) => ends,
+        Err(e) => return fail(&format!("cannot create a pipe: {e}")),
+    };
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => return fail(&format!("cannot find own executable: {e}")),
+    };
+    let stderr = match log.try_clone() {
+        Ok(file) => file,
+        Err(e) => return fail(&format!("cannot open log {}: {e}", log_path.display())),
+    };
+    let write_fd = write_end.as_raw_fd();
+    let mut command = Command::new(exe);
+    command
+        .args(std::env::args_os().skip(1))
+        .arg("--foreground")
+        .env(NOTIFY_ENV, write_fd.to_string())
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(stderr);
+    // SAFETY: only async-signal-safe calls (setsid, fcntl) between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            libc::setsid();
+            let flags = libc::fcntl(write_fd, libc::F_GETFD);
+            libc::fcntl(write_fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+            Ok(())
+        });
+    }
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(e) => return fail(&format!("cannot start the daemon: {e}")),
+    };
+    drop(write_end);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(File::from(read_end)).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    match rx.recv_timeout(START_TIMEOUT) {
+        Ok(line) if line.trim() == "ok" => ExitCode::SUCCESS,
+        Ok(line) if line.starts_with("error: ") => fail(line["error: ".len()..].trim()),
+        Ok(_) => {
+            let status = child
+                .wait()
+                .map(|s| s.to_string())
+                .unwrap_or_else(|e| e.to_string());
+            fail(&format!(
+                "the daemon exited before mounting ({status}); see {}",
+                log_path.display()
+            ))
+        }
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            fail(&format!(
+                "the daemon did not mount within {START_TIMEOUT:?}; see {}",
+                log_path.display()
+            ))
+        }
+    }
+}
+
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid array of two ints for pipe2 to fill.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 succeeded, so both fds are open and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Where the foreground daemon reports readiness: the background parent's pipe, if any.
+struct Notifier(Option<File>);
+
+impl Notifier {
+    fn from_env() -> Self {
+        let fd = std::env::var(NOTIFY_ENV)
+            .ok()
+            .and_then(|v| v.parse::<i32>().ok())
+            .filter(|fd| *fd > 2);
+        std::env::remove_var(NOTIFY_ENV);
+        // SAFETY: the parent passed this fd to us for exactly this purpose; we take
+        // ownership of it once (the variable is removed above).
+        Notifier(fd.map(|fd| unsafe { File::from_raw_fd(fd) }))
+    }
+
+    fn send(&mut self, message: &str) {
+        if let Some(mut file) = self.0.take() {
+            let _ = writeln!(file, "{message}");
+        }
+    }
+}
+
+fn run_foreground(config: MountConfig) -> ExitCode {
+    let mut notifier = Notifier::from_env();
+    crate::logging::init(&config.log_level);
+    match serve(&config, &mut notifier) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(reason) if notifier.0.is_some() => {
+            // Background child: the parent prints the reason; the log keeps it too.
+            error!("{reason}");
+            notifier.send(&format!("error: {reason}"));
+            ExitCode::FAILURE
+        }
+        Err(reason) => fail(&reason),
+    }
+}
+
+fn serve(config: &MountConfig, notifier: &mut Notifier) -> Result<(), String> {
+    let _lock = lock_cache_dir(&config.cache_dir)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("s3files-io")
+        .build()
+        .map_err(|e| format!("cannot start the I/O runtime: {e}"))?;
+    let metrics = Arc::new(Metrics::default());
+    let store = runtime.block_on(connect_and_probe(config, metrics.clone()))?;
+    let core = Arc::new(FsCore::new(
+        store,
+        CoreOptions {
+            bucket: config.location.bucket.clone(),
+            root_prefix: config.location.prefix.clone(),
+            read_only: config.read_only,
+            access_point: config.access_point.map(|ap| Identity {
+                uid: ap.uid,
+                gid: ap.gid,
+            }),
+        },
+        metrics,
+    ));
+    let adapter = FuseAdapter::new(core.clone(), runtime.handle().clone());
+    let session = fuser::spawn_mount(adapter, &config.mountpoint, &fuse_config(config))
+        .map_err(|e| format!("cannot mount on {}: {e}", config.mountpoint.display()))?;
+    info!(
+        source = %format!("s3://{}/{}", config.location.bucket, config.location.prefix),
+        mountpoint = %config.mountpoint.display(),
+        mount_id = %config.mount_id,
+        cache_dir = %config.cache_dir.display(),
+        "mounted"
+    );
+    notifier.send("ok");
+
+    let stop = runtime.block_on(wait_for_stop(&session));
+    match stop {
+        Stop::Signal(name) => {
+            info!(signal = name, "unmounting");
+            unmount_self(&config.mountpoint);
+            wait_session_end(&session, DRAIN_TIMEOUT);
+        }
+        Stop::Unmounted => info!("unmounted"),
+    }
+    core.log_summary();
+    // Dropping the session would try to unmount again; the mount is gone already.
+    drop(session);
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    Ok(())
+}
+
+enum Stop {
+    Signal(&'static str),
+    Unmounted,
+}
+
+async fn wait_for_stop(session: &fuser::BackgroundSession) -> Stop {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        warn!("cannot install signal handlers; stop with `s3files unmount`");
+        loop {
+            if session.guard.is_finished() {
+                return Stop::Unmounted;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Stop::Signal("SIGTERM"),
+            _ = int.recv() => return Stop::Signal("SIGINT"),
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                if session.guard.is_finished() {
+                    return Stop::Unmounted;
+                }
+            }
+        }
+    }
+}
+
+/// Unmounts our own mount point; if files are still open there, detaches it lazily so
+/// the name is free at once and the open files drain.
+fn unmount_self(mountpoint: &Path) {
+    match mounts::umount2(mountpoint, 0) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+            warn!("mount point busy; detaching lazily");
+            if let Err(e) = mounts::umount2(mountpoint, libc::MNT_DETACH) {
+                warn!(error = %e, "lazy unmount failed");
+            }
+        }
+        Err(e) => warn!(error = %e, "unmount failed"),
+    }
+}
+
+fn wait_session_end(session: &fuser::BackgroundSession, limit: Duration) {
+    let deadline = std::time::Instant::now() + limit;
+    while !session.guard.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn fuse_config(config: &MountConfig) -> fuser::Config {
+    let mut options = vec![
+        MountOption::FSName(format!(
+            "s3files:{}/{}",
+            config.location.bucket, config.location.prefix
+        )),
+        MountOption::Subtype("s3files".into()),
+        MountOption::NoDev,
+        MountOption::NoSuid,
+        MountOption::NoAtime,
+    ];
+    if config.access_point.is_none() {
+        // Without an access point the kernel checks mode bits against the caller.
+        options.push(MountOption::DefaultPermissions);
+    }
+    if config.read_only {
+        options.push(MountOption::RO);
+    }
+    let mut fuse = fuser::Config::default();
+    fuse.mount_options = options;
+    // Root mounts serve every user (the agents of a shared workspace run as anyone);
+    // an unprivileged mount keeps FUSE's owner-only default.
+    // SAFETY: geteuid has no preconditions.
+    fuse.acl = if unsafe { libc::geteuid() } == 0 {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    fuse
+}
+
+/// Builds the S3 client and checks, before mounting, that the bucket answers a listing
+/// with these credentials and that the prefix exists.
+async fn connect_and_probe(
+    config: &MountConfig,
+    metrics: Arc<Metrics>,
+) -> Result<Arc<dyn ObjectStore>, String> {
+    let options = S3Options {
+        bucket: config.location.bucket.clone(),
+        endpoint_url: config.endpoint_url.clone(),
+        region: config.region.clone(),
+        force_path_style: config.force_path_style,
+    };
+    let store = S3Store::connect(&options, metrics)
+        .await
+        .map_err(|e| e.to_string())?;
+    let bucket = &config.location.bucket;
+    let prefix = &config.location.prefix;
+    let endpoint = config.endpoint_url.as_deref().unwrap_or("the AWS endpoint");
+    let probe = store.probe(prefix);
+    let page = match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
+        Err(_) => {
+            return Err(format!(
+                "cannot reach {endpoint}: no answer within {PROBE_TIMEOUT:?}"
+            ))
+        }
+        Ok(Err(e)) => return Err(describe_probe_error(e, bucket, endpoint)),
+        Ok(Ok(page)) => page,
+    };
+    if !prefix.is_empty() && page.objects.is_empty() && page.common_prefixes.is_empty() {
+        return Err(format!(
+            "s3://{bucket}/{prefix} does not exist (no objects under that prefix)"
+        ));
+    }
+    Ok(Arc::new(store))
+}
+
+fn describe_probe_error(error: StoreError, bucket: &str, endpoint: &str) -> String {
+    match error {
+        StoreError::NoSuchBucket => format!("bucket '{bucket}' does not exist"),
+        StoreError::BadCredentials(code) => {
+            format!("credentials rejected by {endpoint} ({code}): check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the profile")
+        }
+        StoreError::AccessDenied(_) => {
+            format!("access denied to bucket '{bucket}': check the credentials and the bucket policy")
+        }
+        StoreError::NoCredentials(_) => {
+            "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE".into()
+        }
+        StoreError::Unreachable(reason) => format!("cannot reach {endpoint}: {reason}"),
+        other => format!("cannot list bucket '{bucket}': {other}"),
+    }
+}

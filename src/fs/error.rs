@@ -1,0 +1,89 @@
+//! The core's error type and its one mapping to errno (DESIGN.md "Errors").
+
+use crate::store::StoreError;
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum FsError {
+    #[error("no such file or directory")]
+    NotFound,
+    #[error("not a directory")]
+    NotDir,
+    #[error("is a directory")]
+    IsDir,
+    #[error("permission denied")]
+    Access,
+    #[error("operation not permitted")]
+    Perm,
+    #[error("read-only file system")]
+    ReadOnly,
+    #[error("invalid argument")]
+    Invalid,
+    #[error("not supported")]
+    NotSupported,
+    #[error("no such attribute")]
+    NoAttr,
+    #[error("result too large for the buffer")]
+    Range,
+    #[error("bad file handle")]
+    BadHandle,
+    #[error("S3: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl FsError {
+    pub fn errno(&self) -> i32 {
+        match self {
+            FsError::NotFound => libc::ENOENT,
+            FsError::NotDir => libc::ENOTDIR,
+            FsError::IsDir => libc::EISDIR,
+            FsError::Access => libc::EACCES,
+            FsError::Perm => libc::EPERM,
+            FsError::ReadOnly => libc::EROFS,
+            FsError::Invalid => libc::EINVAL,
+            FsError::NotSupported => libc::ENOTSUP,
+            FsError::NoAttr => libc::ENODATA,
+            FsError::Range => libc::ERANGE,
+            FsError::BadHandle => libc::EBADF,
+            FsError::Store(e) => store_errno(e),
+        }
+    }
+}
+
+fn store_errno(error: &StoreError) -> i32 {
+    match error {
+        StoreError::NotFound => libc::ENOENT,
+        StoreError::AccessDenied(_) | StoreError::BadCredentials(_) => libc::EACCES,
+        // Everything else (throttling and 5xx after retries, an unreachable endpoint, a
+        // vanished bucket, an object that changed under an open handle) is an I/O error.
+        _ => libc::EIO,
+    }
+}
+
+pub type FsResult<T> = Result<T, FsError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_errors_map_as_designed() {
+        let cases = [
+            (StoreError::NotFound, libc::ENOENT),
+            (StoreError::AccessDenied(String::new()), libc::EACCES),
+            (StoreError::Throttled(String::new()), libc::EIO),
+            (StoreError::Unreachable(String::new()), libc::EIO),
+            (
+                StoreError::Service {
+                    status: 500,
+                    code: "InternalError".into(),
+                    message: String::new(),
+                },
+                libc::EIO,
+            ),
+            (StoreError::PreconditionFailed, libc::EIO),
+        ];
+        for (error, errno) in cases {
+            assert_eq!(FsError::from(error.clone()).errno(), errno, "{error:?}");
+        }
+    }
+}

@@ -1,0 +1,463 @@
+//! The inode table: inode numbers for namespace entries, each node's remote state, and the
+//! kernel's lookup counts.
+//!
+//! Invariants (checked by the model test below):
+//! - every ino in a listed directory's `children` is in the table, linked, and its key is
+//!   the parent's key plus its name (plus `/` for directories);
+//! - a node leaves the table once it is unlinked (gone from its parent's listing) and the
+//!   kernel has forgotten every lookup of it; never before, so a kernel-held ino resolves;
+//! - inode numbers are never reused.
+//!
+//! Locking: the table's map lock protects only the map. Each node's `state` mutex
+//! protects that node's fields. Order: a parent's state, then a child's state, then the
+//! map lock; nothing takes a parent's lock while holding a child's. No lock is held
+//! across an S3 request; `load_lock` only serialises loads of one node (single flight).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+
+use super::metadata::PosixMeta;
+use super::namespace::DirEntries;
+
+pub type Ino = u64;
+pub const ROOT_INO: Ino = 1;
+
+/// What S3 last told us about an object (for a directory: its marker).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteObject {
+    pub size: u64,
+    pub etag: Option<String>,
+    pub last_modified: Option<SystemTime>,
+}
+
+#[derive(Debug)]
+pub struct NodeState {
+    pub parent: Ino,
+    pub name: String,
+    /// Full key for a file; the prefix (ending in `/`, or empty for a bucket root) for a
+    /// directory.
+    pub key: String,
+    pub is_dir: bool,
+    /// The object (files) or marker (dirs; None when implicit or not yet checked).
+    pub remote: Option<RemoteObject>,
+    /// Decoded metadata; None until fetched (HEAD), and again after the object changed.
+    pub meta: Option<PosixMeta>,
+    /// Directory entries by name; None until the directory has been listed.
+    pub children: Option<BTreeMap<String, Ino>>,
+    /// A symlink's target, once read.
+    pub symlink_target: Option<Bytes>,
+    /// False once the entry has gone from its parent.
+    pub linked: bool,
+}
+
+#[derive(Debug)]
+pub struct Node {
+    pub ino: Ino,
+    state: Mutex<NodeState>,
+    lookups: AtomicU64,
+    /// Serialises loads (listing, HEAD) of this node so concurrent requests share one.
+    pub load_lock: tokio::sync::Mutex<()>,
+}
+
+impl Node {
+    fn new(ino: Ino, state: NodeState) -> Self {
+        Node {
+            ino,
+            state: Mutex::new(state),
+            lookups: AtomicU64::new(0),
+            load_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn state(&self) -> MutexGuard<'_, NodeState> {
+        // Every mutation of NodeState is a plain field assignment that cannot panic
+        // half-way, so a poisoned lock still guards consistent data.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn lookups(&self) -> u64 {
+        self.lookups.load(Ordering::Acquire)
+    }
+}
+
+#[derive(Debug)]
+pub struct InodeTable {
+    nodes: RwLock<HashMap<Ino, Arc<Node>>>,
+    next: AtomicU64,
+}
+
+impl InodeTable {
+    /// A table holding only the root directory, whose prefix is `root_key`.
+    pub fn new(root_key: &str) -> Self {
+        let root = Node::new(
+            ROOT_INO,
+            NodeState {
+                parent: ROOT_INO,
+                name: String::new(),
+                key: root_key.to_string(),
+                is_dir: true,
+                remote: None,
+                meta: None,
+                children: None,
+                symlink_target: None,
+                linked: true,
+            },
+        );
+        let mut nodes = HashMap::new();
+        nodes.insert(ROOT_INO, Arc::new(root));
+        InodeTable {
+            nodes: RwLock::new(nodes),
+            next: AtomicU64::new(ROOT_INO + 1),
+        }
+    }
+
+    pub fn get(&self, ino: Ino) -> Option<Arc<Node>> {
+        self.map_read().get(&ino).cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.map_read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The linked child `name` of directory `dir`, if the directory has been listed.
+    pub fn child(&self, dir: &Node, name: &str) -> Option<Arc<Node>> {
+        let ino = *dir.state().children.as_ref()?.get(name)?;
+        self.get(ino)
+    }
+
+    /// Counts one kernel lookup of `child`, provided it is still `dir`'s entry `name`
+    /// (it may have been replaced while its metadata was being fetched). Returns whether
+    /// it was counted; if not, the caller looks the name up again.
+    pub fn remember(&self, dir: &Node, name: &str, child: &Node) -> bool {
+        let state = dir.state();
+        let current = state.children.as_ref().and_then(|c| c.get(name)).copied();
+        if current == Some(child.ino) {
+            child.lookups.fetch_add(1, Ordering::AcqRel);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The kernel dropped `n` lookups of `ino`.
+    pub fn forget(&self, ino: Ino, n: u64) {
+        let Some(node) = self.get(ino) else { return };
+        let previous = node
+            .lookups
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                Some(v.saturating_sub(n))
+            })
+            .unwrap_or(0);
+        if previous <= n && ino != ROOT_INO && !node.state().linked {
+            self.map_write().remove(&ino);
+        }
+    }
+
+    /// Replaces directory `dir`'s entries with a fresh listing. Entries whose name and
+    /// kind are unchanged keep their inode; a file whose ETag changed forgets its cached
+    /// metadata. Entries that are gone are unlinked (and dropped once forgotten).
+    pub fn apply_listing(&self, dir: &Node, listing: &DirEntries<RemoteObject>) {
+        let mut state = dir.state();
+        let dir_key = state.key.clone();
+        let old = state.children.take().unwrap_or_default();
+        let mut children = BTreeMap::new();
+        let mut unlinked = Vec::new();
+        for (name, remote) in &listing.files {
+            let kept = old
+                .get(name)
+                .and_then(|ino| self.get(*ino))
+                .filter(|node| !node.state().is_dir);
+            let ino = match kept {
+                Some(node) => {
+                    let mut child = node.state();
+                    if child.remote.as_ref().map(|r| &r.etag) != Some(&remote.etag) {
+                        child.meta = None;
+                        child.symlink_target = None;
+                    }
+                    child.remote = Some(remote.clone());
+                    node.ino
+                }
+                None => self.insert(NodeState {
+                    parent: dir.ino,
+                    name: name.clone(),
+                    key: format!("{dir_key}{name}"),
+                    is_dir: false,
+                    remote: Some(remote.clone()),
+                    meta: None,
+                    children: None,
+                    symlink_target: None,
+                    linked: true,
+                }),
+            };
+            children.insert(name.clone(), ino);
+        }
+        for name in &listing.dirs {
+            let kept = old
+                .get(name)
+                .and_then(|ino| self.get(*ino))
+                .filter(|node| node.state().is_dir);
+            let ino = match kept {
+                Some(node) => node.ino,
+                None => self.insert(NodeState {
+                    parent: dir.ino,
+                    name: name.clone(),
+                    key: format!("{dir_key}{name}/"),
+                    is_dir: true,
+                    remote: None,
+                    meta: None,
+                    children: None,
+                    symlink_target: None,
+                    linked: true,
+                }),
+            };
+            children.insert(name.clone(), ino);
+        }
+        for (name, ino) in old {
+            if children.get(&name) != Some(&ino) {
+                unlinked.push(ino);
+            }
+        }
+        state.children = Some(children);
+        drop(state);
+        for ino in unlinked {
+            self.unlink_tree(ino);
+        }
+    }
+
+    fn insert(&self, state: NodeState) -> Ino {
+        let ino = self.next.fetch_add(1, Ordering::Relaxed);
+        self.map_write().insert(ino, Arc::new(Node::new(ino, state)));
+        ino
+    }
+
+    /// Unlinks `ino` and everything below it; drops each node nobody holds.
+    fn unlink_tree(&self, ino: Ino) {
+        let mut stack = vec![ino];
+        while let Some(ino) = stack.pop() {
+            let Some(node) = self.get(ino) else { continue };
+            {
+                let mut state = node.state();
+                state.linked = false;
+                if let Some(children) = state.children.take() {
+                    stack.extend(children.into_values());
+                }
+            }
+            if node.lookups() == 0 {
+                self.map_write().remove(&ino);
+            }
+        }
+    }
+
+    fn map_read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Ino, Arc<Node>>> {
+        // The map is only ever inserted into or removed from, never left half-updated.
+        self.nodes.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn map_write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Ino, Arc<Node>>> {
+        self.nodes.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::{BTreeSet, HashSet};
+
+    fn remote(etag: u8) -> RemoteObject {
+        RemoteObject {
+            size: u64::from(etag),
+            etag: Some(format!("e{etag}")),
+            last_modified: None,
+        }
+    }
+
+    fn listing(files: &[(&str, u8)], dirs: &[&str]) -> DirEntries<RemoteObject> {
+        DirEntries {
+            files: files
+                .iter()
+                .map(|(n, e)| (n.to_string(), remote(*e)))
+                .collect(),
+            dirs: dirs.iter().map(|d| d.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn listing_keeps_inodes_and_resets_changed_metadata() {
+        let table = InodeTable::new("p/");
+        let root = table.get(ROOT_INO).unwrap();
+        table.apply_listing(&root, &listing(&[("a", 1), ("b", 1)], &["d"]));
+        let a = table.child(&root, "a").unwrap();
+        let d = table.child(&root, "d").unwrap();
+        assert_eq!(a.state().key, "p/a");
+        assert_eq!(d.state().key, "p/d/");
+        a.state().meta = Some(PosixMeta::default_for(false));
+        table.child(&root, "b").unwrap().state().meta = Some(PosixMeta::default_for(false));
+
+        table.apply_listing(&root, &listing(&[("a", 2), ("b", 1)], &["d"]));
+        assert_eq!(table.child(&root, "a").unwrap().ino, a.ino);
+        assert!(a.state().meta.is_none(), "changed ETag drops metadata");
+        assert!(table.child(&root, "b").unwrap().state().meta.is_some());
+        assert_eq!(table.child(&root, "d").unwrap().ino, d.ino);
+    }
+
+    #[test]
+    fn kind_change_gets_new_inode_and_forget_drops_unlinked() {
+        let table = InodeTable::new("");
+        let root = table.get(ROOT_INO).unwrap();
+        table.apply_listing(&root, &listing(&[("x", 1)], &[]));
+        let x = table.child(&root, "x").unwrap();
+        assert!(table.remember(&root, "x", &x));
+        table.apply_listing(&root, &listing(&[], &["x"]));
+        let new_x = table.child(&root, "x").unwrap();
+        assert_ne!(new_x.ino, x.ino);
+        assert!(new_x.state().is_dir);
+        // The kernel still holds the old file inode: it stays resolvable until forgotten.
+        assert!(table.get(x.ino).is_some());
+        assert!(!table.remember(&root, "x", &x));
+        table.forget(x.ino, 1);
+        assert!(table.get(x.ino).is_none());
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// List the directory at this index of the known-directory list.
+        List {
+            dir: usize,
+            files: Vec<(u8, u8)>,
+            dirs: Vec<u8>,
+        },
+        Lookup {
+            dir: usize,
+            name: u8,
+        },
+        Forget {
+            pick: usize,
+            n: u64,
+        },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (
+                0usize..8,
+                proptest::collection::vec((0u8..6, 0u8..3), 0..5),
+                proptest::collection::vec(0u8..6, 0..3)
+            )
+                .prop_map(|(dir, files, dirs)| Op::List { dir, files, dirs }),
+            (0usize..8, 0u8..6).prop_map(|(dir, name)| Op::Lookup { dir, name }),
+            (0usize..16, 1u64..3).prop_map(|(pick, n)| Op::Forget { pick, n }),
+        ]
+    }
+
+    /// Walks the linked tree from the root, checking parent/key consistency.
+    fn reachable(table: &InodeTable) -> HashSet<Ino> {
+        let mut seen = HashSet::new();
+        let mut stack = vec![ROOT_INO];
+        while let Some(ino) = stack.pop() {
+            let node = table.get(ino).expect("linked node missing from table");
+            assert!(seen.insert(ino), "ino {ino} reachable twice");
+            let state = node.state();
+            assert!(state.linked);
+            if let Some(children) = &state.children {
+                for (name, child_ino) in children {
+                    let child = table.get(*child_ino).expect("child missing");
+                    let cs = child.state();
+                    assert_eq!(&cs.name, name);
+                    assert_eq!(cs.parent, ino);
+                    let want = if cs.is_dir {
+                        format!("{}{name}/", state.key)
+                    } else {
+                        format!("{}{name}", state.key)
+                    };
+                    assert_eq!(cs.key, want);
+                    stack.push(*child_ino);
+                }
+            }
+        }
+        seen
+    }
+
+    proptest! {
+        #[test]
+        fn table_matches_model(ops in proptest::collection::vec(op(), 1..60)) {
+            let table = InodeTable::new("");
+            // Model: kernel lookup counts per ino, and every ino ever handed out.
+            let mut held: BTreeMap<Ino, u64> = BTreeMap::new();
+            let mut ever: BTreeSet<Ino> = BTreeSet::from([ROOT_INO]);
+            for op in ops {
+                let dirs: Vec<Ino> = {
+                    let mut v: Vec<Ino> = reachable(&table)
+                        .into_iter()
+                        .filter(|i| table.get(*i).unwrap().state().is_dir)
+                        .collect();
+                    v.sort();
+                    v
+                };
+                match op {
+                    Op::List { dir, files, dirs: subdirs } => {
+                        let node = table.get(dirs[dir % dirs.len()]).unwrap();
+                        let mut l = DirEntries::default();
+                        for (name, etag) in files {
+                            l.files.insert(format!("n{name}"), remote(etag));
+                        }
+                        for name in subdirs {
+                            // Directory wins, as build_entries guarantees.
+                            l.files.remove(&format!("n{name}"));
+                            l.dirs.insert(format!("n{name}"));
+                        }
+                        let before: BTreeSet<Ino> = table.map_read().keys().copied().collect();
+                        table.apply_listing(&node, &l);
+                        let children = node.state().children.clone().unwrap();
+                        let names: BTreeSet<String> = children.keys().cloned().collect();
+                        let want: BTreeSet<String> =
+                            l.files.keys().chain(l.dirs.iter()).cloned().collect();
+                        prop_assert_eq!(names, want);
+                        for ino in children.values() {
+                            if !before.contains(ino) {
+                                prop_assert!(ever.insert(*ino), "ino {} reused", ino);
+                            }
+                        }
+                    }
+                    Op::Lookup { dir, name } => {
+                        let node = table.get(dirs[dir % dirs.len()]).unwrap();
+                        let name = format!("n{name}");
+                        if let Some(child) = table.child(&node, &name) {
+                            prop_assert!(table.remember(&node, &name, &child));
+                            *held.entry(child.ino).or_default() += 1;
+                        }
+                    }
+                    Op::Forget { pick, n } => {
+                        let keys: Vec<Ino> = held.keys().copied().collect();
+                        if keys.is_empty() { continue; }
+                        let ino = keys[pick % keys.len()];
+                        let count = held.get_mut(&ino).unwrap();
+                        let n = n.min(*count);
+                        *count -= n;
+                        if *count == 0 { held.remove(&ino); }
+                        table.forget(ino, n);
+                    }
+                }
+                // The table holds exactly the reachable nodes plus unlinked ones the
+                // kernel still holds, and lookup counts agree with the model.
+                let live = reachable(&table);
+                let in_table: BTreeSet<Ino> = table.map_read().keys().copied().collect();
+                let mut expected: BTreeSet<Ino> = live.iter().copied().collect();
+                expected.extend(held.keys().copied());
+                prop_assert_eq!(&in_table, &expected);
+                for (ino, count) in &held {
+                    prop_assert_eq!(table.get(*ino).unwrap().lookups(), *count);
+                }
+            }
+        }
+    }
+}

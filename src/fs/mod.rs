@@ -1,0 +1,574 @@
+//! The file-system core: what each file-system request means for a bucket, with no fuser
+//! types. The FUSE adapter (`crate::fuse`) translates kernel requests into calls here.
+//!
+//! Directories are listed on first access (every page of ListObjectsV2), file metadata is
+//! read with HeadObject on lookup, and file data is read with ranged GETs through
+//! `crate::read::ObjectReader`. Write operations answer EROFS until the write path lands.
+
+pub mod access;
+pub mod error;
+pub mod inode;
+pub mod metadata;
+pub mod namespace;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use futures::stream::{self, StreamExt};
+use tracing::{info, warn};
+
+use crate::metrics::Metrics;
+use crate::read::ObjectReader;
+use crate::store::{ObjectStore, StoreError};
+use access::{Identity, Owner};
+pub use error::{FsError, FsResult};
+use inode::{Ino, InodeTable, Node, RemoteObject, ROOT_INO};
+use metadata::{EntryKind, PosixMeta};
+use namespace::{build_entries, check_segment};
+
+/// The virtual, read-only extended attribute that reports an entry's sync state.
+pub const STATUS_XATTR: &str = "user.s3files.status";
+/// Objects no larger than this may be symlinks (a target is at most PATH_MAX bytes), so
+/// a listing alone cannot tell their type: readdir fetches their metadata first.
+const MAX_SYMLINK_SIZE: u64 = 4096;
+/// HeadObject requests in flight at once while a directory's entries are typed.
+const HEAD_CONCURRENCY: usize = 32;
+/// Size reported for directories, as most local file systems do.
+const DIR_SIZE: u64 = 4096;
+
+#[derive(Debug, Clone)]
+pub struct CoreOptions {
+    pub bucket: String,
+    /// Key prefix of the mount root: empty or ending in `/`.
+    pub root_prefix: String,
+    pub read_only: bool,
+    /// When set, every request acts as this identity and the core checks permissions.
+    pub access_point: Option<Identity>,
+}
+
+/// Attributes of one entry, as `stat` shows them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: Ino,
+    pub size: u64,
+    pub kind: EntryKind,
+    pub perm: u16,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: SystemTime,
+    pub nlink: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    pub ino: Ino,
+    pub kind: EntryKind,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatFs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+}
+
+struct OpenFile {
+    node: Arc<Node>,
+    reader: ObjectReader,
+}
+
+pub struct FsCore {
+    store: Arc<dyn ObjectStore>,
+    inodes: InodeTable,
+    files: DashMap<u64, Arc<OpenFile>>,
+    dirs: DashMap<u64, Arc<Vec<DirEntry>>>,
+    next_handle: AtomicU64,
+    options: CoreOptions,
+    metrics: Arc<Metrics>,
+    /// Used as the mtime of directories that have no marker object.
+    mounted_at: SystemTime,
+    /// Keys already reported as skipped or hidden, so a re-listing does not count twice.
+    reported: Mutex<HashSet<String>>,
+}
+
+impl FsCore {
+    pub fn new(store: Arc<dyn ObjectStore>, options: CoreOptions, metrics: Arc<Metrics>) -> Self {
+        FsCore {
+            store,
+            inodes: InodeTable::new(&options.root_prefix),
+            files: DashMap::new(),
+            dirs: DashMap::new(),
+            next_handle: AtomicU64::new(1),
+            options,
+            metrics,
+            mounted_at: SystemTime::now(),
+            reported: Mutex::new(HashSet::new()),
+        }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Number of inodes the table holds (for tests and metrics).
+    pub fn inode_count(&self) -> usize {
+        self.inodes.len()
+    }
+
+    pub async fn lookup(&self, caller: Identity, parent: Ino, name: &[u8]) -> FsResult<Attr> {
+        let name = std::str::from_utf8(name).map_err(|_| FsError::NotFound)?;
+        check_segment(name).map_err(|_| FsError::NotFound)?;
+        let dir = self.node(parent)?;
+        self.require_dir(&dir)?;
+        self.check(caller, &dir, access::EXEC).await?;
+        self.load_dir(&dir).await?;
+        // The entry can be replaced while its metadata is fetched; a few tries settle it.
+        for _ in 0..3 {
+            let child = self.inodes.child(&dir, name).ok_or(FsError::NotFound)?;
+            self.ensure_meta(&child).await?;
+            if self.inodes.remember(&dir, name, &child) {
+                return Ok(self.attr(&child));
+            }
+        }
+        Err(FsError::Store(StoreError::Other(
+            "entry kept changing during lookup".into(),
+        )))
+    }
+
+    pub fn forget(&self, ino: Ino, n: u64) {
+        self.inodes.forget(ino, n);
+    }
+
+    pub async fn getattr(&self, ino: Ino) -> FsResult<Attr> {
+        let node = self.node(ino)?;
+        self.ensure_meta(&node).await?;
+        Ok(self.attr(&node))
+    }
+
+    pub async fn readlink(&self, ino: Ino) -> FsResult<Bytes> {
+        let node = self.node(ino)?;
+        self.ensure_meta(&node).await?;
+        let (key, etag, size) = {
+            let state = node.state();
+            if !state.meta.is_some_and(|m| m.symlink) {
+                return Err(FsError::Invalid);
+            }
+            if let Some(target) = &state.symlink_target {
+                return Ok(target.clone());
+            }
+            let remote = state.remote.clone().ok_or(FsError::NotFound)?;
+            (state.key.clone(), remote.etag, remote.size)
+        };
+        let target = self
+            .store
+            .get_range(&key, 0..size.min(MAX_SYMLINK_SIZE), etag.as_deref())
+            .await
+            .map_err(|e| self.store_error(&key, e))?;
+        node.state().symlink_target = Some(target.clone());
+        Ok(target)
+    }
+
+    pub async fn opendir(&self, caller: Identity, ino: Ino) -> FsResult<u64> {
+        let dir = self.node(ino)?;
+        self.require_dir(&dir)?;
+        self.check(caller, &dir, access::READ).await?;
+        self.load_dir(&dir).await?;
+        let children: Vec<(String, Arc<Node>)> = {
+            let state = dir.state();
+            state
+                .children
+                .iter()
+                .flatten()
+                .filter_map(|(name, ino)| Some((name.clone(), self.inodes.get(*ino)?)))
+                .collect()
+        };
+        // A small object may be a symlink: fetch the metadata that decides its d_type.
+        let untyped: Vec<Arc<Node>> = children
+            .iter()
+            .filter(|(_, node)| {
+                let state = node.state();
+                !state.is_dir
+                    && state.meta.is_none()
+                    && state.remote.as_ref().is_some_and(|r| r.size <= MAX_SYMLINK_SIZE)
+            })
+            .map(|(_, node)| node.clone())
+            .collect();
+        stream::iter(untyped)
+            .map(|node| async move {
+                // A file deleted since the listing just keeps the regular-file type.
+                let _ = self.ensure_meta(&node).await;
+            })
+            .buffer_unordered(HEAD_CONCURRENCY)
+            .collect::<Vec<()>>()
+            .await;
+        let parent = dir.state().parent;
+        let mut entries = Vec::with_capacity(children.len() + 2);
+        entries.push(DirEntry {
+            ino: dir.ino,
+            kind: EntryKind::Dir,
+            name: ".".into(),
+        });
+        entries.push(DirEntry {
+            ino: parent,
+            kind: EntryKind::Dir,
+            name: "..".into(),
+        });
+        for (name, node) in children {
+            let kind = kind_of(&node.state());
+            entries.push(DirEntry {
+                ino: node.ino,
+                kind,
+                name,
+            });
+        }
+        let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        self.dirs.insert(handle, Arc::new(entries));
+        Ok(handle)
+    }
+
+    /// The directory snapshot taken at opendir, so paging through it is stable.
+    pub fn readdir(&self, handle: u64) -> FsResult<Arc<Vec<DirEntry>>> {
+        self.dirs
+            .get(&handle)
+            .map(|e| e.value().clone())
+            .ok_or(FsError::BadHandle)
+    }
+
+    pub fn releasedir(&self, handle: u64) {
+        self.dirs.remove(&handle);
+    }
+
+    /// Opens a file for reading. `write` and `truncate` say what the open asked for.
+    pub async fn open(
+        &self,
+        caller: Identity,
+        ino: Ino,
+        write: bool,
+        truncate: bool,
+    ) -> FsResult<u64> {
+        let node = self.node(ino)?;
+        if node.state().is_dir {
+            return Err(FsError::IsDir);
+        }
+        if write || truncate {
+            return Err(self.refuse_write());
+        }
+        self.check(caller, &node, access::READ).await?;
+        self.ensure_meta(&node).await?;
+        let (key, remote) = {
+            let state = node.state();
+            (state.key.clone(), state.remote.clone().ok_or(FsError::NotFound)?)
+        };
+        let reader = ObjectReader::new(self.store.clone(), key, remote.etag, remote.size);
+        let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        self.files
+            .insert(handle, Arc::new(OpenFile { node, reader }));
+        Ok(handle)
+    }
+
+    pub async fn read(&self, handle: u64, offset: u64, len: u32) -> FsResult<Bytes> {
+        let file = self
+            .files
+            .get(&handle)
+            .map(|f| f.value().clone())
+            .ok_or(FsError::BadHandle)?;
+        match file.reader.read(offset, len).await {
+            Ok(data) => {
+                self.metrics
+                    .bytes_read
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                Ok(data)
+            }
+            Err(StoreError::PreconditionFailed) => {
+                let key = file.node.state().key.clone();
+                warn!(key, "object changed in S3 while open; reopen to read the new version");
+                // The next lookup or getattr fetches the new version's metadata.
+                file.node.state().meta = None;
+                Err(self.store_error(&key, StoreError::PreconditionFailed))
+            }
+            Err(e) => {
+                let key = file.node.state().key.clone();
+                Err(self.store_error(&key, e))
+            }
+        }
+    }
+
+    pub fn release(&self, handle: u64) {
+        self.files.remove(&handle);
+    }
+
+    pub fn statfs(&self) -> StatFs {
+        // A bucket has no capacity limit: report a large, constant, mostly-free space so
+        // tools that check free space before writing go ahead.
+        const BLOCKS: u64 = 1 << 40;
+        StatFs {
+            blocks: BLOCKS,
+            bfree: BLOCKS,
+            files: 1 << 40,
+            ffree: (1 << 40) - self.inodes.len() as u64,
+            bsize: 4096,
+            namelen: namespace::MAX_NAME_LEN as u32,
+        }
+    }
+
+    /// `access(2)`: with an access point the core decides; otherwise the kernel already
+    /// checked the mode bits and only the read-only refusal is left.
+    pub async fn access(&self, caller: Identity, ino: Ino, mask: u32) -> FsResult<()> {
+        let node = self.node(ino)?;
+        if mask & access::WRITE != 0 {
+            return Err(self.refuse_write());
+        }
+        self.check(caller, &node, mask).await
+    }
+
+    pub async fn getxattr(&self, ino: Ino, name: &[u8]) -> FsResult<Vec<u8>> {
+        let node = self.node(ino)?;
+        if name == STATUS_XATTR.as_bytes() {
+            return Ok(self.status(&node).into_bytes());
+        }
+        if name.starts_with(b"user.") {
+            Err(FsError::NotSupported)
+        } else {
+            Err(FsError::NoAttr)
+        }
+    }
+
+    pub fn listxattr(&self, ino: Ino) -> FsResult<Vec<u8>> {
+        self.node(ino)?;
+        let mut names = STATUS_XATTR.as_bytes().to_vec();
+        names.push(0);
+        Ok(names)
+    }
+
+    /// The answer to every write-side request until the write path lands.
+    pub fn refuse_write(&self) -> FsError {
+        FsError::ReadOnly
+    }
+
+    /// The `user.s3files.status` text of a node.
+    fn status(&self, node: &Node) -> String {
+        let key = node.state().key.clone();
+        format!(
+            "key: s3://{}/{}\npath: {}\nstate: synced\nlast-error: none\n",
+            self.options.bucket,
+            key,
+            self.path_of(node)
+        )
+    }
+
+    /// The mount-relative path of a node, from its chain of parents.
+    fn path_of(&self, node: &Node) -> String {
+        let mut parts = Vec::new();
+        let (mut parent, name) = {
+            let s = node.state();
+            (s.parent, s.name.clone())
+        };
+        if node.ino == ROOT_INO {
+            return "/".into();
+        }
+        parts.push(name);
+        while parent != ROOT_INO {
+            let Some(p) = self.inodes.get(parent) else { break };
+            let s = p.state();
+            parts.push(s.name.clone());
+            parent = s.parent;
+        }
+        parts.reverse();
+        format!("/{}", parts.join("/"))
+    }
+
+    fn node(&self, ino: Ino) -> FsResult<Arc<Node>> {
+        self.inodes.get(ino).ok_or(FsError::NotFound)
+    }
+
+    fn require_dir(&self, node: &Node) -> FsResult<()> {
+        if node.state().is_dir {
+            Ok(())
+        } else {
+            Err(FsError::NotDir)
+        }
+    }
+
+    /// Permission check for access-point mounts (see `access`).
+    async fn check(&self, caller: Identity, node: &Node, want: u32) -> FsResult<()> {
+        let Some(who) = self.options.access_point else {
+            let _ = caller; // the kernel checked the caller (default_permissions)
+            return Ok(());
+        };
+        self.ensure_meta(node).await?;
+        let state = node.state();
+        let meta = state
+            .meta
+            .unwrap_or_else(|| PosixMeta::default_for(state.is_dir));
+        access::check(
+            who,
+            Owner {
+                uid: meta.uid,
+                gid: meta.gid,
+                perm: meta.perm,
+                is_dir: state.is_dir,
+            },
+            want,
+        )
+    }
+
+    /// Lists a directory (all pages) the first time it is needed.
+    async fn load_dir(&self, dir: &Node) -> FsResult<()> {
+        if dir.state().children.is_some() {
+            return Ok(());
+        }
+        let _loading = dir.load_lock.lock().await;
+        if dir.state().children.is_some() {
+            return Ok(());
+        }
+        let prefix = dir.state().key.clone();
+        let mut objects = Vec::new();
+        let mut common = Vec::new();
+        let mut token = None;
+        loop {
+            let page = self
+                .store
+                .list_page(&prefix, token, None)
+                .await
+                .map_err(|e| self.store_error(&prefix, e))?;
+            objects.extend(page.objects.into_iter().map(|o| {
+                let remote = RemoteObject {
+                    size: o.size,
+                    etag: o.etag,
+                    last_modified: o.last_modified,
+                };
+                (o.key, remote)
+            }));
+            common.extend(page.common_prefixes);
+            match page.next_token {
+                Some(next) => token = Some(next),
+                None => break,
+            }
+        }
+        let entries = build_entries(&prefix, objects, common);
+        self.report_skipped(&entries);
+        self.inodes.apply_listing(dir, &entries);
+        Ok(())
+    }
+
+    /// Logs (once per key) and counts keys the namespace rules left out.
+    fn report_skipped(&self, entries: &namespace::DirEntries<RemoteObject>) {
+        let mut reported = self.reported.lock().unwrap_or_else(|e| e.into_inner());
+        for (key, reason) in &entries.skipped {
+            if reported.insert(key.clone()) {
+                self.metrics.keys_skipped.fetch_add(1, Ordering::Relaxed);
+                warn!(key = key.escape_debug().to_string(), %reason, "import failure: S3 key cannot be a file; skipped");
+            }
+        }
+        for key in &entries.hidden {
+            if reported.insert(key.clone()) {
+                self.metrics.keys_hidden.fetch_add(1, Ordering::Relaxed);
+                warn!(key = key.escape_debug().to_string(), "object hidden: a directory of the same name exists");
+            }
+        }
+    }
+
+    /// Fetches a node's metadata (HeadObject) if it is not known.
+    async fn ensure_meta(&self, node: &Node) -> FsResult<()> {
+        if node.state().meta.is_some() {
+            return Ok(());
+        }
+        let _loading = node.load_lock.lock().await;
+        let (key, is_dir) = {
+            let state = node.state();
+            if state.meta.is_some() {
+                return Ok(());
+            }
+            (state.key.clone(), state.is_dir)
+        };
+        if is_dir && key.is_empty() {
+            // The bucket root has no marker object.
+            node.state().meta = Some(PosixMeta::default_for(true));
+            return Ok(());
+        }
+        let head = match self.store.head(&key).await {
+            Ok(head) => Some(head),
+            // A directory without a marker is implicit: it takes the defaults.
+            Err(StoreError::NotFound) if is_dir => None,
+            Err(e) => return Err(self.store_error(&key, e)),
+        };
+        let mut state = node.state();
+        match head {
+            Some(head) => {
+                state.meta = Some(PosixMeta::from_user_metadata(&head.metadata, is_dir));
+                let changed = state.remote.as_ref().map(|r| &r.etag) != Some(&head.etag);
+                if changed {
+                    state.symlink_target = None;
+                }
+                state.remote = Some(RemoteObject {
+                    size: head.size,
+                    etag: head.etag,
+                    last_modified: head.last_modified,
+                });
+            }
+            None => {
+                state.meta = Some(PosixMeta::default_for(true));
+                state.remote = None;
+            }
+        }
+        Ok(())
+    }
+
+    fn attr(&self, node: &Node) -> Attr {
+        let state = node.state();
+        let meta = state
+            .meta
+            .unwrap_or_else(|| PosixMeta::default_for(state.is_dir));
+        let kind = kind_of(&state);
+        let last_modified = state.remote.as_ref().and_then(|r| r.last_modified);
+        Attr {
+            ino: node.ino,
+            size: if state.is_dir {
+                DIR_SIZE
+            } else {
+                state.remote.as_ref().map_or(0, |r| r.size)
+            },
+            kind,
+            perm: meta.perm,
+            uid: meta.uid,
+            gid: meta.gid,
+            mtime: meta.mtime.or(last_modified).unwrap_or(self.mounted_at),
+            nlink: if state.is_dir { 2 } else { 1 },
+        }
+    }
+
+    /// Logs and counts a store error met while serving a request, and converts it.
+    fn store_error(&self, key: &str, error: StoreError) -> FsError {
+        if error != StoreError::NotFound {
+            self.metrics.s3_errors.fetch_add(1, Ordering::Relaxed);
+            warn!(key, %error, "S3 request failed");
+        }
+        FsError::Store(error)
+    }
+
+    /// Logs the metrics summary; called once at unmount.
+    pub fn log_summary(&self) {
+        info!("{}", self.metrics.summary());
+    }
+}
+
+fn kind_of(state: &inode::NodeState) -> EntryKind {
+    if state.is_dir {
+        EntryKind::Dir
+    } else if state.meta.is_some_and(|m| m.symlink) {
+        EntryKind::Symlink
+    } else {
+        EntryKind::File
+    }
+}
+
+#[cfg(test)]
+mod tests;

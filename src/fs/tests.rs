@@ -1,0 +1,224 @@
+//! Unit tests of the core against the in-memory store. The same behaviours are proven
+//! through a real mount and a real S3 server in tests/.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, UNIX_EPOCH};
+
+use super::*;
+use crate::store::memory::MemoryStore;
+
+const ROOT: Identity = Identity { uid: 0, gid: 0 };
+
+fn core_with(store: Arc<MemoryStore>, prefix: &str, access_point: Option<Identity>) -> FsCore {
+    FsCore::new(
+        store,
+        CoreOptions {
+            bucket: "b".into(),
+            root_prefix: prefix.into(),
+            read_only: false,
+            access_point,
+        },
+        Arc::new(Metrics::default()),
+    )
+}
+
+async fn names(core: &FsCore, ino: Ino) -> Vec<(String, EntryKind)> {
+    let fh = core.opendir(ROOT, ino).await.unwrap();
+    let entries = core.readdir(fh).unwrap();
+    core.releasedir(fh);
+    entries
+        .iter()
+        .skip(2)
+        .map(|e| (e.name.clone(), e.kind))
+        .collect()
+}
+
+async fn resolve(core: &FsCore, path: &str) -> FsResult<Attr> {
+    let mut attr = core.getattr(ROOT_INO).await?;
+    for part in path.split('/').filter(|p| !p.is_empty()) {
+        attr = core.lookup(ROOT, attr.ino, part.as_bytes()).await?;
+    }
+    Ok(attr)
+}
+
+#[tokio::test]
+async fn metadata_and_defaults() {
+    let store = Arc::new(MemoryStore::new());
+    store.put(
+        "meta.txt",
+        "hello",
+        &[
+            ("file-owner", "1000"),
+            ("file-group", "100"),
+            ("file-permissions", "0100600"),
+            ("file-mtime", "1700000000000000001ns"),
+        ],
+    );
+    store.put("plain.txt", "x", &[]);
+    store.put("dir/", "", &[("file-permissions", "0040700"), ("file-owner", "7")]);
+    store.put("implicit/child", "c", &[]);
+    let core = core_with(store, "", None);
+
+    let a = resolve(&core, "meta.txt").await.unwrap();
+    assert_eq!((a.uid, a.gid, a.perm, a.size, a.kind), (1000, 100, 0o600, 5, EntryKind::File));
+    assert_eq!(a.mtime, UNIX_EPOCH + Duration::new(1_700_000_000, 1));
+
+    let p = resolve(&core, "plain.txt").await.unwrap();
+    assert_eq!((p.uid, p.gid, p.perm), (0, 0, 0o644));
+    assert!(p.mtime > UNIX_EPOCH + Duration::from_secs(1_700_000_000), "Last-Modified");
+
+    let d = resolve(&core, "dir").await.unwrap();
+    assert_eq!((d.kind, d.perm, d.uid), (EntryKind::Dir, 0o700, 7));
+    let i = resolve(&core, "implicit").await.unwrap();
+    assert_eq!((i.kind, i.perm, i.uid), (EntryKind::Dir, 0o755, 0));
+    assert_eq!(resolve(&core, "nope").await, Err(FsError::NotFound));
+    assert_eq!(resolve(&core, "plain.txt/x").await, Err(FsError::NotDir));
+}
+
+#[tokio::test]
+async fn hostile_keys_are_skipped_and_counted_once() {
+    let store = Arc::new(MemoryStore::new());
+    for key in ["ok", "a//b", "./x", "../y", "d/./e", &"n".repeat(256)] {
+        store.put(key, "x", &[]);
+    }
+    store.put("d/fine", "x", &[]);
+    let core = core_with(store, "", None);
+    assert_eq!(
+        names(&core, ROOT_INO).await,
+        [("a".to_string(), EntryKind::Dir), ("d".into(), EntryKind::Dir), ("ok".into(), EntryKind::File)]
+    );
+    let d = resolve(&core, "d").await.unwrap();
+    assert_eq!(names(&core, d.ino).await, [("fine".to_string(), EntryKind::File)]);
+    let a = resolve(&core, "a").await.unwrap();
+    assert!(names(&core, a.ino).await.is_empty());
+    // ".", "..", the long name, "a//" and "d/./": five skipped prefixes or keys.
+    assert_eq!(core.metrics().keys_skipped.load(Ordering::Relaxed), 5);
+    names(&core, ROOT_INO).await;
+    assert_eq!(core.metrics().keys_skipped.load(Ordering::Relaxed), 5);
+}
+
+#[tokio::test]
+async fn directory_wins_and_symlinks_are_typed() {
+    let store = Arc::new(MemoryStore::new());
+    store.put("file", "hidden", &[]);
+    store.put("file/child", "c", &[]);
+    store.put("link", "target/path", &[("file-permissions", "0120777")]);
+    let core = core_with(store, "", None);
+    assert_eq!(
+        names(&core, ROOT_INO).await,
+        [("file".to_string(), EntryKind::Dir), ("link".into(), EntryKind::Symlink)]
+    );
+    assert_eq!(core.metrics().keys_hidden.load(Ordering::Relaxed), 1);
+    let link = resolve(&core, "link").await.unwrap();
+    assert_eq!((link.kind, link.perm), (EntryKind::Symlink, 0o777));
+    assert_eq!(&core.readlink(link.ino).await.unwrap()[..], b"target/path");
+    let file = resolve(&core, "file/child").await.unwrap();
+    assert_eq!(core.readlink(file.ino).await, Err(FsError::Invalid));
+}
+
+#[tokio::test]
+async fn prefix_mount_and_paged_listing() {
+    let mut store = MemoryStore::new();
+    store.default_page_size = 7;
+    let store = Arc::new(store);
+    for i in 0..50 {
+        store.put(&format!("root/p/f{i:03}"), "x", &[]);
+    }
+    store.put("root/outside", "x", &[]);
+    store.put("other/f", "x", &[]);
+    let core = core_with(store.clone(), "root/p/", None);
+    let listed = names(&core, ROOT_INO).await;
+    assert_eq!(listed.len(), 50);
+    assert_eq!(listed[0].0, "f000");
+    assert!(store.requests.list.load(Ordering::Relaxed) >= 8, "paged");
+    // No name reaches outside the prefix.
+    assert_eq!(resolve(&core, "..").await, Err(FsError::NotFound));
+    assert_eq!(resolve(&core, "outside").await, Err(FsError::NotFound));
+}
+
+#[tokio::test]
+async fn listing_happens_once_per_directory() {
+    let store = Arc::new(MemoryStore::new());
+    store.put("d/a", "1", &[]);
+    store.put("d/b", "2", &[]);
+    let core = core_with(store.clone(), "", None);
+    resolve(&core, "d/a").await.unwrap();
+    resolve(&core, "d/b").await.unwrap();
+    names(&core, resolve(&core, "d").await.unwrap().ino).await;
+    assert_eq!(store.requests.list.load(Ordering::Relaxed), 2, "root and d");
+}
+
+#[tokio::test]
+async fn reads_and_write_refusal() {
+    let store = Arc::new(MemoryStore::new());
+    let body: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    store.put("f", body.clone(), &[]);
+    let core = core_with(store, "", None);
+    let f = resolve(&core, "f").await.unwrap();
+    assert_eq!(core.open(ROOT, f.ino, true, false).await, Err(FsError::ReadOnly));
+    assert_eq!(core.open(ROOT, f.ino, false, true).await, Err(FsError::ReadOnly));
+    assert_eq!(core.open(ROOT, ROOT_INO, false, false).await, Err(FsError::IsDir));
+    let fh = core.open(ROOT, f.ino, false, false).await.unwrap();
+    let mut out = Vec::new();
+    loop {
+        let chunk = core.read(fh, out.len() as u64, 65536).await.unwrap();
+        if chunk.is_empty() {
+            break;
+        }
+        out.extend_from_slice(&chunk);
+    }
+    assert_eq!(out, body);
+    core.release(fh);
+    assert_eq!(core.read(fh, 0, 1).await, Err(FsError::BadHandle));
+    assert_eq!(core.access(ROOT, f.ino, access::WRITE).await, Err(FsError::ReadOnly));
+}
+
+#[tokio::test]
+async fn access_point_checks_permissions() {
+    let store = Arc::new(MemoryStore::new());
+    store.put("secret", "s", &[("file-permissions", "0100600")]);
+    store.put("mine", "m", &[("file-permissions", "0100600"), ("file-owner", "1000")]);
+    store.put("locked/", "", &[("file-permissions", "0040700")]);
+    store.put("locked/inner", "i", &[]);
+    let me = Identity { uid: 1000, gid: 1000 };
+    let core = core_with(store, "", Some(me));
+    let secret = core.lookup(me, ROOT_INO, b"secret").await.unwrap();
+    assert_eq!(core.open(me, secret.ino, false, false).await, Err(FsError::Access));
+    let mine = core.lookup(me, ROOT_INO, b"mine").await.unwrap();
+    assert!(core.open(me, mine.ino, false, false).await.is_ok());
+    let locked = core.lookup(me, ROOT_INO, b"locked").await.unwrap();
+    assert_eq!(core.lookup(me, locked.ino, b"inner").await, Err(FsError::Access));
+    assert_eq!(core.opendir(me, locked.ino).await, Err(FsError::Access));
+}
+
+#[tokio::test]
+async fn status_xattr() {
+    let store = Arc::new(MemoryStore::new());
+    store.put("pre/d/f.txt", "x", &[]);
+    let core = core_with(store, "pre/", None);
+    let f = resolve(&core, "d/f.txt").await.unwrap();
+    let status = String::from_utf8(core.getxattr(f.ino, STATUS_XATTR.as_bytes()).await.unwrap())
+        .unwrap();
+    assert!(status.contains("key: s3://b/pre/d/f.txt\n"), "{status}");
+    assert!(status.contains("path: /d/f.txt\n"), "{status}");
+    assert!(status.contains("state: synced\n"), "{status}");
+    assert_eq!(core.getxattr(f.ino, b"user.other").await, Err(FsError::NotSupported));
+    assert_eq!(core.getxattr(f.ino, b"security.selinux").await, Err(FsError::NoAttr));
+    assert_eq!(core.listxattr(f.ino).unwrap(), b"user.s3files.status\0");
+}
+
+#[tokio::test]
+async fn changed_object_under_open_handle_is_eio_then_refreshed() {
+    let store = Arc::new(MemoryStore::new());
+    store.put("f", "old", &[]);
+    let core = core_with(store.clone(), "", None);
+    let f = resolve(&core, "f").await.unwrap();
+    let fh = core.open(ROOT, f.ino, false, false).await.unwrap();
+    store.put("f", "newer", &[]);
+    let err = core.read(fh, 0, 10).await.unwrap_err();
+    assert_eq!(err.errno(), libc::EIO);
+    // The next open sees the new version.
+    assert_eq!(core.getattr(f.ino).await.unwrap().size, 5);
+    let fh = core.open(ROOT, f.ino, false, false).await.unwrap();
+    assert_eq!(&core.read(fh, 0, 10).await.unwrap()[..], b"newer");
+}

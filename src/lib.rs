@@ -1,0 +1,13 @@
+//! s3files: mount an S3 bucket as a local directory with Amazon S3 Files semantics.
+//! See docs/ARCHITECTURE.md for how the modules fit together.
+
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod fs;
+pub mod fuse;
+pub mod logging;
+pub mod metrics;
+pub mod mounts;
+pub mod read;
+pub mod store;

@@ -1,0 +1,59 @@
+//! Counters shared by every layer. Lock-free atomics: they sit on hot paths.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug, Clone, Copy)]
+pub enum Request {
+    List,
+    Head,
+    Get,
+}
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub s3_list: AtomicU64,
+    pub s3_head: AtomicU64,
+    pub s3_get: AtomicU64,
+    /// Object bytes received from S3.
+    pub bytes_fetched: AtomicU64,
+    /// Bytes returned to readers.
+    pub bytes_read: AtomicU64,
+    /// Keys (or prefixes) that cannot be files: import failures in S3 Files terms.
+    pub keys_skipped: AtomicU64,
+    /// Objects hidden because a directory of the same name exists.
+    pub keys_hidden: AtomicU64,
+    /// Errors returned by S3 operations made on behalf of file-system requests.
+    pub s3_errors: AtomicU64,
+}
+
+impl Metrics {
+    pub fn count_request(&self, request: Request) {
+        let counter = match request {
+            Request::List => &self.s3_list,
+            Request::Head => &self.s3_head,
+            Request::Get => &self.s3_get,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn add_bytes_fetched(&self, n: u64) {
+        self.bytes_fetched.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// One line for the log, e.g. at unmount.
+    pub fn summary(&self) -> String {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        format!(
+            "s3 requests: list={} head={} get={} errors={}; bytes fetched={} read={}; \
+             keys skipped={} hidden={}",
+            get(&self.s3_list),
+            get(&self.s3_head),
+            get(&self.s3_get),
+            get(&self.s3_errors),
+            get(&self.bytes_fetched),
+            get(&self.bytes_read),
+            get(&self.keys_skipped),
+            get(&self.keys_hidden),
+        )
+    }
+}

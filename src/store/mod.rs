@@ -1,0 +1,104 @@
+//! The one door to S3: the `ObjectStore` trait, its types and errors. Everything above
+//! this module talks to a bucket only through the trait; `s3` implements it with
+//! aws-sdk-s3, `memory` is an in-process fake for unit tests and benches.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+pub mod memory;
+pub mod s3;
+
+/// One object as a listing reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectSummary {
+    pub key: String,
+    pub size: u64,
+    pub etag: Option<String>,
+    pub last_modified: Option<SystemTime>,
+}
+
+/// One page of a delimiter listing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListPage {
+    pub objects: Vec<ObjectSummary>,
+    /// Prefixes (ending in the delimiter) that group deeper keys.
+    pub common_prefixes: Vec<String>,
+    /// Continuation token for the next page; None on the last page.
+    pub next_token: Option<String>,
+}
+
+/// What HeadObject (or the headers of a GET) says about an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectHead {
+    pub size: u64,
+    pub etag: Option<String>,
+    pub last_modified: Option<SystemTime>,
+    /// User metadata, keys without the `x-amz-meta-` prefix.
+    pub metadata: HashMap<String, String>,
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum StoreError {
+    #[error("no such key")]
+    NotFound,
+    #[error("bucket does not exist")]
+    NoSuchBucket,
+    #[error("access denied{}", fmt_detail(.0))]
+    AccessDenied(String),
+    #[error("credentials rejected ({0})")]
+    BadCredentials(String),
+    #[error("no AWS credentials found ({0})")]
+    NoCredentials(String),
+    #[error("object changed (precondition failed)")]
+    PreconditionFailed,
+    #[error("requested range not satisfiable")]
+    InvalidRange,
+    #[error("throttled by the store{}", fmt_detail(.0))]
+    Throttled(String),
+    #[error("endpoint unreachable: {0}")]
+    Unreachable(String),
+    #[error("S3 error {code} (HTTP {status}){}", fmt_detail(.message))]
+    Service {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+fn fmt_detail(detail: &str) -> String {
+    if detail.is_empty() {
+        String::new()
+    } else {
+        format!(": {detail}")
+    }
+}
+
+#[async_trait]
+pub trait ObjectStore: Send + Sync + 'static {
+    /// One page of ListObjectsV2 under `prefix` with delimiter `/`.
+    async fn list_page(
+        &self,
+        prefix: &str,
+        continuation: Option<String>,
+        max_keys: Option<i32>,
+    ) -> Result<ListPage, StoreError>;
+
+    /// HeadObject.
+    async fn head(&self, key: &str) -> Result<ObjectHead, StoreError>;
+
+    /// GetObject of a byte range (end exclusive, clamped to the object by the store).
+    /// With `if_match`, fails with `PreconditionFailed` if the object's ETag differs, so a
+    /// reader never mixes bytes of two versions.
+    async fn get_range(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        if_match: Option<&str>,
+    ) -> Result<Bytes, StoreError>;
+}

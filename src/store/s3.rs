@@ -1,0 +1,314 @@
+//! `ObjectStore` over aws-sdk-s3: client construction (endpoint, region, path style,
+//! timeouts, retries) and the mapping of SDK errors to `StoreError`.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region};
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::Client;
+use bytes::Bytes;
+use tracing::debug;
+
+use super::{ListPage, ObjectHead, ObjectStore, ObjectSummary, StoreError};
+use crate::metrics::Metrics;
+
+/// A connect that takes longer than this is treated as an unreachable endpoint, so a dead
+/// endpoint turns into EIO quickly instead of hanging the kernel request.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// No bytes for this long on an open connection fails the attempt (then retried).
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Attempts per request, first one included; the SDK's standard mode backs off
+/// exponentially with jitter and retries throttling, 5xx and transient I/O errors.
+const MAX_ATTEMPTS: u32 = 4;
+
+/// What the S3 client needs from the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct S3Options {
+    pub bucket: String,
+    pub endpoint_url: Option<String>,
+    pub region: Option<String>,
+    pub force_path_style: bool,
+}
+
+pub struct S3Store {
+    client: Client,
+    bucket: String,
+    metrics: Arc<Metrics>,
+}
+
+impl S3Store {
+    /// Builds the client from the standard AWS configuration chain plus our options.
+    /// Fails (without network I/O) only when no region can be found.
+    pub async fn connect(options: &S3Options, metrics: Arc<Metrics>) -> Result<Self, StoreError> {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .read_timeout(READ_TIMEOUT)
+                    .build(),
+            )
+            .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS));
+        if let Some(region) = &options.region {
+            loader = loader.region(Region::new(region.clone()));
+        }
+        if let Some(url) = &options.endpoint_url {
+            loader = loader.endpoint_url(url);
+        }
+        let sdk_config = loader.load().await;
+        let mut builder = aws_sdk_s3::config::Builder::from(&sdk_config)
+            .force_path_style(options.force_path_style);
+        if sdk_config.region().is_none() {
+            if options.endpoint_url.is_some() {
+                // S3-compatible stores rarely care; us-east-1 is what their docs use.
+                builder = builder.region(Region::from_static("us-east-1"));
+            } else {
+                return Err(StoreError::Other(
+                    "no AWS region configured: pass --region or set AWS_REGION".into(),
+                ));
+            }
+        }
+        Ok(S3Store {
+            client: Client::from_conf(builder.build()),
+            bucket: options.bucket.clone(),
+            metrics,
+        })
+    }
+}
+
+impl S3Store {
+    /// A one-key listing of `prefix` with few retries: the start-up check that the
+    /// endpoint answers, the bucket exists and the credentials are accepted.
+    pub async fn probe(&self, prefix: &str) -> Result<ListPage, StoreError> {
+        let config = self
+            .client
+            .config()
+            .to_builder()
+            .retry_config(RetryConfig::standard().with_max_attempts(2))
+            .build();
+        list(&Client::from_conf(config), &self.bucket, prefix, None, Some(1)).await
+    }
+}
+
+#[async_trait]
+impl ObjectStore for S3Store {
+    async fn list_page(
+        &self,
+        prefix: &str,
+        continuation: Option<String>,
+        max_keys: Option<i32>,
+    ) -> Result<ListPage, StoreError> {
+        debug!(prefix, "s3 ListObjectsV2");
+        self.metrics.count_request(crate::metrics::Request::List);
+        list(&self.client, &self.bucket, prefix, continuation, max_keys).await
+    }
+
+    async fn head(&self, key: &str) -> Result<ObjectHead, StoreError> {
+        debug!(key, "s3 HeadObject");
+        self.metrics.count_request(crate::metrics::Request::Head);
+        let out = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(ObjectHead {
+            size: out.content_length().unwrap_or(0).max(0) as u64,
+            etag: out.e_tag().map(str::to_string),
+            last_modified: out.last_modified().and_then(to_system_time),
+            metadata: out.metadata().cloned().unwrap_or_else(HashMap::new),
+        })
+    }
+
+    async fn get_range(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        if_match: Option<&str>,
+    ) -> Result<Bytes, StoreError> {
+        if range.is_empty() {
+            return Ok(Bytes::new());
+        }
+        debug!(key, start = range.start, end = range.end, "s3 GetObject");
+        self.metrics.count_request(crate::metrics::Request::Get);
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .range(format!("bytes={}-{}", range.start, range.end - 1))
+            .set_if_match(if_match.map(str::to_string))
+            .send()
+            .await
+            .map_err(classify)?;
+        let data = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| StoreError::Unreachable(format!("reading object body: {e}")))?
+            .into_bytes();
+        self.metrics.add_bytes_fetched(data.len() as u64);
+        Ok(data)
+    }
+}
+
+/// One page of ListObjectsV2 with delimiter `/`.
+async fn list(
+    client: &Client,
+    bucket: &str,
+    prefix: &str,
+    continuation: Option<String>,
+    max_keys: Option<i32>,
+) -> Result<ListPage, StoreError> {
+    let out = client
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(prefix)
+        .delimiter("/")
+        .set_continuation_token(continuation)
+        .set_max_keys(max_keys)
+        .send()
+        .await
+        .map_err(classify)?;
+    let objects = out
+        .contents()
+        .iter()
+        .filter_map(|o| {
+            Some(ObjectSummary {
+                key: o.key()?.to_string(),
+                size: o.size().unwrap_or(0).max(0) as u64,
+                etag: o.e_tag().map(str::to_string),
+                last_modified: o.last_modified().and_then(to_system_time),
+            })
+        })
+        .collect();
+    let common_prefixes = out
+        .common_prefixes()
+        .iter()
+        .filter_map(|p| p.prefix().map(str::to_string))
+        .collect();
+    let next_token = match out.is_truncated() {
+        Some(true) => out.next_continuation_token().map(str::to_string),
+        _ => None,
+    };
+    Ok(ListPage {
+        objects,
+        common_prefixes,
+        next_token,
+    })
+}
+
+fn to_system_time(t: &aws_sdk_s3::primitives::DateTime) -> Option<SystemTime> {
+    SystemTime::try_from(*t).ok()
+}
+
+/// Maps an SDK error to the store's error kinds (DESIGN.md "Errors").
+fn classify<E>(err: SdkError<E, HttpResponse>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match &err {
+        SdkError::ServiceError(ctx) => from_service(
+            ctx.raw().status().as_u16(),
+            ctx.err().code().unwrap_or_default(),
+            ctx.err().message().unwrap_or_default(),
+        ),
+        SdkError::TimeoutError(_) => StoreError::Unreachable("request timed out".into()),
+        SdkError::DispatchFailure(failure) => {
+            let text = DisplayErrorContext(&err).to_string();
+            if failure.is_timeout() || failure.is_io() {
+                StoreError::Unreachable(short_reason(&text))
+            } else if text.contains("credentials") {
+                StoreError::NoCredentials(short_reason(&text))
+            } else {
+                StoreError::Other(short_reason(&text))
+            }
+        }
+        _ => {
+            let text = DisplayErrorContext(&err).to_string();
+            if text.contains("credentials") {
+                StoreError::NoCredentials(short_reason(&text))
+            } else {
+                StoreError::Other(short_reason(&text))
+            }
+        }
+    }
+}
+
+fn from_service(status: u16, code: &str, message: &str) -> StoreError {
+    match (status, code) {
+        (_, "NoSuchBucket") => StoreError::NoSuchBucket,
+        (_, "NoSuchKey") | (404, _) => StoreError::NotFound,
+        (_, "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "InvalidToken" | "ExpiredToken") => {
+            StoreError::BadCredentials(code.to_string())
+        }
+        (403, _) => StoreError::AccessDenied(message.to_string()),
+        (412, _) => StoreError::PreconditionFailed,
+        (416, _) => StoreError::InvalidRange,
+        (429, _) | (_, "SlowDown" | "Throttling" | "ThrottlingException") => {
+            StoreError::Throttled(code.to_string())
+        }
+        _ => StoreError::Service {
+            status,
+            code: if code.is_empty() {
+                "Unknown".into()
+            } else {
+                code.to_string()
+            },
+            message: message.to_string(),
+        },
+    }
+}
+
+/// The SDK's error chain is long; the innermost cause is what a person needs to read.
+fn short_reason(text: &str) -> String {
+    let last = text.rsplit(": ").next().unwrap_or(text).trim();
+    if last.is_empty() {
+        text.to_string()
+    } else {
+        last.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_errors_map_to_kinds() {
+        assert_eq!(from_service(404, "NoSuchBucket", ""), StoreError::NoSuchBucket);
+        assert_eq!(from_service(404, "NoSuchKey", ""), StoreError::NotFound);
+        assert_eq!(from_service(404, "", ""), StoreError::NotFound);
+        assert_eq!(
+            from_service(403, "InvalidAccessKeyId", "x"),
+            StoreError::BadCredentials("InvalidAccessKeyId".into())
+        );
+        assert_eq!(
+            from_service(403, "AccessDenied", "no"),
+            StoreError::AccessDenied("no".into())
+        );
+        assert_eq!(from_service(412, "PreconditionFailed", ""), StoreError::PreconditionFailed);
+        assert_eq!(from_service(503, "SlowDown", ""), StoreError::Throttled("SlowDown".into()));
+        assert!(matches!(
+            from_service(500, "InternalError", "boom"),
+            StoreError::Service { status: 500, .. }
+        ));
+    }
+
+    #[test]
+    fn short_reason_takes_innermost_cause() {
+        assert_eq!(
+            short_reason("dispatch failure: io error: error trying to connect: tcp connect error: Connection refused (os error 111)"),
+            "Connection refused (os error 111)"
+        );
+        assert_eq!(short_reason("plain"), "plain");
+    }
+}
