@@ -46,7 +46,7 @@ pub fn mount_command(args: MountArgs) -> ExitCode {
         Err(e) => return fail(&e.to_string()),
     };
     if let Some(existing) = mounts::find_mount(&config.mountpoint) {
-        if existing.fstype == mounts::FS_TYPE {
+        if existing.is_s3files() {
             return fail(&format!(
                 "{} is already an s3files mount ({})",
                 config.mountpoint.display(),
@@ -71,7 +71,8 @@ fn fail(reason: &str) -> ExitCode {
 
 /// Creates the cache dir and proves it writable.
 fn prepare_cache_dir(dir: &Path) -> Result<(), String> {
-    let unwritable = |e: std::io::Error| format!("cache dir {} is not writable: {e}", dir.display());
+    let unwritable =
+        |e: std::io::Error| format!("cache dir {} is not writable: {e}", dir.display());
     std::fs::create_dir_all(dir).map_err(unwritable)?;
     let probe = dir.join(".write-test");
     std::fs::write(&probe, b"ok").map_err(unwritable)?;
@@ -261,8 +262,9 @@ fn serve(config: &MountConfig, notifier: &mut Notifier) -> Result<(), String> {
         Stop::Unmounted => info!("unmounted"),
     }
     core.log_summary();
-    // Dropping the session would try to unmount again; the mount is gone already.
-    drop(session);
+    // The mount is gone already; this only joins the session thread (the second
+    // unmount it attempts fails quietly, where a plain drop would log a warning).
+    let _ = session.umount_and_join();
     runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(())
 }
@@ -324,10 +326,11 @@ fn wait_session_end(session: &fuser::BackgroundSession, limit: Duration) {
 fn fuse_config(config: &MountConfig) -> fuser::Config {
     let mut options = vec![
         MountOption::FSName(format!(
-            "s3files:{}/{}",
-            config.location.bucket, config.location.prefix
+            "{}{}/{}",
+            mounts::SOURCE_PREFIX,
+            config.location.bucket,
+            config.location.prefix
         )),
-        MountOption::Subtype("s3files".into()),
         MountOption::NoDev,
         MountOption::NoSuid,
         MountOption::NoAtime,

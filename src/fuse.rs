@@ -99,10 +99,6 @@ impl Filesystem for FuseAdapter {
         Ok(())
     }
 
-    fn destroy(&mut self) {
-        self.core.log_summary();
-    }
-
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let (core, who, name) = (self.core.clone(), caller(req), name.to_owned());
         let span = debug_span!("lookup", parent = parent.0, name = ?name);

@@ -5,14 +5,21 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// File-system type our mounts show in the mount table (`fuse.` + our subtype).
-pub const FS_TYPE: &str = "fuse.s3files";
+/// Our mounts' source field in the mount table starts with this (`s3files:BUCKET/PREFIX`).
+pub const SOURCE_PREFIX: &str = "s3files:";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountEntry {
     pub mountpoint: PathBuf,
     pub fstype: String,
     pub source: String,
+}
+
+impl MountEntry {
+    /// Whether this is an s3files mount (a FUSE mount whose source we named).
+    pub fn is_s3files(&self) -> bool {
+        self.fstype.starts_with("fuse") && self.source.starts_with(SOURCE_PREFIX)
+    }
 }
 
 /// The mount table entry for `path`, if something is mounted exactly there.
@@ -55,7 +62,9 @@ fn unescape(field: &str) -> String {
             .filter(|d| bytes[i] == b'\\' && d.iter().all(|b| (b'0'..=b'7').contains(b)));
         match octal {
             Some(d) => {
-                let value = (u32::from(d[0] - b'0') << 6) | (u32::from(d[1] - b'0') << 3) | u32::from(d[2] - b'0');
+                let value = (u32::from(d[0] - b'0') << 6)
+                    | (u32::from(d[1] - b'0') << 3)
+                    | u32::from(d[2] - b'0');
                 out.push(value as u8);
                 i += 4;
             }
@@ -86,7 +95,7 @@ pub enum UnmountError {
 pub fn unmount(path: &Path) -> Result<(), UnmountError> {
     let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     let entry = find_mount(&path).ok_or_else(|| UnmountError::NotMounted(path.clone()))?;
-    if entry.fstype != FS_TYPE {
+    if !entry.is_s3files() {
         return Err(UnmountError::NotOurs(path, entry.fstype));
     }
     match umount2(&path, 0) {
@@ -114,7 +123,11 @@ pub fn umount2(path: &Path, flags: libc::c_int) -> std::io::Result<()> {
 /// Unprivileged users unmount through the setuid helper.
 fn fusermount_unmount(path: &Path) -> Result<(), UnmountError> {
     for helper in ["fusermount3", "fusermount"] {
-        match std::process::Command::new(helper).arg("-u").arg(path).output() {
+        match std::process::Command::new(helper)
+            .arg("-u")
+            .arg(path)
+            .output()
+        {
             Ok(out) if out.status.success() => return Ok(()),
             Ok(out) => {
                 let reason = String::from_utf8_lossy(&out.stderr).trim().to_string();
@@ -132,7 +145,7 @@ fn fusermount_unmount(path: &Path) -> Result<(), UnmountError> {
 /// Polls the mount table until `path` is gone from it.
 pub fn wait_unmounted(path: &Path, limit: Duration) -> Result<(), UnmountError> {
     let start = Instant::now();
-    while find_mount(path).is_some_and(|e| e.fstype == FS_TYPE) {
+    while find_mount(path).is_some_and(|e| e.is_s3files()) {
         if start.elapsed() > limit {
             return Err(UnmountError::Timeout(path.to_path_buf(), limit));
         }
@@ -148,11 +161,12 @@ mod tests {
     #[test]
     fn parses_mountinfo_lines() {
         let table = "22 1 0:21 / /proc rw,nosuid - proc proc rw\n\
-                     90 22 0:50 / /mnt/with\\040space rw,nosuid shared:1 - fuse.s3files s3files:bucket/p rw\n";
+                     90 22 0:50 / /mnt/with\\040space rw,nosuid shared:1 - fuse s3files:bucket/p rw\n";
         let entries = parse_mountinfo(table);
         assert_eq!(entries.len(), 2);
         assert_eq!(entries[1].mountpoint, PathBuf::from("/mnt/with space"));
-        assert_eq!(entries[1].fstype, FS_TYPE);
+        assert!(entries[1].is_s3files());
+        assert!(!entries[0].is_s3files());
         assert_eq!(entries[1].source, "s3files:bucket/p");
     }
 

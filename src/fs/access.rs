@@ -48,10 +48,18 @@ pub fn check(who: Identity, entry: Owner, want: u32) -> FsResult<()> {
 mod tests {
     use super::*;
 
-    const ME: Identity = Identity { uid: 1000, gid: 100 };
+    const ME: Identity = Identity {
+        uid: 1000,
+        gid: 100,
+    };
 
     fn entry(uid: u32, gid: u32, perm: u16) -> Owner {
-        Owner { uid, gid, perm, is_dir: false }
+        Owner {
+            uid,
+            gid,
+            perm,
+            is_dir: false,
+        }
     }
 
     #[test]
@@ -73,7 +81,10 @@ mod tests {
         assert!(check(root, entry(5, 5, 0o000), READ | WRITE).is_ok());
         assert!(check(root, entry(5, 5, 0o644), EXEC).is_err());
         assert!(check(root, entry(5, 5, 0o010), EXEC).is_ok());
-        let dir = Owner { is_dir: true, ..entry(5, 5, 0o000) };
+        let dir = Owner {
+            is_dir: true,
+            ..entry(5, 5, 0o000)
+        };
         assert!(check(root, dir, EXEC).is_ok());
     }
 }

@@ -234,7 +234,8 @@ impl InodeTable {
 
     fn insert(&self, state: NodeState) -> Ino {
         let ino = self.next.fetch_add(1, Ordering::Relaxed);
-        self.map_write().insert(ino, Arc::new(Node::new(ino, state)));
+        self.map_write()
+            .insert(ino, Arc::new(Node::new(ino, state)));
         ino
     }
 

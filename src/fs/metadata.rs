@@ -105,7 +105,10 @@ mod tests {
     #[test]
     fn defaults_without_metadata() {
         let m = PosixMeta::from_user_metadata(&HashMap::new(), false);
-        assert_eq!((m.uid, m.gid, m.perm, m.mtime, m.symlink), (0, 0, 0o644, None, false));
+        assert_eq!(
+            (m.uid, m.gid, m.perm, m.mtime, m.symlink),
+            (0, 0, 0o644, None, false)
+        );
         let d = PosixMeta::from_user_metadata(&HashMap::new(), true);
         assert_eq!(d.perm, 0o755);
     }

@@ -197,7 +197,10 @@ impl FsCore {
                 let state = node.state();
                 !state.is_dir
                     && state.meta.is_none()
-                    && state.remote.as_ref().is_some_and(|r| r.size <= MAX_SYMLINK_SIZE)
+                    && state
+                        .remote
+                        .as_ref()
+                        .is_some_and(|r| r.size <= MAX_SYMLINK_SIZE)
             })
             .map(|(_, node)| node.clone())
             .collect();
@@ -265,7 +268,10 @@ impl FsCore {
         self.ensure_meta(&node).await?;
         let (key, remote) = {
             let state = node.state();
-            (state.key.clone(), state.remote.clone().ok_or(FsError::NotFound)?)
+            (
+                state.key.clone(),
+                state.remote.clone().ok_or(FsError::NotFound)?,
+            )
         };
         let reader = ObjectReader::new(self.store.clone(), key, remote.etag, remote.size);
         let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
@@ -289,7 +295,10 @@ impl FsCore {
             }
             Err(StoreError::PreconditionFailed) => {
                 let key = file.node.state().key.clone();
-                warn!(key, "object changed in S3 while open; reopen to read the new version");
+                warn!(
+                    key,
+                    "object changed in S3 while open; reopen to read the new version"
+                );
                 // The next lookup or getattr fetches the new version's metadata.
                 file.node.state().meta = None;
                 Err(self.store_error(&key, StoreError::PreconditionFailed))
@@ -376,7 +385,9 @@ impl FsCore {
         }
         parts.push(name);
         while parent != ROOT_INO {
-            let Some(p) = self.inodes.get(parent) else { break };
+            let Some(p) = self.inodes.get(parent) else {
+                break;
+            };
             let s = p.state();
             parts.push(s.name.clone());
             parent = s.parent;
@@ -471,7 +482,10 @@ impl FsCore {
         for key in &entries.hidden {
             if reported.insert(key.clone()) {
                 self.metrics.keys_hidden.fetch_add(1, Ordering::Relaxed);
-                warn!(key = key.escape_debug().to_string(), "object hidden: a directory of the same name exists");
+                warn!(
+                    key = key.escape_debug().to_string(),
+                    "object hidden: a directory of the same name exists"
+                );
             }
         }
     }

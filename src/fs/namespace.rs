@@ -161,9 +161,15 @@ mod tests {
         assert_eq!(check_segment(".."), Err(SkipReason::DotSegment));
         assert_eq!(check_segment("a\0b"), Err(SkipReason::NulByte));
         assert_eq!(check_segment(&"x".repeat(255)), Ok(()));
-        assert_eq!(check_segment(&"x".repeat(256)), Err(SkipReason::NameTooLong));
+        assert_eq!(
+            check_segment(&"x".repeat(256)),
+            Err(SkipReason::NameTooLong)
+        );
         // 255 bytes is the limit, not 255 characters.
-        assert_eq!(check_segment(&"é".repeat(128)), Err(SkipReason::NameTooLong));
+        assert_eq!(
+            check_segment(&"é".repeat(128)),
+            Err(SkipReason::NameTooLong)
+        );
     }
 
     #[test]

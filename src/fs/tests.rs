@@ -55,17 +55,27 @@ async fn metadata_and_defaults() {
         ],
     );
     store.put("plain.txt", "x", &[]);
-    store.put("dir/", "", &[("file-permissions", "0040700"), ("file-owner", "7")]);
+    store.put(
+        "dir/",
+        "",
+        &[("file-permissions", "0040700"), ("file-owner", "7")],
+    );
     store.put("implicit/child", "c", &[]);
     let core = core_with(store, "", None);
 
     let a = resolve(&core, "meta.txt").await.unwrap();
-    assert_eq!((a.uid, a.gid, a.perm, a.size, a.kind), (1000, 100, 0o600, 5, EntryKind::File));
+    assert_eq!(
+        (a.uid, a.gid, a.perm, a.size, a.kind),
+        (1000, 100, 0o600, 5, EntryKind::File)
+    );
     assert_eq!(a.mtime, UNIX_EPOCH + Duration::new(1_700_000_000, 1));
 
     let p = resolve(&core, "plain.txt").await.unwrap();
     assert_eq!((p.uid, p.gid, p.perm), (0, 0, 0o644));
-    assert!(p.mtime > UNIX_EPOCH + Duration::from_secs(1_700_000_000), "Last-Modified");
+    assert!(
+        p.mtime > UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+        "Last-Modified"
+    );
 
     let d = resolve(&core, "dir").await.unwrap();
     assert_eq!((d.kind, d.perm, d.uid), (EntryKind::Dir, 0o700, 7));
@@ -85,10 +95,17 @@ async fn hostile_keys_are_skipped_and_counted_once() {
     let core = core_with(store, "", None);
     assert_eq!(
         names(&core, ROOT_INO).await,
-        [("a".to_string(), EntryKind::Dir), ("d".into(), EntryKind::Dir), ("ok".into(), EntryKind::File)]
+        [
+            ("a".to_string(), EntryKind::Dir),
+            ("d".into(), EntryKind::Dir),
+            ("ok".into(), EntryKind::File)
+        ]
     );
     let d = resolve(&core, "d").await.unwrap();
-    assert_eq!(names(&core, d.ino).await, [("fine".to_string(), EntryKind::File)]);
+    assert_eq!(
+        names(&core, d.ino).await,
+        [("fine".to_string(), EntryKind::File)]
+    );
     let a = resolve(&core, "a").await.unwrap();
     assert!(names(&core, a.ino).await.is_empty());
     // ".", "..", the long name, "a//" and "d/./": five skipped prefixes or keys.
@@ -106,7 +123,10 @@ async fn directory_wins_and_symlinks_are_typed() {
     let core = core_with(store, "", None);
     assert_eq!(
         names(&core, ROOT_INO).await,
-        [("file".to_string(), EntryKind::Dir), ("link".into(), EntryKind::Symlink)]
+        [
+            ("file".to_string(), EntryKind::Dir),
+            ("link".into(), EntryKind::Symlink)
+        ]
     );
     assert_eq!(core.metrics().keys_hidden.load(Ordering::Relaxed), 1);
     let link = resolve(&core, "link").await.unwrap();
@@ -155,9 +175,18 @@ async fn reads_and_write_refusal() {
     store.put("f", body.clone(), &[]);
     let core = core_with(store, "", None);
     let f = resolve(&core, "f").await.unwrap();
-    assert_eq!(core.open(ROOT, f.ino, true, false).await, Err(FsError::ReadOnly));
-    assert_eq!(core.open(ROOT, f.ino, false, true).await, Err(FsError::ReadOnly));
-    assert_eq!(core.open(ROOT, ROOT_INO, false, false).await, Err(FsError::IsDir));
+    assert_eq!(
+        core.open(ROOT, f.ino, true, false).await,
+        Err(FsError::ReadOnly)
+    );
+    assert_eq!(
+        core.open(ROOT, f.ino, false, true).await,
+        Err(FsError::ReadOnly)
+    );
+    assert_eq!(
+        core.open(ROOT, ROOT_INO, false, false).await,
+        Err(FsError::IsDir)
+    );
     let fh = core.open(ROOT, f.ino, false, false).await.unwrap();
     let mut out = Vec::new();
     loop {
@@ -170,24 +199,40 @@ async fn reads_and_write_refusal() {
     assert_eq!(out, body);
     core.release(fh);
     assert_eq!(core.read(fh, 0, 1).await, Err(FsError::BadHandle));
-    assert_eq!(core.access(ROOT, f.ino, access::WRITE).await, Err(FsError::ReadOnly));
+    assert_eq!(
+        core.access(ROOT, f.ino, access::WRITE).await,
+        Err(FsError::ReadOnly)
+    );
 }
 
 #[tokio::test]
 async fn access_point_checks_permissions() {
     let store = Arc::new(MemoryStore::new());
     store.put("secret", "s", &[("file-permissions", "0100600")]);
-    store.put("mine", "m", &[("file-permissions", "0100600"), ("file-owner", "1000")]);
+    store.put(
+        "mine",
+        "m",
+        &[("file-permissions", "0100600"), ("file-owner", "1000")],
+    );
     store.put("locked/", "", &[("file-permissions", "0040700")]);
     store.put("locked/inner", "i", &[]);
-    let me = Identity { uid: 1000, gid: 1000 };
+    let me = Identity {
+        uid: 1000,
+        gid: 1000,
+    };
     let core = core_with(store, "", Some(me));
     let secret = core.lookup(me, ROOT_INO, b"secret").await.unwrap();
-    assert_eq!(core.open(me, secret.ino, false, false).await, Err(FsError::Access));
+    assert_eq!(
+        core.open(me, secret.ino, false, false).await,
+        Err(FsError::Access)
+    );
     let mine = core.lookup(me, ROOT_INO, b"mine").await.unwrap();
     assert!(core.open(me, mine.ino, false, false).await.is_ok());
     let locked = core.lookup(me, ROOT_INO, b"locked").await.unwrap();
-    assert_eq!(core.lookup(me, locked.ino, b"inner").await, Err(FsError::Access));
+    assert_eq!(
+        core.lookup(me, locked.ino, b"inner").await,
+        Err(FsError::Access)
+    );
     assert_eq!(core.opendir(me, locked.ino).await, Err(FsError::Access));
 }
 
@@ -197,13 +242,19 @@ async fn status_xattr() {
     store.put("pre/d/f.txt", "x", &[]);
     let core = core_with(store, "pre/", None);
     let f = resolve(&core, "d/f.txt").await.unwrap();
-    let status = String::from_utf8(core.getxattr(f.ino, STATUS_XATTR.as_bytes()).await.unwrap())
-        .unwrap();
+    let status =
+        String::from_utf8(core.getxattr(f.ino, STATUS_XATTR.as_bytes()).await.unwrap()).unwrap();
     assert!(status.contains("key: s3://b/pre/d/f.txt\n"), "{status}");
     assert!(status.contains("path: /d/f.txt\n"), "{status}");
     assert!(status.contains("state: synced\n"), "{status}");
-    assert_eq!(core.getxattr(f.ino, b"user.other").await, Err(FsError::NotSupported));
-    assert_eq!(core.getxattr(f.ino, b"security.selinux").await, Err(FsError::NoAttr));
+    assert_eq!(
+        core.getxattr(f.ino, b"user.other").await,
+        Err(FsError::NotSupported)
+    );
+    assert_eq!(
+        core.getxattr(f.ino, b"security.selinux").await,
+        Err(FsError::NoAttr)
+    );
     assert_eq!(core.listxattr(f.ino).unwrap(), b"user.s3files.status\0");
 }
 

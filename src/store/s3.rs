@@ -12,6 +12,7 @@ use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::types::EncodingType;
 use aws_sdk_s3::Client;
 use bytes::Bytes;
 use tracing::debug;
@@ -92,7 +93,14 @@ impl S3Store {
             .to_builder()
             .retry_config(RetryConfig::standard().with_max_attempts(2))
             .build();
-        list(&Client::from_conf(config), &self.bucket, prefix, None, Some(1)).await
+        list(
+            &Client::from_conf(config),
+            &self.bucket,
+            prefix,
+            None,
+            Some(1),
+        )
+        .await
     }
 }
 
@@ -173,17 +181,28 @@ async fn list(
         .bucket(bucket)
         .prefix(prefix)
         .delimiter("/")
+        // Keys may hold characters XML 1.0 cannot carry (NUL, other controls); without
+        // URL encoding one such key would make the whole page undecodable.
+        .encoding_type(EncodingType::Url)
         .set_continuation_token(continuation)
         .set_max_keys(max_keys)
         .send()
         .await
         .map_err(classify)?;
+    let encoded = out.encoding_type() == Some(&EncodingType::Url);
+    let decode = |text: &str| {
+        if encoded {
+            url_decode(text)
+        } else {
+            Some(text.to_string())
+        }
+    };
     let objects = out
         .contents()
         .iter()
         .filter_map(|o| {
             Some(ObjectSummary {
-                key: o.key()?.to_string(),
+                key: decode(o.key()?)?,
                 size: o.size().unwrap_or(0).max(0) as u64,
                 etag: o.e_tag().map(str::to_string),
                 last_modified: o.last_modified().and_then(to_system_time),
@@ -193,7 +212,7 @@ async fn list(
     let common_prefixes = out
         .common_prefixes()
         .iter()
-        .filter_map(|p| p.prefix().map(str::to_string))
+        .filter_map(|p| decode(p.prefix()?))
         .collect();
     let next_token = match out.is_truncated() {
         Some(true) => out.next_continuation_token().map(str::to_string),
@@ -204,6 +223,32 @@ async fn list(
         common_prefixes,
         next_token,
     })
+}
+
+/// Decodes a URL-encoded key (`%XX` escapes; S3 also encodes spaces as `+`). None when
+/// the result is not UTF-8, which no S3 key can be.
+fn url_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 fn to_system_time(t: &aws_sdk_s3::primitives::DateTime) -> Option<SystemTime> {
@@ -223,21 +268,23 @@ where
         ),
         SdkError::TimeoutError(_) => StoreError::Unreachable("request timed out".into()),
         SdkError::DispatchFailure(failure) => {
-            let text = DisplayErrorContext(&err).to_string();
+            let reason = innermost_cause(&err);
+            debug!(error = %DisplayErrorContext(&err), "S3 request not sent");
             if failure.is_timeout() || failure.is_io() {
-                StoreError::Unreachable(short_reason(&text))
-            } else if text.contains("credentials") {
-                StoreError::NoCredentials(short_reason(&text))
+                StoreError::Unreachable(reason)
+            } else if reason.contains("credentials") {
+                StoreError::NoCredentials(reason)
             } else {
-                StoreError::Other(short_reason(&text))
+                StoreError::Other(reason)
             }
         }
         _ => {
-            let text = DisplayErrorContext(&err).to_string();
-            if text.contains("credentials") {
-                StoreError::NoCredentials(short_reason(&text))
+            let reason = innermost_cause(&err);
+            debug!(error = %DisplayErrorContext(&err), "S3 request failed");
+            if reason.contains("credentials") {
+                StoreError::NoCredentials(reason)
             } else {
-                StoreError::Other(short_reason(&text))
+                StoreError::Other(reason)
             }
         }
     }
@@ -268,14 +315,14 @@ fn from_service(status: u16, code: &str, message: &str) -> StoreError {
     }
 }
 
-/// The SDK's error chain is long; the innermost cause is what a person needs to read.
-fn short_reason(text: &str) -> String {
-    let last = text.rsplit(": ").next().unwrap_or(text).trim();
-    if last.is_empty() {
-        text.to_string()
-    } else {
-        last.to_string()
+/// The SDK's error chain is long; its innermost cause is what a person needs to read
+/// (e.g. "Connection refused (os error 111)").
+fn innermost_cause(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = err;
+    while let Some(next) = cause.source() {
+        cause = next;
     }
+    cause.to_string()
 }
 
 #[cfg(test)]
@@ -284,7 +331,10 @@ mod tests {
 
     #[test]
     fn service_errors_map_to_kinds() {
-        assert_eq!(from_service(404, "NoSuchBucket", ""), StoreError::NoSuchBucket);
+        assert_eq!(
+            from_service(404, "NoSuchBucket", ""),
+            StoreError::NoSuchBucket
+        );
         assert_eq!(from_service(404, "NoSuchKey", ""), StoreError::NotFound);
         assert_eq!(from_service(404, "", ""), StoreError::NotFound);
         assert_eq!(
@@ -295,8 +345,14 @@ mod tests {
             from_service(403, "AccessDenied", "no"),
             StoreError::AccessDenied("no".into())
         );
-        assert_eq!(from_service(412, "PreconditionFailed", ""), StoreError::PreconditionFailed);
-        assert_eq!(from_service(503, "SlowDown", ""), StoreError::Throttled("SlowDown".into()));
+        assert_eq!(
+            from_service(412, "PreconditionFailed", ""),
+            StoreError::PreconditionFailed
+        );
+        assert_eq!(
+            from_service(503, "SlowDown", ""),
+            StoreError::Throttled("SlowDown".into())
+        );
         assert!(matches!(
             from_service(500, "InternalError", "boom"),
             StoreError::Service { status: 500, .. }
@@ -304,11 +360,32 @@ mod tests {
     }
 
     #[test]
-    fn short_reason_takes_innermost_cause() {
-        assert_eq!(
-            short_reason("dispatch failure: io error: error trying to connect: tcp connect error: Connection refused (os error 111)"),
-            "Connection refused (os error 111)"
-        );
-        assert_eq!(short_reason("plain"), "plain");
+    fn url_decoding() {
+        assert_eq!(url_decode("a%2Fb+c%00d").as_deref(), Some("a/b c\0d"));
+        assert_eq!(url_decode("caf%C3%A9").as_deref(), Some("café"));
+        assert_eq!(url_decode("plain").as_deref(), Some("plain"));
+        assert_eq!(url_decode("bad%2"), None);
+        assert_eq!(url_decode("bad%zz"), None);
+        assert_eq!(url_decode("%FF"), None);
+    }
+
+    #[test]
+    fn innermost_cause_skips_context() {
+        let inner = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let outer = std::io::Error::other(Wrapper(inner));
+        assert_eq!(innermost_cause(&outer), "refused");
+    }
+
+    #[derive(Debug)]
+    struct Wrapper(std::io::Error);
+    impl std::fmt::Display for Wrapper {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("context")
+        }
+    }
+    impl std::error::Error for Wrapper {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
     }
 }

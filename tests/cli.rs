@@ -1,0 +1,309 @@
+//! The command line as a contract: background mounts that return once live, `unmount`,
+//! and every bad configuration failing fast with one clear line and nothing mounted.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::time::Duration;
+
+use common::{is_mounted, run_s3files, S3Server};
+
+/// Bad configuration must fail within this long (the acceptance limit is 10 s).
+const LIMIT: Duration = Duration::from_secs(10);
+
+/// Runs `s3files mount` expecting failure; returns its single stderr line.
+fn mount_fails(args: &[&str], env: &[(&str, &str)], mountpoint: &Path) -> String {
+    let (out, elapsed) = run_s3files(args, env, LIMIT + Duration::from_secs(5));
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        !out.status.success(),
+        "{args:?} succeeded; stderr: {stderr}"
+    );
+    assert!(elapsed < LIMIT, "{args:?} took {elapsed:?}");
+    assert!(!is_mounted(mountpoint), "{args:?} left a mount behind");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{args:?}: expected one line, got: {stderr}");
+    assert!(lines[0].starts_with("s3files: error: "), "{stderr}");
+    lines[0].to_string()
+}
+
+fn as_refs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+struct Case {
+    dir: tempfile::TempDir,
+}
+
+impl Case {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("mnt")).unwrap();
+        Case { dir }
+    }
+    fn mnt(&self) -> String {
+        self.dir.path().join("mnt").to_string_lossy().into_owned()
+    }
+    fn cache(&self) -> String {
+        self.dir.path().join("cache").to_string_lossy().into_owned()
+    }
+}
+
+#[test]
+fn bad_configuration_fails_fast_with_one_line() {
+    let server = S3Server::start();
+    server.create_bucket("exists");
+    server.put("exists", "f", "x", &[]);
+    let endpoint = server.endpoint.clone();
+    let case = Case::new();
+    let (mnt, cache) = (case.mnt(), case.cache());
+    let base = |source: &str, endpoint: &str| -> Vec<String> {
+        vec![
+            "mount".into(),
+            source.into(),
+            mnt.clone(),
+            "--endpoint-url".into(),
+            endpoint.into(),
+            "--force-path-style".into(),
+            "--cache-dir".into(),
+            cache.clone(),
+        ]
+    };
+
+    for foreground in [false, true] {
+        let with_mode = |mut v: Vec<String>| {
+            if foreground {
+                v.push("--foreground".into());
+            }
+            v
+        };
+        let line = mount_fails(
+            &as_refs(&with_mode(base("s3://no-such-bucket", &endpoint))),
+            &[],
+            Path::new(&mnt),
+        );
+        assert!(
+            line.contains("bucket 'no-such-bucket' does not exist"),
+            "{line}"
+        );
+
+        // Nothing listens on this port: connection refused.
+        let closed = format!("http://127.0.0.1:{}", common::free_port());
+        let line = mount_fails(
+            &as_refs(&with_mode(base("s3://exists", &closed))),
+            &[],
+            Path::new(&mnt),
+        );
+        assert!(
+            line.contains("cannot reach") && line.contains("refused"),
+            "{line}"
+        );
+
+        // Something accepts connections but never answers: must not hang.
+        let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+        let silent_url = format!("http://{}", silent.local_addr().unwrap());
+        let line = mount_fails(
+            &as_refs(&with_mode(base("s3://exists", &silent_url))),
+            &[],
+            Path::new(&mnt),
+        );
+        assert!(line.contains("cannot reach"), "{line}");
+        drop(silent);
+
+        let line = mount_fails(
+            &as_refs(&with_mode(base("s3://exists/missing-prefix", &endpoint))),
+            &[],
+            Path::new(&mnt),
+        );
+        assert!(line.contains("does not exist"), "{line}");
+    }
+
+    // Missing mount point, a file as mount point, an unwritable cache dir.
+    let missing = case.dir.path().join("nope").to_string_lossy().into_owned();
+    let mut args = base("s3://exists", &endpoint);
+    args[2] = missing.clone();
+    let line = mount_fails(&as_refs(&args), &[], Path::new(&missing));
+    assert!(line.contains("does not exist"), "{line}");
+
+    let file = case.dir.path().join("file");
+    std::fs::write(&file, "x").unwrap();
+    let mut args = base("s3://exists", &endpoint);
+    args[2] = file.to_string_lossy().into_owned();
+    let line = mount_fails(&as_refs(&args), &[], &file);
+    assert!(line.contains("is not a directory"), "{line}");
+
+    // Even root cannot create a directory below a regular file.
+    let mut args = base("s3://exists", &endpoint);
+    args[7] = file.join("cache").to_string_lossy().into_owned();
+    let line = mount_fails(&as_refs(&args), &[], Path::new(&mnt));
+    assert!(
+        line.contains("cache dir") && line.contains("not writable"),
+        "{line}"
+    );
+
+    // Bad URIs.
+    for source in ["exists", "s3://", "s3://exists/a//b", "s3://exists/../x"] {
+        let line = mount_fails(&as_refs(&base(source, &endpoint)), &[], Path::new(&mnt));
+        assert!(line.contains("invalid source"), "{line}");
+    }
+    let line = mount_fails(
+        &as_refs(&base("s3://exists", "localhost:9000")),
+        &[],
+        Path::new(&mnt),
+    );
+    assert!(line.contains("invalid endpoint URL"), "{line}");
+
+    // Flags for features that have not landed are refused, not ignored.
+    for (flag, value) in [
+        ("--cache-size", "1GiB"),
+        ("--write-back-delay", "1s"),
+        ("--poll-interval", "1s"),
+        ("--import-size-threshold", "1KiB"),
+    ] {
+        let mut args = base("s3://exists", &endpoint);
+        args.extend([flag.to_string(), value.to_string()]);
+        let line = mount_fails(&as_refs(&args), &[], Path::new(&mnt));
+        assert!(
+            line.contains(flag) && line.contains("not implemented yet"),
+            "{line}"
+        );
+    }
+
+    let mut args = base("s3://exists", &endpoint);
+    args.extend(["--uid".to_string(), "1000".to_string()]);
+    let line = mount_fails(&as_refs(&args), &[], Path::new(&mnt));
+    assert!(line.contains("--uid and --gid"), "{line}");
+}
+
+#[test]
+fn wrong_credentials_fail_fast() {
+    // A moto server that authenticates every request after the first (which creates the
+    // bucket): the test credentials are unknown to it, so every later request is refused.
+    let server = S3Server::start_with_env(&[("INITIAL_NO_AUTH_ACTION_COUNT", "1")]);
+    server.create_bucket_unversioned("locked");
+    let case = Case::new();
+    let mnt = case.mnt();
+    let args = [
+        "mount",
+        "s3://locked",
+        &mnt,
+        "--endpoint-url",
+        &server.endpoint,
+        "--force-path-style",
+        "--cache-dir",
+        &case.cache(),
+    ];
+    let line = mount_fails(&args, &[], Path::new(&mnt));
+    assert!(line.contains("credentials rejected"), "{line}");
+    let line = mount_fails(
+        &args,
+        &[("AWS_ACCESS_KEY_ID", ""), ("AWS_SECRET_ACCESS_KEY", "")],
+        Path::new(&mnt),
+    );
+    assert!(line.contains("credentials"), "{line}");
+}
+
+#[test]
+fn malformed_flags_are_usage_errors() {
+    for args in [
+        vec!["mount", "s3://b", "/tmp", "--cache-size", "lots"],
+        vec!["mount", "s3://b", "/tmp", "--write-back-delay", "soon"],
+        vec!["mount", "s3://b", "/tmp", "--no-such-flag"],
+        vec!["mount", "s3://b"],
+        vec!["frobnicate"],
+    ] {
+        let (out, _) = run_s3files(&args, &[], LIMIT);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.starts_with("error:"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn background_mount_returns_once_live_and_unmount_stops_it() {
+    let server = S3Server::start();
+    server.create_bucket("bgmount");
+    server.put("bgmount", "hello.txt", "hello from the bucket", &[]);
+    let case = Case::new();
+    let mnt = case.mnt();
+    let guard = UnmountGuard(mnt.clone());
+    let (out, elapsed) = run_s3files(
+        &[
+            "mount",
+            "s3://bgmount",
+            &mnt,
+            "--endpoint-url",
+            &server.endpoint,
+            "--force-path-style",
+            "--cache-dir",
+            &case.cache(),
+        ],
+        &[],
+        LIMIT,
+    );
+    assert!(
+        out.status.success(),
+        "background mount failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(elapsed < LIMIT);
+    // Live the moment the command returned: no polling needed.
+    assert!(is_mounted(Path::new(&mnt)));
+    let text = std::fs::read_to_string(Path::new(&mnt).join("hello.txt")).unwrap();
+    assert_eq!(text, "hello from the bucket");
+    let log = std::fs::read_to_string(Path::new(&case.cache()).join("s3files.log")).unwrap();
+    assert!(log.contains("mounted"), "{log}");
+
+    // A second mount on the same mount point is refused.
+    let (out, _) = run_s3files(
+        &[
+            "mount",
+            "s3://bgmount",
+            &mnt,
+            "--endpoint-url",
+            &server.endpoint,
+            "--force-path-style",
+        ],
+        &[],
+        LIMIT,
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already an s3files mount"));
+
+    let (out, _) = run_s3files(&["unmount", &mnt], &[], LIMIT);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!is_mounted(Path::new(&mnt)));
+    // The daemon exits once unmounted and logs its summary.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = std::fs::read_to_string(Path::new(&case.cache()).join("s3files.log")).unwrap();
+        if log.contains("s3 requests:") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no exit summary: {log}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(guard);
+
+    // Unmounting something that is not an s3files mount is refused.
+    let (out, _) = run_s3files(&["unmount", &mnt], &[], LIMIT);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not mounted"));
+}
+
+/// Clears a background mount if the test fails half-way (the daemon is not our child).
+struct UnmountGuard(String);
+
+impl Drop for UnmountGuard {
+    fn drop(&mut self) {
+        common::force_unmount(Path::new(&self.0));
+    }
+}

@@ -1,0 +1,535 @@
+//! Test harness: a real S3-compatible server (moto) on a free loopback port, an
+//! independent aws-sdk-s3 client to seed and check buckets, and real FUSE mounts of the
+//! s3files binary with guards that always unmount and stop the daemon, even when a test
+//! panics.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::Client;
+use tokio::runtime::Runtime;
+
+pub const ACCESS_KEY: &str = "testing";
+pub const SECRET_KEY: &str = "testing";
+pub const REGION: &str = "us-east-1";
+
+pub fn runtime() -> &'static Runtime {
+    static RT: OnceLock<Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_all()
+            .build()
+            .expect("tokio runtime")
+    })
+}
+
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    runtime().block_on(f)
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn s3files_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_s3files"))
+}
+
+fn moto_server_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("S3FILES_MOTO_SERVER") {
+        return PathBuf::from(path);
+    }
+    let venv = repo_root().join(".venv/bin/moto_server");
+    assert!(
+        venv.exists(),
+        "moto_server not found at {}: run scripts/setup.sh first",
+        venv.display()
+    );
+    venv
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Kills the child if the test process dies first (the guard's Drop cannot run then).
+fn die_with_parent(command: &mut Command) {
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
+/// A moto S3 server on 127.0.0.1; stopped on drop. Its request log goes to a file so
+/// tests can count requests.
+pub struct S3Server {
+    child: Child,
+    pub port: u16,
+    pub endpoint: String,
+    pub log_path: PathBuf,
+    _dir: tempfile::TempDir,
+    client: Client,
+}
+
+impl S3Server {
+    pub fn start() -> Self {
+        Self::start_with_env(&[])
+    }
+
+    pub fn start_with_env(env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log_path = dir.path().join("moto.log");
+        let log = std::fs::File::create(&log_path).expect("moto log");
+        for _ in 0..5 {
+            let port = free_port();
+            let mut command = Command::new(moto_server_bin());
+            command
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .envs(env.iter().copied())
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("log fd"))
+                .stderr(log.try_clone().expect("log fd"));
+            die_with_parent(&mut command);
+            let mut child = command.spawn().expect("start moto_server");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let mut up = false;
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // port taken or crash: try another port
+                }
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    up = true;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if up {
+                let endpoint = format!("http://127.0.0.1:{port}");
+                let client = make_client(&endpoint);
+                return S3Server {
+                    child,
+                    port,
+                    endpoint,
+                    log_path,
+                    _dir: dir,
+                    client,
+                };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!(
+            "moto_server did not start: {}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Creates a bucket with versioning enabled, as S3 Files requires.
+    pub fn create_bucket(&self, bucket: &str) {
+        block_on(async {
+            self.client
+                .create_bucket()
+                .bucket(bucket)
+                .send()
+                .await
+                .expect("create bucket");
+            self.client
+                .put_bucket_versioning()
+                .bucket(bucket)
+                .versioning_configuration(
+                    aws_sdk_s3::types::VersioningConfiguration::builder()
+                        .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
+                        .build(),
+                )
+                .send()
+                .await
+                .expect("enable versioning");
+        });
+    }
+
+    /// Creates a bucket with one request (for servers that authenticate later ones).
+    pub fn create_bucket_unversioned(&self, bucket: &str) {
+        block_on(self.client.create_bucket().bucket(bucket).send()).expect("create bucket");
+    }
+
+    pub fn put(&self, bucket: &str, key: &str, body: impl Into<Vec<u8>>, meta: &[(&str, &str)]) {
+        block_on(put_object(&self.client, bucket, key, body.into(), meta));
+    }
+
+    /// Puts many objects with bounded concurrency.
+    pub fn put_many(&self, bucket: &str, objects: Vec<(String, Vec<u8>, Vec<(String, String)>)>) {
+        use futures::stream::{self, StreamExt};
+        block_on(async {
+            stream::iter(objects)
+                .map(|(key, body, meta)| {
+                    let client = self.client.clone();
+                    let bucket = bucket.to_string();
+                    async move {
+                        let meta: Vec<(&str, &str)> =
+                            meta.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                        put_object(&client, &bucket, &key, body, &meta).await;
+                    }
+                })
+                .buffer_unordered(16)
+                .collect::<Vec<()>>()
+                .await;
+        });
+    }
+
+    /// Every key in the bucket with its size (flat listing, all pages).
+    pub fn list_all(&self, bucket: &str) -> HashMap<String, i64> {
+        block_on(async {
+            let mut out = HashMap::new();
+            let mut pages = self
+                .client
+                .list_objects_v2()
+                .bucket(bucket)
+                .encoding_type(aws_sdk_s3::types::EncodingType::Url)
+                .into_paginator()
+                .send();
+            while let Some(page) = pages.next().await {
+                let page = page.expect("list");
+                for o in page.contents() {
+                    let key = percent_decode(o.key().unwrap_or_default());
+                    out.insert(key, o.size().unwrap_or(0));
+                }
+            }
+            out
+        })
+    }
+
+    pub fn get(&self, bucket: &str, key: &str) -> Vec<u8> {
+        block_on(async {
+            let out = self
+                .client
+                .get_object()
+                .bucket(bucket)
+                .key(key)
+                .send()
+                .await
+                .expect("get");
+            out.body.collect().await.expect("body").to_vec()
+        })
+    }
+
+    pub fn request_log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Keys of a URL-encoded listing, decoded (independently of the daemon's decoder).
+fn percent_decode(text: &str) -> String {
+    let mut out = Vec::new();
+    let mut rest = text.replace('+', " ").into_bytes().into_iter();
+    while let Some(b) = rest.next() {
+        if b == b'%' {
+            let hex: String = [rest.next().unwrap(), rest.next().unwrap()]
+                .iter()
+                .map(|c| *c as char)
+                .collect();
+            out.push(u8::from_str_radix(&hex, 16).unwrap());
+        } else {
+            out.push(b);
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+pub fn make_client(endpoint: &str) -> Client {
+    let config = aws_sdk_s3::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(REGION))
+        .endpoint_url(endpoint)
+        .force_path_style(true)
+        .credentials_provider(Credentials::new(ACCESS_KEY, SECRET_KEY, None, None, "test"))
+        .build();
+    Client::from_conf(config)
+}
+
+async fn put_object(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    body: Vec<u8>,
+    meta: &[(&str, &str)],
+) {
+    let mut request = client
+        .put_object()
+        .bucket(bucket)
+        .key(key)
+        .body(ByteStream::from(body));
+    for (k, v) in meta {
+        request = request.metadata(*k, *v);
+    }
+    request
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("put {key}: {}", aws_sdk_s3::error::DisplayErrorContext(e)));
+}
+
+/// The environment the daemon runs with: static test credentials, an explicit region,
+/// and no instance-metadata lookups; nothing inherited that could point elsewhere.
+pub fn daemon_env(command: &mut Command) -> &mut Command {
+    for var in [
+        "AWS_PROFILE",
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_S3",
+        "AWS_SESSION_TOKEN",
+        "AWS_CONFIG_FILE",
+        "AWS_SHARED_CREDENTIALS_FILE",
+    ] {
+        command.env_remove(var);
+    }
+    command
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .env("AWS_REGION", REGION)
+}
+
+/// Is `path` a mount point right now?
+pub fn is_mounted(path: &Path) -> bool {
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let target = path.to_string_lossy().replace(' ', "\\040");
+    table
+        .lines()
+        .any(|line| line.split(' ').nth(4) == Some(target.as_str()))
+}
+
+/// A running s3files daemon with a live mount; on drop it is stopped with SIGTERM (then
+/// SIGKILL) and the mount point is cleared even if the daemon died.
+pub struct Mount {
+    child: Option<Child>,
+    pub path: PathBuf,
+    pub cache_dir: PathBuf,
+    pub log_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Mount {
+    /// Mounts `source` (e.g. "s3://bucket") from `server` with extra flags.
+    pub fn start(server: &S3Server, source: &str, extra: &[&str]) -> Self {
+        Self::try_start(server, source, extra).unwrap_or_else(|log| panic!("mount failed:\n{log}"))
+    }
+
+    /// Like `start`, but returns the daemon's log if it exits before mounting.
+    pub fn try_start(server: &S3Server, source: &str, extra: &[&str]) -> Result<Self, String> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("mnt");
+        let cache_dir = dir.path().join("cache");
+        std::fs::create_dir(&path).expect("mountpoint");
+        let log_path = dir.path().join("daemon.log");
+        let log = std::fs::File::create(&log_path).expect("log");
+        let mut command = Command::new(s3files_bin());
+        command
+            .arg("mount")
+            .arg(source)
+            .arg(&path)
+            .args(["--endpoint-url", &server.endpoint, "--force-path-style"])
+            .arg("--cache-dir")
+            .arg(&cache_dir)
+            .arg("--foreground")
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log);
+        daemon_env(&mut command);
+        die_with_parent(&mut command);
+        let mut child = command.spawn().expect("spawn s3files");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !is_mounted(&path) {
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                return Err(format!("daemon exited ({status}):\n{log}"));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err("daemon did not mount within 30 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Mount {
+            child: Some(child),
+            path,
+            cache_dir,
+            log_path,
+            _dir: dir,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Peak resident set size of the daemon so far, in bytes (VmHWM).
+    pub fn peak_rss(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .unwrap_or(0)
+    }
+
+    /// Sends SIGTERM and waits for a clean exit; returns the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("daemon already stopped");
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let status = child.wait().expect("wait");
+                panic!("daemon ignored SIGTERM for 15 s (killed: {status})");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Path inside the mount.
+    pub fn join(&self, rel: &str) -> PathBuf {
+        self.path.join(rel)
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        force_unmount(&self.path);
+    }
+}
+
+/// Clears a mount point whatever state its daemon is in.
+pub fn force_unmount(path: &Path) {
+    if is_mounted(path) {
+        let _ = Command::new("fusermount3")
+            .arg("-uz")
+            .arg(path)
+            .stderr(Stdio::null())
+            .status();
+    }
+    if is_mounted(path) {
+        let _ = Command::new("umount").arg("-l").arg(path).status();
+    }
+}
+
+/// Runs the s3files binary to completion with a time limit (a hang fails the test).
+pub fn run_s3files(args: &[&str], env: &[(&str, &str)], limit: Duration) -> (Output, Duration) {
+    let mut command = Command::new(s3files_bin());
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    daemon_env(&mut command);
+    command.envs(env.iter().copied());
+    die_with_parent(&mut command);
+    let start = Instant::now();
+    let mut child = command.spawn().expect("spawn s3files");
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "s3files {args:?} still running after {limit:?}; stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let elapsed = start.elapsed();
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    if let Some(mut s) = child.stdout.take() {
+        let _ = s.read_to_end(&mut stdout);
+    }
+    if let Some(mut s) = child.stderr.take() {
+        let _ = s.read_to_end(&mut stderr);
+    }
+    let status = child.wait().expect("wait");
+    (
+        Output {
+            status,
+            stdout,
+            stderr,
+        },
+        elapsed,
+    )
+}
+
+pub fn sha256_file(path: &Path) -> String {
+    use sha2::Digest;
+    let mut file = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {path:?}: {e}"));
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).expect("read");
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    hex(&hasher.finalize())
+}
+
+pub fn sha256(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex(&sha2::Sha256::digest(data))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
