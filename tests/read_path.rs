@@ -9,7 +9,10 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{block_on, sha256, Mount, S3Server};
+use common::{block_on, sha256, Meta, Mount, S3Server};
+
+/// The test's own record of the bucket: key -> (body, metadata).
+type Objects = BTreeMap<String, (Vec<u8>, Meta)>;
 
 /// What the mount should show for one path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,9 +42,7 @@ fn segments_ok(segments: &[&str]) -> bool {
 }
 
 /// Applies the namespace rules to a bucket's keys, independently of the daemon's code.
-fn expected_tree(
-    objects: &BTreeMap<String, (Vec<u8>, Vec<(String, String)>)>,
-) -> BTreeMap<String, Expect> {
+fn expected_tree(objects: &Objects) -> BTreeMap<String, Expect> {
     let mut dirs: BTreeSet<String> = BTreeSet::new();
     let mut files = BTreeMap::new();
     for (key, (body, meta)) in objects {
@@ -136,7 +137,7 @@ fn meta(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 fn large_tree_matches_bucket_exactly() {
     let server = S3Server::start();
     server.create_bucket("tree");
-    let mut objects: BTreeMap<String, (Vec<u8>, Vec<(String, String)>)> = BTreeMap::new();
+    let mut objects: Objects = BTreeMap::new();
     let mut n = 0;
     for d in 0..10 {
         for s in 0..10 {

@@ -22,6 +22,11 @@ pub const ACCESS_KEY: &str = "testing";
 pub const SECRET_KEY: &str = "testing";
 pub const REGION: &str = "us-east-1";
 
+/// User metadata pairs (keys without `x-amz-meta-`).
+pub type Meta = Vec<(String, String)>;
+/// One object to upload: key, body, metadata.
+pub type Upload = (String, Vec<u8>, Meta);
+
 pub fn runtime() -> &'static Runtime {
     static RT: OnceLock<Runtime> = OnceLock::new();
     RT.get_or_init(|| {
@@ -177,7 +182,7 @@ impl S3Server {
     }
 
     /// Puts many objects with bounded concurrency.
-    pub fn put_many(&self, bucket: &str, objects: Vec<(String, Vec<u8>, Vec<(String, String)>)>) {
+    pub fn put_many(&self, bucket: &str, objects: Vec<Upload>) {
         use futures::stream::{self, StreamExt};
         block_on(async {
             stream::iter(objects)
