@@ -2,7 +2,6 @@
 # Installs what s3files and its tests need on a fresh Debian 12 machine, idempotently:
 #   - fuse3 (fusermount3; the daemon itself mounts with mount(2) as root)
 #   - a Python venv at .venv with moto's S3 server, the store the tests and the demo start
-#   - the s3files binary (cargo build)
 # Re-running it is cheap: each step is skipped when already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,5 +32,3 @@ if [[ ! -x .venv/bin/moto_server ]] || ! .venv/bin/python -c "import moto, sys; 
     python3 -m venv .venv
     .venv/bin/pip install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
 fi
-
-cargo build --release --quiet
