@@ -232,7 +232,6 @@ fn serve(config: &MountConfig, notifier: &mut Notifier) -> Result<(), String> {
         CoreOptions {
             bucket: config.location.bucket.clone(),
             root_prefix: config.location.prefix.clone(),
-            read_only: config.read_only,
             access_point: config.access_point.map(|ap| Identity {
                 uid: ap.uid,
                 gid: ap.gid,

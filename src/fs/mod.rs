@@ -45,7 +45,6 @@ pub struct CoreOptions {
     pub bucket: String,
     /// Key prefix of the mount root: empty or ending in `/`.
     pub root_prefix: String,
-    pub read_only: bool,
     /// When set, every request acts as this identity and the core checks permissions.
     pub access_point: Option<Identity>,
 }
@@ -467,6 +466,14 @@ impl FsCore {
         let entries = build_entries(&prefix, objects, common);
         self.report_skipped(&entries);
         self.inodes.apply_listing(dir, &entries);
+        if !entries.has_marker && !prefix.is_empty() {
+            // No `dir/` marker in its own listing: an implicit directory, no HEAD needed.
+            let mut state = dir.state();
+            if state.meta.is_none() {
+                state.meta = Some(PosixMeta::default_for(true));
+                state.remote = None;
+            }
+        }
         Ok(())
     }
 

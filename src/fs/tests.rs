@@ -15,7 +15,6 @@ fn core_with(store: Arc<MemoryStore>, prefix: &str, access_point: Option<Identit
         CoreOptions {
             bucket: "b".into(),
             root_prefix: prefix.into(),
-            read_only: false,
             access_point,
         },
         Arc::new(Metrics::default()),

@@ -1,0 +1,87 @@
+//! The docs are part of the contract: every flag `--help` prints is described in
+//! docs/CONFIGURATION.md, and every errno the code can return is in docs/SEMANTICS.md.
+
+mod common;
+
+use std::time::Duration;
+
+fn doc(name: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("docs")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn every_mount_flag_is_documented() {
+    let (out, _) = common::run_s3files(&["mount", "--help"], &[], Duration::from_secs(10));
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    let config = doc("CONFIGURATION.md");
+    let flags: Vec<&str> = help
+        .split_whitespace()
+        .filter(|w| w.starts_with("--") && w.len() > 2)
+        .map(|w| w.trim_end_matches(|c: char| !c.is_ascii_alphanumeric() && c != '-'))
+        .filter(|w| *w != "--help" && *w != "--version")
+        .collect();
+    assert!(flags.len() >= 13, "parsed flags: {flags:?}");
+    for flag in flags {
+        assert!(
+            config.contains(&format!("`{flag}")),
+            "{flag} is not in docs/CONFIGURATION.md"
+        );
+    }
+}
+
+#[test]
+fn every_errno_is_documented() {
+    let semantics = doc("SEMANTICS.md");
+    let source = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/fs/error.rs"),
+    )
+    .unwrap();
+    // Every errno the core maps to, except EBADF/ERANGE, which only programming errors
+    // or a too-small xattr buffer produce, and EINVAL (readlink of a non-symlink).
+    let internal = ["EBADF", "ERANGE", "EINVAL"];
+    for errno in source
+        .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+        .filter(|w| w.starts_with('E') && w.len() > 3 && w.chars().all(|c| c.is_ascii_uppercase()))
+    {
+        if internal.contains(&errno) {
+            continue;
+        }
+        assert!(
+            semantics.contains(errno),
+            "{errno} is not in docs/SEMANTICS.md"
+        );
+    }
+}
+
+#[test]
+fn docker_compose_file_parses() {
+    // No Docker engine runs on the CI machines; check what can be checked: the compose
+    // file is valid YAML with the services the README promises.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = root.join(".venv/bin/python");
+    let out = std::process::Command::new(&python)
+        .arg("-c")
+        .arg(
+            "import sys, yaml; d = yaml.safe_load(open(sys.argv[1])); \
+             print(' '.join(sorted(d['services'])))",
+        )
+        .arg(root.join("docker/docker-compose.yml"))
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/setup.sh)", python.display()));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let services = String::from_utf8(out.stdout).unwrap();
+    for service in ["minio", "s3files", "agent"] {
+        assert!(
+            services.split_whitespace().any(|s| s == service),
+            "{services}"
+        );
+    }
+}
