@@ -648,3 +648,44 @@ fn files_keep_their_object_timestamps() {
         .unwrap();
     assert_eq!(modified, UNIX_EPOCH + Duration::from_secs(1_500_000_000));
 }
+
+#[test]
+fn store_outage_gives_eio_not_a_hang() {
+    let mut server = S3Server::start();
+    server.create_bucket("outage");
+    server.put("outage", "listed/a.txt", "a", &[]);
+    server.put("outage", "unlisted/b.txt", "b", &[]);
+    let mount = Mount::start(&server, "s3://outage", &[]);
+    assert!(mount.join("listed/a.txt").exists());
+    server.kill();
+    // Known metadata is still served; anything that needs S3 fails with EIO, promptly.
+    let started = std::time::Instant::now();
+    let err = std::fs::read_to_string(mount.join("listed/a.txt")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    let err = std::fs::read_dir(mount.join("unlisted")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < Duration::from_secs(30),
+        "outage answered after {elapsed:?}"
+    );
+    assert!(mount.log().contains("S3 request failed"), "{}", mount.log());
+}
+
+#[test]
+fn statfs_reports_a_large_free_file_system() {
+    let server = S3Server::start();
+    server.create_bucket("statfs");
+    server.put("statfs", "f", "x", &[]);
+    let mount = Mount::start(&server, "s3://statfs", &[]);
+    let path = std::ffi::CString::new(mount.path.to_str().unwrap()).unwrap();
+    // SAFETY: a valid path and a zeroed statvfs for the call to fill.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(path.as_ptr(), &mut stat) }, 0);
+    assert_eq!(stat.f_namemax, 255);
+    assert!(
+        stat.f_blocks as u128 * stat.f_frsize as u128 >= 1 << 50,
+        "capacity"
+    );
+    assert_eq!(stat.f_bfree, stat.f_blocks);
+}

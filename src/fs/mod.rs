@@ -464,6 +464,13 @@ impl FsCore {
             }
         }
         let entries = build_entries(&prefix, objects, common);
+        info!(
+            prefix,
+            files = entries.files.len(),
+            dirs = entries.dirs.len(),
+            skipped = entries.skipped.len(),
+            "imported directory listing"
+        );
         self.report_skipped(&entries);
         self.inodes.apply_listing(dir, &entries);
         if !entries.has_marker && !prefix.is_empty() {

@@ -237,6 +237,12 @@ impl S3Server {
         })
     }
 
+    /// Stops the server now (an outage); the guard's drop is then a no-op.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub fn request_log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
