@@ -54,6 +54,29 @@ pub struct NodeState {
     pub linked: bool,
 }
 
+impl NodeState {
+    /// A freshly listed entry: linked, metadata not fetched yet.
+    fn new(
+        parent: Ino,
+        name: &str,
+        key: String,
+        is_dir: bool,
+        remote: Option<RemoteObject>,
+    ) -> Self {
+        NodeState {
+            parent,
+            name: name.to_string(),
+            key,
+            is_dir,
+            remote,
+            meta: None,
+            children: None,
+            symlink_target: None,
+            linked: true,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Node {
     pub ino: Ino,
@@ -95,17 +118,7 @@ impl InodeTable {
     pub fn new(root_key: &str) -> Self {
         let root = Node::new(
             ROOT_INO,
-            NodeState {
-                parent: ROOT_INO,
-                name: String::new(),
-                key: root_key.to_string(),
-                is_dir: true,
-                remote: None,
-                meta: None,
-                children: None,
-                symlink_target: None,
-                linked: true,
-            },
+            NodeState::new(ROOT_INO, "", root_key.to_string(), true, None),
         );
         let mut nodes = HashMap::new();
         nodes.insert(ROOT_INO, Arc::new(root));
@@ -185,17 +198,13 @@ impl InodeTable {
                     child.remote = Some(remote.clone());
                     node.ino
                 }
-                None => self.insert(NodeState {
-                    parent: dir.ino,
-                    name: name.clone(),
-                    key: format!("{dir_key}{name}"),
-                    is_dir: false,
-                    remote: Some(remote.clone()),
-                    meta: None,
-                    children: None,
-                    symlink_target: None,
-                    linked: true,
-                }),
+                None => self.insert(NodeState::new(
+                    dir.ino,
+                    name,
+                    format!("{dir_key}{name}"),
+                    false,
+                    Some(remote.clone()),
+                )),
             };
             children.insert(name.clone(), ino);
         }
@@ -206,17 +215,13 @@ impl InodeTable {
                 .filter(|node| node.state().is_dir);
             let ino = match kept {
                 Some(node) => node.ino,
-                None => self.insert(NodeState {
-                    parent: dir.ino,
-                    name: name.clone(),
-                    key: format!("{dir_key}{name}/"),
-                    is_dir: true,
-                    remote: None,
-                    meta: None,
-                    children: None,
-                    symlink_target: None,
-                    linked: true,
-                }),
+                None => self.insert(NodeState::new(
+                    dir.ino,
+                    name,
+                    format!("{dir_key}{name}/"),
+                    true,
+                    None,
+                )),
             };
             children.insert(name.clone(), ino);
         }
