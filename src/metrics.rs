@@ -7,6 +7,10 @@ pub enum Request {
     List,
     Head,
     Get,
+    /// PutObject or CompleteMultipartUpload: one new object version.
+    Put,
+    Copy,
+    Delete,
 }
 
 #[derive(Debug, Default)]
@@ -14,6 +18,15 @@ pub struct Metrics {
     pub s3_list: AtomicU64,
     pub s3_head: AtomicU64,
     pub s3_get: AtomicU64,
+    pub s3_put: AtomicU64,
+    pub s3_copy: AtomicU64,
+    pub s3_delete: AtomicU64,
+    /// Exports finished (uploads, metadata updates, markers, deletes).
+    pub exports: AtomicU64,
+    /// Exports that failed with an error that retrying cannot fix.
+    pub export_failures: AtomicU64,
+    /// Exports refused because the object changed in S3 (conflicts).
+    pub conflicts: AtomicU64,
     /// Object bytes received from S3.
     pub bytes_fetched: AtomicU64,
     /// Bytes returned to readers.
@@ -32,6 +45,9 @@ impl Metrics {
             Request::List => &self.s3_list,
             Request::Head => &self.s3_head,
             Request::Get => &self.s3_get,
+            Request::Put => &self.s3_put,
+            Request::Copy => &self.s3_copy,
+            Request::Delete => &self.s3_delete,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -44,12 +60,19 @@ impl Metrics {
     pub fn summary(&self) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
-            "s3 requests: list={} head={} get={} errors={}; bytes fetched={} read={}; \
+            "s3 requests: list={} head={} get={} put={} copy={} delete={} errors={}; \
+             exports={} failed={} conflicts={}; bytes fetched={} read={}; \
              keys skipped={} hidden={}",
             get(&self.s3_list),
             get(&self.s3_head),
             get(&self.s3_get),
+            get(&self.s3_put),
+            get(&self.s3_copy),
+            get(&self.s3_delete),
             get(&self.s3_errors),
+            get(&self.exports),
+            get(&self.export_failures),
+            get(&self.conflicts),
             get(&self.bytes_fetched),
             get(&self.bytes_read),
             get(&self.keys_skipped),

@@ -12,7 +12,9 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{ListPage, ObjectHead, ObjectStore, ObjectSummary, StoreError};
+use super::{
+    ListPage, ObjectHead, ObjectStore, ObjectSummary, StoreError, UserMetadata, WriteCondition,
+};
 
 #[derive(Debug, Clone)]
 struct MemObject {
@@ -28,11 +30,16 @@ pub struct RequestCounts {
     pub list: AtomicU64,
     pub head: AtomicU64,
     pub get: AtomicU64,
+    pub put: AtomicU64,
+    pub copy: AtomicU64,
+    pub delete: AtomicU64,
 }
 
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     objects: Mutex<BTreeMap<String, MemObject>>,
+    /// Multipart uploads in progress: id -> (key, metadata, parts by number).
+    uploads: Mutex<HashMap<String, (String, UserMetadata, BTreeMap<i32, Bytes>)>>,
     version: AtomicU64,
     /// Page size used when the caller does not ask for one (S3's is 1,000).
     pub default_page_size: usize,
@@ -62,8 +69,53 @@ impl MemoryStore {
         self.lock().insert(key.to_string(), object);
     }
 
-    pub fn delete(&self, key: &str) {
+    pub fn remove(&self, key: &str) {
         self.lock().remove(key);
+    }
+
+    /// The body of an object, if present (for assertions).
+    pub fn body(&self, key: &str) -> Option<Bytes> {
+        self.lock().get(key).map(|o| o.data.clone())
+    }
+
+    /// The metadata of an object, if present (for assertions).
+    pub fn metadata(&self, key: &str) -> Option<HashMap<String, String>> {
+        self.lock().get(key).map(|o| o.metadata.clone())
+    }
+
+    pub fn keys(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+
+    fn store_checked(
+        &self,
+        key: &str,
+        data: Bytes,
+        metadata: &UserMetadata,
+        condition: &WriteCondition,
+    ) -> Result<String, StoreError> {
+        let mut objects = self.lock();
+        let current = objects.get(key).map(|o| o.etag.clone());
+        let allowed = match condition {
+            WriteCondition::None => true,
+            WriteCondition::IfAbsent => current.is_none(),
+            WriteCondition::IfMatch(etag) => current.as_deref() == Some(etag.as_str()),
+        };
+        if !allowed {
+            return Err(StoreError::PreconditionFailed);
+        }
+        let n = self.version.fetch_add(1, Ordering::Relaxed);
+        let etag = format!("\"etag-{n}\"");
+        objects.insert(
+            key.to_string(),
+            MemObject {
+                data,
+                etag: etag.clone(),
+                last_modified: SystemTime::now(),
+                metadata: metadata.clone(),
+            },
+        );
+        Ok(etag)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, MemObject>> {
@@ -166,6 +218,89 @@ impl ObjectStore for MemoryStore {
         let end = range.end.min(len);
         let start = range.start.min(end);
         Ok(obj.data.slice(start as usize..end as usize))
+    }
+
+    async fn put(
+        &self,
+        key: &str,
+        body: Bytes,
+        metadata: &UserMetadata,
+        condition: &WriteCondition,
+    ) -> Result<String, StoreError> {
+        self.requests.put.fetch_add(1, Ordering::Relaxed);
+        self.store_checked(key, body, metadata, condition)
+    }
+
+    async fn create_multipart(&self, key: &str, metadata: &UserMetadata) -> Result<String, StoreError> {
+        let id = format!("upload-{}", self.version.fetch_add(1, Ordering::Relaxed));
+        self.uploads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone(), (key.to_string(), metadata.clone(), BTreeMap::new()));
+        Ok(id)
+    }
+
+    async fn upload_part(
+        &self,
+        _key: &str,
+        upload_id: &str,
+        part_number: i32,
+        body: Bytes,
+    ) -> Result<String, StoreError> {
+        let mut uploads = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
+        let upload = uploads.get_mut(upload_id).ok_or(StoreError::NotFound)?;
+        upload.2.insert(part_number, body);
+        Ok(format!("\"part-{part_number}\""))
+    }
+
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<(i32, String)>,
+        condition: &WriteCondition,
+    ) -> Result<String, StoreError> {
+        self.requests.put.fetch_add(1, Ordering::Relaxed);
+        let (_, metadata, stored) = self
+            .uploads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(upload_id)
+            .ok_or(StoreError::NotFound)?;
+        let mut body = Vec::new();
+        for (number, _) in parts {
+            body.extend_from_slice(stored.get(&number).ok_or(StoreError::InvalidRange)?);
+        }
+        self.store_checked(key, Bytes::from(body), &metadata, condition)
+    }
+
+    async fn abort_multipart(&self, _key: &str, upload_id: &str) -> Result<(), StoreError> {
+        self.uploads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(upload_id);
+        Ok(())
+    }
+
+    async fn replace_metadata(
+        &self,
+        key: &str,
+        metadata: &UserMetadata,
+        if_match: Option<&str>,
+    ) -> Result<String, StoreError> {
+        self.requests.copy.fetch_add(1, Ordering::Relaxed);
+        let data = self.body(key).ok_or(StoreError::NotFound)?;
+        let condition = match if_match {
+            Some(etag) => WriteCondition::IfMatch(etag.to_string()),
+            None => WriteCondition::None,
+        };
+        self.store_checked(key, data, metadata, &condition)
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.requests.delete.fetch_add(1, Ordering::Relaxed);
+        self.lock().remove(key);
+        Ok(())
     }
 }
 

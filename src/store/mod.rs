@@ -79,6 +79,20 @@ fn fmt_detail(detail: &str) -> String {
     }
 }
 
+/// Precondition of a write, for conflict detection (S3 conditional writes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteCondition {
+    /// Unconditional.
+    None,
+    /// Only if the key does not exist (`If-None-Match: *`).
+    IfAbsent,
+    /// Only if the current object has this ETag (`If-Match`).
+    IfMatch(String),
+}
+
+/// User metadata to store on an object (keys without the `x-amz-meta-` prefix).
+pub type UserMetadata = HashMap<String, String>;
+
 #[async_trait]
 pub trait ObjectStore: Send + Sync + 'static {
     /// One page of ListObjectsV2 under `prefix` with delimiter `/`.
@@ -101,4 +115,49 @@ pub trait ObjectStore: Send + Sync + 'static {
         range: Range<u64>,
         if_match: Option<&str>,
     ) -> Result<Bytes, StoreError>;
+
+    /// PutObject of a whole body; returns the new ETag.
+    async fn put(
+        &self,
+        key: &str,
+        body: Bytes,
+        metadata: &UserMetadata,
+        condition: &WriteCondition,
+    ) -> Result<String, StoreError>;
+
+    /// Starts a multipart upload; returns its upload id.
+    async fn create_multipart(&self, key: &str, metadata: &UserMetadata) -> Result<String, StoreError>;
+
+    /// Uploads one part (numbered from 1); returns the part's ETag.
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: i32,
+        body: Bytes,
+    ) -> Result<String, StoreError>;
+
+    /// Completes a multipart upload from (part number, ETag) pairs; returns the new ETag.
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<(i32, String)>,
+        condition: &WriteCondition,
+    ) -> Result<String, StoreError>;
+
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StoreError>;
+
+    /// Replaces an object's metadata without re-sending its body (CopyObject onto itself
+    /// with metadata REPLACE); returns the new ETag.
+    async fn replace_metadata(
+        &self,
+        key: &str,
+        metadata: &UserMetadata,
+        if_match: Option<&str>,
+    ) -> Result<String, StoreError>;
+
+    /// DeleteObject (a delete marker in a versioned bucket). Deleting a missing key is
+    /// not an error.
+    async fn delete(&self, key: &str) -> Result<(), StoreError>;
 }

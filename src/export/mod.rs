@@ -1,0 +1,258 @@
+//! Export: file system -> S3 (lazy write-back). Local changes are recorded in the
+//! journal and staged on disk; each record is exported once it has been quiet for the
+//! write-back delay. This module does the S3 side of one export and keeps the timers;
+//! `fs::write` ties it to the namespace.
+
+pub mod journal;
+pub mod schedule;
+pub mod staging;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::fs::metadata::{META_GROUP, META_MTIME, META_OWNER, META_PERMISSIONS};
+use crate::store::{ObjectStore, StoreError, UserMetadata, WriteCondition};
+use journal::{ExportKind, ExportMeta, PendingExport};
+use staging::StagedFile;
+
+/// Metadata key naming the export that wrote an object version. After a crash between a
+/// successful PUT and the journal update, the re-export's conditional write fails; this
+/// token tells "our own earlier write" apart from a real conflict.
+pub const META_EXPORT_TOKEN: &str = "s3files-export";
+
+/// Bodies up to this size go in one PutObject; larger ones use multipart.
+pub const MULTIPART_THRESHOLD: u64 = 16 << 20;
+/// Smallest part we send (S3's minimum is 5 MiB).
+pub const MIN_PART_SIZE: u64 = 8 << 20;
+/// S3's limit on parts per upload.
+pub const MAX_PARTS: u64 = 10_000;
+
+/// Part size for a body of `size` bytes: at least `MIN_PART_SIZE`, and large enough (in
+/// whole MiB) that the body fits in `MAX_PARTS` parts, so 48 TiB works.
+pub fn part_size(size: u64) -> u64 {
+    let needed = size.div_ceil(MAX_PARTS).div_ceil(1 << 20) << 20;
+    needed.max(MIN_PART_SIZE)
+}
+
+/// The S3 Files metadata for an export, plus our token.
+pub fn user_metadata(meta: &ExportMeta, token: &str) -> UserMetadata {
+    let mut out = UserMetadata::new();
+    out.insert(META_OWNER.into(), meta.uid.to_string());
+    out.insert(META_GROUP.into(), meta.gid.to_string());
+    out.insert(META_PERMISSIONS.into(), format!("{:07o}", meta.mode));
+    out.insert(META_MTIME.into(), format!("{}ns", meta.mtime_ns));
+    out.insert(META_EXPORT_TOKEN.into(), token.to_string());
+    out
+}
+
+/// How one export attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The bucket now holds the exported state; the new ETag (None for deletes).
+    Done { etag: Option<String>, size: u64 },
+    /// The staged data changed while it was read; try again soon.
+    Raced,
+    /// The object changed in S3 since the local copy was based on it.
+    Conflict,
+    Failed(StoreError),
+}
+
+/// Performs one export of `record` (whose body, for uploads, is `staged`).
+pub async fn export_once(
+    store: &Arc<dyn ObjectStore>,
+    record: &PendingExport,
+    staged: Option<&StagedFile>,
+    token: &str,
+) -> Outcome {
+    let metadata = user_metadata(&record.meta, token);
+    let condition = match &record.base_etag {
+        Some(etag) => WriteCondition::IfMatch(etag.clone()),
+        None => WriteCondition::IfAbsent,
+    };
+    let result = match record.kind {
+        ExportKind::Upload => {
+            let Some(staged) = staged else {
+                return Outcome::Failed(StoreError::Other("staged data missing".into()));
+            };
+            upload(store, &record.key, staged, &metadata, &condition).await
+        }
+        ExportKind::Metadata => store
+            .replace_metadata(&record.key, &metadata, record.base_etag.as_deref())
+            .await
+            .map(|etag| Some((Some(etag), 0))),
+        ExportKind::Marker => store
+            .put(&record.key, Bytes::new(), &metadata, &WriteCondition::None)
+            .await
+            .map(|etag| Some((Some(etag), 0))),
+        ExportKind::Delete => store.delete(&record.key).await.map(|()| Some((None, 0))),
+    };
+    match result {
+        Ok(Some((etag, size))) => Outcome::Done { etag, size },
+        Ok(None) => Outcome::Raced,
+        Err(StoreError::PreconditionFailed) => match store.head(&record.key).await {
+            // Our own write from before a crash: it is done.
+            Ok(head) if head.metadata.get(META_EXPORT_TOKEN).map(String::as_str) == Some(token) => {
+                Outcome::Done {
+                    etag: head.etag,
+                    size: head.size,
+                }
+            }
+            Ok(_) | Err(StoreError::NotFound) => Outcome::Conflict,
+            Err(e) => Outcome::Failed(e),
+        },
+        Err(e) => Outcome::Failed(e),
+    }
+}
+
+/// Uploads a staged body; Ok(None) when the data changed under the read.
+async fn upload(
+    store: &Arc<dyn ObjectStore>,
+    key: &str,
+    staged: &StagedFile,
+    metadata: &UserMetadata,
+    condition: &WriteCondition,
+) -> Result<Option<(Option<String>, u64)>, StoreError> {
+    let token = staged.begin_read();
+    let size = staged.size();
+    if size <= MULTIPART_THRESHOLD {
+        let mut body = vec![0u8; size as usize];
+        let n = staged
+            .read_at(&mut body, 0)
+            .map_err(|e| StoreError::Other(format!("reading staged data: {e}")))?;
+        body.truncate(n);
+        if !staged.end_read(token) {
+            return Ok(None);
+        }
+        let etag = store.put(key, Bytes::from(body), metadata, condition).await?;
+        return Ok(Some((Some(etag), size)));
+    }
+    let part = part_size(size);
+    let upload_id = store.create_multipart(key, metadata).await?;
+    let mut parts = Vec::new();
+    let mut offset = 0;
+    let mut number = 1;
+    let result = async {
+        while offset < size {
+            let len = part.min(size - offset);
+            let mut body = vec![0u8; len as usize];
+            staged
+                .read_at(&mut body, offset)
+                .map_err(|e| StoreError::Other(format!("reading staged data: {e}")))?;
+            let etag = store
+                .upload_part(key, &upload_id, number, Bytes::from(body))
+                .await?;
+            parts.push((number, etag));
+            offset += len;
+            number += 1;
+        }
+        if !staged.end_read(token) {
+            return Ok(None);
+        }
+        let etag = store
+            .complete_multipart(key, &upload_id, std::mem::take(&mut parts), condition)
+            .await?;
+        Ok(Some((Some(etag), size)))
+    }
+    .await;
+    if !matches!(result, Ok(Some(_))) {
+        let _ = store.abort_multipart(key, &upload_id).await;
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryStore;
+
+    #[test]
+    fn part_sizes_scale_to_48_tib() {
+        assert_eq!(part_size(100 << 20), MIN_PART_SIZE);
+        let big: u64 = 48 << 40;
+        let p = part_size(big);
+        assert!(big.div_ceil(p) <= MAX_PARTS);
+        assert!(p <= 5 << 30, "S3's largest part is 5 GiB");
+        assert_eq!(p % (1 << 20), 0);
+    }
+
+    #[test]
+    fn metadata_uses_s3_files_names() {
+        let meta = ExportMeta { uid: 1000, gid: 100, mode: 0o100640, mtime_ns: 5 };
+        let m = user_metadata(&meta, "t");
+        assert_eq!(m["file-permissions"], "0100640");
+        assert_eq!(m["file-owner"], "1000");
+        assert_eq!(m["file-group"], "100");
+        assert_eq!(m["file-mtime"], "5ns");
+        let dir = ExportMeta { mode: 0o040755, ..meta };
+        assert_eq!(user_metadata(&dir, "t")["file-permissions"], "0040755");
+    }
+
+    fn record(key: &str, kind: ExportKind, base: Option<&str>) -> PendingExport {
+        PendingExport {
+            id: 1,
+            key: key.into(),
+            kind,
+            base_etag: base.map(String::from),
+            meta: ExportMeta { uid: 0, gid: 0, mode: 0o100644, mtime_ns: 0 },
+        }
+    }
+
+    #[tokio::test]
+    async fn uploads_conditionally_and_recognises_own_writes() {
+        let mem = Arc::new(MemoryStore::new());
+        let store: Arc<dyn ObjectStore> = mem.clone();
+        let dir = tempfile::tempdir().unwrap();
+        let staging = staging::Staging::open(dir.path()).unwrap();
+        let staged = staging.create(1).unwrap();
+        staged.write_at(b"local bytes", 0).unwrap();
+        let rec = record("f", ExportKind::Upload, None);
+        let done = export_once(&store, &rec, Some(&staged), "tok-1").await;
+        assert!(matches!(done, Outcome::Done { size: 11, .. }), "{done:?}");
+        assert_eq!(&mem.body("f").unwrap()[..], b"local bytes");
+        // A replay after a crash: If-None-Match fails, but the token says it was us.
+        let again = export_once(&store, &rec, Some(&staged), "tok-1").await;
+        assert!(matches!(again, Outcome::Done { .. }), "{again:?}");
+        // Someone else wrote the key: a conflict.
+        mem.put("f", "theirs", &[]);
+        let conflict = export_once(&store, &rec, Some(&staged), "tok-2").await;
+        assert_eq!(conflict, Outcome::Conflict);
+        assert_eq!(&mem.body("f").unwrap()[..], b"theirs");
+    }
+
+    #[tokio::test]
+    async fn multipart_for_large_bodies() {
+        let mem = Arc::new(MemoryStore::new());
+        let store: Arc<dyn ObjectStore> = mem.clone();
+        let dir = tempfile::tempdir().unwrap();
+        let staged = staging::Staging::open(dir.path()).unwrap().create(2).unwrap();
+        let body: Vec<u8> = (0..(MULTIPART_THRESHOLD + 12345)).map(|i| (i % 251) as u8).collect();
+        staged.write_at(&body, 0).unwrap();
+        let rec = record("big", ExportKind::Upload, None);
+        let done = export_once(&store, &rec, Some(&staged), "t").await;
+        assert!(matches!(done, Outcome::Done { .. }), "{done:?}");
+        assert_eq!(mem.body("big").unwrap().len(), body.len());
+        assert_eq!(&mem.body("big").unwrap()[..], &body[..]);
+    }
+
+    #[tokio::test]
+    async fn metadata_marker_and_delete() {
+        let mem = Arc::new(MemoryStore::new());
+        let store: Arc<dyn ObjectStore> = mem.clone();
+        mem.put("f", "body", &[]);
+        let etag = mem.head("f").await.unwrap().etag;
+        let mut rec = record("f", ExportKind::Metadata, etag.as_deref());
+        rec.meta.mode = 0o100600;
+        assert!(matches!(export_once(&store, &rec, None, "t").await, Outcome::Done { .. }));
+        assert_eq!(mem.metadata("f").unwrap()["file-permissions"], "0100600");
+        assert_eq!(&mem.body("f").unwrap()[..], b"body");
+        assert_eq!(mem.requests.put.load(std::sync::atomic::Ordering::Relaxed), 0);
+
+        let marker = record("d/", ExportKind::Marker, None);
+        assert!(matches!(export_once(&store, &marker, None, "t").await, Outcome::Done { .. }));
+        assert!(mem.body("d/").unwrap().is_empty());
+        let delete = record("f", ExportKind::Delete, None);
+        assert!(matches!(export_once(&store, &delete, None, "t").await, Outcome::Done { .. }));
+        assert!(mem.body("f").is_none());
+    }
+}

@@ -1,0 +1,244 @@
+//! Export timers: when each pending record is due, which ones are running, and the rule
+//! that keeps one key's exports in order (an export may start only when no older record
+//! for the same key is still pending). Pure state, no I/O; the export loop drives it.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Instant;
+
+/// Why a record is not exported automatically any more.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hold {
+    /// The object changed in S3; the local copy is kept, never exported.
+    Conflict,
+    /// An error that retrying will not fix; `sync` tries again.
+    Failed(String),
+}
+
+#[derive(Debug, Clone)]
+struct Slot {
+    key: String,
+    due: Instant,
+    running: bool,
+    hold: Option<Hold>,
+    last_error: Option<String>,
+}
+
+/// The state of one record, as `user.s3files.status` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SlotState {
+    Pending,
+    Exporting,
+    Held(Hold),
+}
+
+#[derive(Debug, Default)]
+pub struct Schedule {
+    slots: BTreeMap<u64, Slot>,
+}
+
+impl Schedule {
+    /// Adds a record or pushes its due time to `due` (each change restarts the timer).
+    pub fn touch(&mut self, id: u64, key: &str, due: Instant) {
+        let slot = self.slots.entry(id).or_insert_with(|| Slot {
+            key: key.to_string(),
+            due,
+            running: false,
+            hold: None,
+            last_error: None,
+        });
+        slot.key = key.to_string();
+        slot.due = due;
+        if matches!(slot.hold, Some(Hold::Failed(_))) {
+            slot.hold = None; // a new change is a new chance
+        }
+    }
+
+    /// Makes records due now (explicit sync), releasing failed ones for another try.
+    pub fn expedite(&mut self, ids: &[u64], now: Instant) {
+        for id in ids {
+            if let Some(slot) = self.slots.get_mut(id) {
+                slot.due = slot.due.min(now);
+                if matches!(slot.hold, Some(Hold::Failed(_))) {
+                    slot.hold = None;
+                }
+            }
+        }
+    }
+
+    pub fn remove(&mut self, id: u64) {
+        self.slots.remove(&id);
+    }
+
+    pub fn contains(&self, id: u64) -> bool {
+        self.slots.contains_key(&id)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn ids(&self) -> Vec<u64> {
+        self.slots.keys().copied().collect()
+    }
+
+    /// Up to `limit` records that may start now; they are marked running.
+    pub fn take_due(&mut self, now: Instant, limit: usize) -> Vec<u64> {
+        let mut seen_keys: HashSet<&str> = HashSet::new();
+        let mut ready = Vec::new();
+        for (id, slot) in &self.slots {
+            if ready.len() >= limit {
+                break;
+            }
+            let first_for_key = seen_keys.insert(slot.key.as_str());
+            if first_for_key && !slot.running && slot.hold.is_none() && slot.due <= now {
+                ready.push(*id);
+            }
+        }
+        for id in &ready {
+            if let Some(slot) = self.slots.get_mut(id) {
+                slot.running = true;
+            }
+        }
+        ready
+    }
+
+    /// The earliest time a waiting record becomes due.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.slots
+            .values()
+            .filter(|s| !s.running && s.hold.is_none())
+            .map(|s| s.due)
+            .min()
+    }
+
+    /// An export attempt ended; with `retry_at`, the record waits until then.
+    pub fn finish(&mut self, id: u64, retry_at: Option<Instant>, error: Option<String>) {
+        if let Some(slot) = self.slots.get_mut(&id) {
+            slot.running = false;
+            if let Some(at) = retry_at {
+                slot.due = slot.due.max(at);
+            }
+            slot.last_error = error;
+        }
+    }
+
+    pub fn hold(&mut self, id: u64, hold: Hold) {
+        if let Some(slot) = self.slots.get_mut(&id) {
+            slot.running = false;
+            slot.last_error = match &hold {
+                Hold::Conflict => Some("the object changed in S3 (conflict)".into()),
+                Hold::Failed(reason) => Some(reason.clone()),
+            };
+            slot.hold = Some(hold);
+        }
+    }
+
+    pub fn state(&self, id: u64) -> Option<(SlotState, Option<String>)> {
+        self.slots.get(&id).map(|s| {
+            let state = match (&s.hold, s.running) {
+                (Some(h), _) => SlotState::Held(h.clone()),
+                (None, true) => SlotState::Exporting,
+                (None, false) => SlotState::Pending,
+            };
+            (state, s.last_error.clone())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::time::Duration;
+
+    #[test]
+    fn debounce_and_per_key_order() {
+        let t0 = Instant::now();
+        let mut s = Schedule::default();
+        s.touch(1, "a", t0 + Duration::from_secs(1));
+        s.touch(2, "a", t0);
+        s.touch(3, "b", t0);
+        // 2 waits for 1 (same key, older); 3 may go.
+        assert_eq!(s.take_due(t0, 10), vec![3]);
+        // Touching 1 again pushes it later.
+        s.touch(1, "a", t0 + Duration::from_secs(5));
+        assert!(s.take_due(t0 + Duration::from_secs(2), 10).is_empty());
+        assert_eq!(s.next_due(), Some(t0)); // 2 is due but blocked behind 1
+        assert_eq!(s.take_due(t0 + Duration::from_secs(5), 10), vec![1]);
+        s.remove(1);
+        assert_eq!(s.take_due(t0 + Duration::from_secs(5), 10), vec![2]);
+    }
+
+    #[test]
+    fn holds_and_sync() {
+        let t0 = Instant::now();
+        let mut s = Schedule::default();
+        s.touch(1, "a", t0);
+        assert_eq!(s.take_due(t0, 10), vec![1]);
+        assert_eq!(s.state(1).unwrap().0, SlotState::Exporting);
+        s.hold(1, Hold::Failed("denied".into()));
+        assert!(s.take_due(t0, 10).is_empty());
+        assert_eq!(s.state(1).unwrap().1.as_deref(), Some("denied"));
+        s.expedite(&[1], t0);
+        assert_eq!(s.take_due(t0, 10), vec![1]);
+        s.hold(1, Hold::Conflict);
+        s.expedite(&[1], t0);
+        assert!(s.take_due(t0, 10).is_empty(), "a conflict is never exported");
+    }
+
+    proptest! {
+        /// Whatever the sequence of touches, finishes and removals, no two exports of a
+        /// key run at once and a key's records start in id order.
+        #[test]
+        fn one_key_in_order(ops in proptest::collection::vec((0u8..4, 0u64..3, 0usize..8), 1..80)) {
+            let t0 = Instant::now();
+            let mut s = Schedule::default();
+            let mut keys: BTreeMap<u64, String> = BTreeMap::new();
+            let mut running: HashSet<u64> = HashSet::new();
+            let mut next_id = 1;
+            for (action, key, pick) in ops {
+                match action {
+                    // A new record (ids only grow, as the journal hands them out).
+                    0 => {
+                        let key = format!("k{key}");
+                        s.touch(next_id, &key, t0);
+                        keys.insert(next_id, key);
+                        next_id += 1;
+                    }
+                    1 => {
+                        for id in s.take_due(t0, 4) {
+                            let key = keys[&id].clone();
+                            for r in &running {
+                                prop_assert_ne!(&keys[r], &key, "two exports of one key");
+                            }
+                            for older in s.ids().into_iter().filter(|o| *o < id) {
+                                prop_assert_ne!(&keys[&older], &key, "started before an older record");
+                            }
+                            running.insert(id);
+                        }
+                    }
+                    // An export finishes and its record is removed.
+                    2 => {
+                        let done: Vec<u64> = running.iter().copied().collect();
+                        if let Some(id) = done.get(pick % done.len().max(1)) {
+                            running.remove(id);
+                            s.remove(*id);
+                            keys.remove(id);
+                        }
+                    }
+                    // A change to a pending record restarts its timer.
+                    _ => {
+                        let ids = s.ids();
+                        if let Some(id) = ids.get(pick % ids.len().max(1)) {
+                            s.touch(*id, &keys[id].clone(), t0);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
