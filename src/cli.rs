@@ -27,6 +27,9 @@ pub enum Command {
     Mount(MountArgs),
     /// Unmount an s3files mount.
     Unmount(UnmountArgs),
+    /// Export every pending change under PATH (default: the current directory) now, and
+    /// return once it is in S3.
+    Sync(SyncArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -62,8 +65,8 @@ pub struct MountArgs {
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub cache_size: Option<u64>,
 
-    /// Quiet time after the last write before a file is exported, e.g. 60s, 500ms
-    /// [default: 60s; not implemented yet]
+    /// Quiet time after the last change before a file is exported, e.g. 60s, 500ms
+    /// [default: 60s]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub write_back_delay: Option<std::time::Duration>,
 
@@ -105,4 +108,11 @@ pub struct UnmountArgs {
     /// Mount point of a running s3files mount.
     #[arg(value_name = "MOUNTPOINT")]
     pub mountpoint: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// A file or directory on an s3files mount.
+    #[arg(value_name = "PATH")]
+    pub path: Option<PathBuf>,
 }

@@ -7,6 +7,9 @@ use std::time::Duration;
 use crate::cli::MountArgs;
 use crate::fs::namespace::validate_prefix;
 
+/// S3 Files exports a file after about a minute without writes.
+pub const DEFAULT_WRITE_BACK_DELAY: Duration = Duration::from_secs(60);
+
 /// Where the mount's data lives in S3.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct S3Location {
@@ -32,6 +35,8 @@ pub struct MountConfig {
     pub cache_dir: PathBuf,
     pub access_point: Option<AccessPoint>,
     pub read_only: bool,
+    /// Quiet time before a changed file is exported.
+    pub write_back_delay: Duration,
     pub foreground: bool,
     pub log_level: String,
     /// Stable id of this mount (bucket, prefix, mount point); names the default cache dir.
@@ -67,9 +72,6 @@ impl MountConfig {
         if args.cache_size.is_some() {
             return Err(ConfigError::NotImplemented("--cache-size"));
         }
-        if args.write_back_delay.is_some() {
-            return Err(ConfigError::NotImplemented("--write-back-delay"));
-        }
         if args.poll_interval.is_some() {
             return Err(ConfigError::NotImplemented("--poll-interval"));
         }
@@ -99,6 +101,7 @@ impl MountConfig {
             cache_dir,
             access_point,
             read_only: args.read_only,
+            write_back_delay: args.write_back_delay.unwrap_or(DEFAULT_WRITE_BACK_DELAY),
             foreground: args.foreground,
             log_level: args.log_level.clone(),
             mount_id,

@@ -21,6 +21,7 @@ use tracing::{error, info, warn};
 use crate::cli::MountArgs;
 use crate::config::MountConfig;
 use crate::fs::access::Identity;
+use crate::fs::write::{WriteOptions, Writer};
 use crate::fs::{CoreOptions, FsCore};
 use crate::fuse::FuseAdapter;
 use crate::metrics::Metrics;
@@ -35,6 +36,9 @@ const LOG_FILE: &str = "s3files.log";
 const PROBE_TIMEOUT: Duration = Duration::from_secs(6);
 /// How long `s3files mount` waits for the background daemon to report.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// At unmount, how long pending exports may take before the daemon exits anyway (the
+/// rest stay in the journal for the next mount).
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
 /// After a lazy unmount, how long the daemon keeps serving files still open.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -227,7 +231,7 @@ fn serve(config: &MountConfig, notifier: &mut Notifier) -> Result<(), String> {
         .map_err(|e| format!("cannot start the I/O runtime: {e}"))?;
     let metrics = Arc::new(Metrics::default());
     let store = runtime.block_on(connect_and_probe(config, metrics.clone()))?;
-    let core = Arc::new(FsCore::new(
+    let mut core = FsCore::new(
         store,
         CoreOptions {
             bucket: config.location.bucket.clone(),
@@ -238,7 +242,29 @@ fn serve(config: &MountConfig, notifier: &mut Notifier) -> Result<(), String> {
             }),
         },
         metrics,
-    ));
+    );
+    if !config.read_only {
+        let writer = Writer::open(&WriteOptions {
+            cache_dir: config.cache_dir.clone(),
+            write_back_delay: config.write_back_delay,
+            mount_id: config.mount_id.clone(),
+        })
+        .map_err(|e| {
+            format!(
+                "cannot open the export journal in {}: {e}",
+                config.cache_dir.display()
+            )
+        })?;
+        if writer.backlog() > 0 {
+            info!(
+                pending = writer.backlog(),
+                "exporting changes left from a previous run"
+            );
+        }
+        core = core.with_writer(writer);
+    }
+    let core = Arc::new(core);
+    runtime.spawn(core.clone().run_exports());
     let adapter = FuseAdapter::new(core.clone(), runtime.handle().clone());
     let session = fuser::spawn_mount(adapter, &config.mountpoint, &fuse_config(config))
         .map_err(|e| format!("cannot mount on {}: {e}", config.mountpoint.display()))?;
@@ -259,6 +285,13 @@ fn serve(config: &MountConfig, notifier: &mut Notifier) -> Result<(), String> {
             wait_session_end(&session, DRAIN_TIMEOUT);
         }
         Stop::Unmounted => info!("unmounted"),
+    }
+    let left = runtime.block_on(core.flush_all(FLUSH_TIMEOUT));
+    if left > 0 {
+        warn!(
+            left,
+            "exports still pending at exit; they stay in the journal and go out at the next mount"
+        );
     }
     core.log_summary();
     // The mount is gone already; this only joins the session thread (the second

@@ -9,16 +9,17 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType,
+    Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner, OpenAccMode, OpenFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
 use tracing::{debug_span, Instrument, Span};
 
 use crate::fs::access::Identity;
 use crate::fs::metadata::EntryKind;
+use crate::fs::write::SetAttr;
 use crate::fs::{Attr, FsCore, FsError};
 
 /// How long the kernel may cache attributes and entries before asking again. Short, so
@@ -126,14 +127,14 @@ impl Filesystem for FuseAdapter {
 
     fn setattr(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
-        _size: Option<u64>,
+        req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
         _atime: Option<TimeOrNow>,
-        _mtime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
         _fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
@@ -142,7 +143,23 @@ impl Filesystem for FuseAdapter {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        reply.error(errno(&self.core.refuse_write()));
+        let (core, who) = (self.core.clone(), caller(req));
+        let change = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            mtime: mtime.map(|t| match t {
+                TimeOrNow::SpecificTime(t) => t,
+                TimeOrNow::Now => SystemTime::now(),
+            }),
+        };
+        self.spawn(debug_span!("setattr", ino = ino.0), async move {
+            match core.setattr(who, ino.0, change).await {
+                Ok(attr) => reply.attr(&TTL, &file_attr(&attr)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -157,46 +174,114 @@ impl Filesystem for FuseAdapter {
 
     fn mknod(
         &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
-        _umask: u32,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        reply.error(errno(&self.core.refuse_write()));
+        // Only regular files exist in S3 Files; devices, FIFOs and sockets do not.
+        if mode & libc::S_IFMT != libc::S_IFREG {
+            reply.error(Errno::EPERM);
+            return;
+        }
+        let (core, who, name) = (self.core.clone(), caller(req), name.to_owned());
+        self.spawn(
+            debug_span!("mknod", parent = parent.0, name = ?name),
+            async move {
+                match core
+                    .create(who, parent.0, name.as_encoded_bytes(), mode & !umask)
+                    .await
+                {
+                    Ok((attr, fh)) => {
+                        core.release(fh);
+                        reply.entry(&TTL, &file_attr(&attr), Generation(0));
+                    }
+                    Err(e) => reply.error(errno(&e)),
+                }
+            },
+        );
     }
 
     fn mkdir(
         &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
-        _umask: u32,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
-        reply.error(errno(&self.core.refuse_write()));
+        let (core, who, name) = (self.core.clone(), caller(req), name.to_owned());
+        self.spawn(
+            debug_span!("mkdir", parent = parent.0, name = ?name),
+            async move {
+                match core
+                    .mkdir(who, parent.0, name.as_encoded_bytes(), mode & !umask)
+                    .await
+                {
+                    Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
+                    Err(e) => reply.error(errno(&e)),
+                }
+            },
+        );
     }
 
-    fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(errno(&self.core.refuse_write()));
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let (core, who, name) = (self.core.clone(), caller(req), name.to_owned());
+        self.spawn(
+            debug_span!("unlink", parent = parent.0, name = ?name),
+            async move {
+                match core.unlink(who, parent.0, name.as_encoded_bytes()).await {
+                    Ok(()) => reply.ok(),
+                    Err(e) => reply.error(errno(&e)),
+                }
+            },
+        );
     }
 
-    fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(errno(&self.core.refuse_write()));
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let (core, who, name) = (self.core.clone(), caller(req), name.to_owned());
+        self.spawn(
+            debug_span!("rmdir", parent = parent.0, name = ?name),
+            async move {
+                match core.rmdir(who, parent.0, name.as_encoded_bytes()).await {
+                    Ok(()) => reply.ok(),
+                    Err(e) => reply.error(errno(&e)),
+                }
+            },
+        );
     }
 
     fn symlink(
         &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _link_name: &OsStr,
-        _target: &Path,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
         reply: ReplyEntry,
     ) {
-        reply.error(errno(&self.core.refuse_write()));
+        let (core, who) = (self.core.clone(), caller(req));
+        let (name, target) = (link_name.to_owned(), target.as_os_str().to_owned());
+        self.spawn(
+            debug_span!("symlink", parent = parent.0, name = ?name),
+            async move {
+                match core
+                    .symlink(
+                        who,
+                        parent.0,
+                        name.as_encoded_bytes(),
+                        target.as_encoded_bytes(),
+                    )
+                    .await
+                {
+                    Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
+                    Err(e) => reply.error(errno(&e)),
+                }
+            },
+        );
     }
 
     fn rename(
@@ -209,7 +294,7 @@ impl Filesystem for FuseAdapter {
         _flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        reply.error(errno(&self.core.refuse_write()));
+        reply.error(errno(&self.core.rename_unsupported()));
     }
 
     fn link(
@@ -261,15 +346,19 @@ impl Filesystem for FuseAdapter {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
-        _offset: u64,
-        _data: &[u8],
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
         _write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        reply.error(errno(&self.core.refuse_write()));
+        // A local pwrite into the staging file: answered inline, no task hop.
+        match self.core.write(fh.0, offset, data) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
     fn flush(
@@ -300,13 +389,18 @@ impl Filesystem for FuseAdapter {
     fn fsync(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        // Nothing is ever pending on a mount without a write path.
-        reply.ok();
+        let core = self.core.clone();
+        self.spawn(debug_span!("fsync", ino = ino.0), async move {
+            match core.fsync(ino.0).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -374,14 +468,20 @@ impl Filesystem for FuseAdapter {
     fn setxattr(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
+        ino: INodeNo,
+        name: &OsStr,
         _value: &[u8],
         _flags: i32,
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply.error(errno(&self.core.refuse_write()));
+        let (core, name) = (self.core.clone(), name.to_owned());
+        self.spawn(debug_span!("setxattr", ino = ino.0), async move {
+            match core.setxattr(ino.0, name.as_encoded_bytes()).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -396,8 +496,11 @@ impl Filesystem for FuseAdapter {
         reply_xattr(reply, size, self.core.listxattr(ino.0));
     }
 
-    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(errno(&self.core.refuse_write()));
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.core.removexattr(ino.0, name.as_encoded_bytes()) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
@@ -412,27 +515,65 @@ impl Filesystem for FuseAdapter {
 
     fn create(
         &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
-        _umask: u32,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        reply.error(errno(&self.core.refuse_write()));
+        let (core, who, name) = (self.core.clone(), caller(req), name.to_owned());
+        self.spawn(
+            debug_span!("create", parent = parent.0, name = ?name),
+            async move {
+                match core
+                    .create(who, parent.0, name.as_encoded_bytes(), mode & !umask)
+                    .await
+                {
+                    Ok((attr, fh)) => reply.created(
+                        &TTL,
+                        &file_attr(&attr),
+                        Generation(0),
+                        FileHandle(fh),
+                        FopenFlags::empty(),
+                    ),
+                    Err(e) => reply.error(errno(&e)),
+                }
+            },
+        );
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        _fh_in: FileHandle,
+        _offset_in: u64,
+        _ino_out: INodeNo,
+        _fh_out: FileHandle,
+        _offset_out: u64,
+        _len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        // The kernel falls back to read + write (and stops asking).
+        reply.error(Errno::ENOSYS);
     }
 
     fn fallocate(
         &self,
         _req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
-        _offset: u64,
-        _length: u64,
-        _mode: i32,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
         reply: ReplyEmpty,
     ) {
-        reply.error(errno(&self.core.refuse_write()));
+        match self.core.fallocate(fh.0, offset, length, mode) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 }

@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod export;
 pub mod fs;
 pub mod fuse;
 pub mod logging;
@@ -11,4 +12,3 @@ pub mod metrics;
 pub mod mounts;
 pub mod read;
 pub mod store;
-pub mod export;

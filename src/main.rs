@@ -7,12 +7,20 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Mount(args) => s3files::daemon::mount_command(args),
-        Command::Unmount(args) => match s3files::mounts::unmount(&args.mountpoint) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("s3files: error: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Unmount(args) => report(s3files::mounts::unmount(&args.mountpoint)),
+        Command::Sync(args) => {
+            let path = args.path.unwrap_or_else(|| std::path::PathBuf::from("."));
+            report(s3files::mounts::sync(&path))
+        }
+    }
+}
+
+fn report<E: std::fmt::Display>(result: Result<(), E>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("s3files: error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }

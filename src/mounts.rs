@@ -107,6 +107,75 @@ pub fn unmount(path: &Path) -> Result<(), UnmountError> {
     wait_unmounted(&path, Duration::from_secs(10))
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("{0}: {1}")]
+    Path(PathBuf, std::io::Error),
+    #[error("{0} is not on an s3files mount")]
+    NotOurs(PathBuf),
+    #[error("some exports under {path} failed ({errno}); {detail}")]
+    Failed {
+        path: PathBuf,
+        errno: std::io::Error,
+        detail: String,
+    },
+}
+
+/// `s3files sync PATH`: asks the daemon (through the virtual `user.s3files.sync`
+/// attribute) to export everything pending under PATH, and waits for it.
+pub fn sync(path: &Path) -> Result<(), SyncError> {
+    let path = std::fs::canonicalize(path).map_err(|e| SyncError::Path(path.to_path_buf(), e))?;
+    let c_path =
+        CString::new(path.as_os_str().as_bytes()).map_err(|_| SyncError::NotOurs(path.clone()))?;
+    let name = c"user.s3files.sync";
+    // SAFETY: valid C strings; a one-byte value buffer that outlives the call.
+    let rc = unsafe { libc::setxattr(c_path.as_ptr(), name.as_ptr(), b"1".as_ptr().cast(), 1, 0) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let errno = std::io::Error::last_os_error();
+    match errno.raw_os_error() {
+        // A read-only mount has nothing to export.
+        Some(libc::EROFS) => Ok(()),
+        Some(libc::ENOTSUP) => Err(SyncError::NotOurs(path)),
+        _ => {
+            let detail = read_status(&c_path)
+                .and_then(|s| {
+                    s.lines()
+                        .find(|l| l.starts_with("last-error:"))
+                        .map(str::to_string)
+                })
+                .filter(|l| l != "last-error: none")
+                .unwrap_or_else(|| {
+                    "see `user.s3files.status` of the files and the daemon's log".into()
+                });
+            Err(SyncError::Failed {
+                path,
+                errno,
+                detail,
+            })
+        }
+    }
+}
+
+fn read_status(c_path: &CString) -> Option<String> {
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: valid C strings and a buffer of the length passed.
+    let n = unsafe {
+        libc::getxattr(
+            c_path.as_ptr(),
+            c"user.s3files.status".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return None;
+    }
+    buf.truncate(n as usize);
+    String::from_utf8(buf).ok()
+}
+
 /// umount2(2) on a path.
 pub fn umount2(path: &Path, flags: libc::c_int) -> std::io::Result<()> {
     let c_path = CString::new(path.as_os_str().as_bytes())

@@ -50,7 +50,10 @@ pub fn user_metadata(meta: &ExportMeta, token: &str) -> UserMetadata {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// The bucket now holds the exported state; the new ETag (None for deletes).
-    Done { etag: Option<String>, size: u64 },
+    Done {
+        etag: Option<String>,
+        size: u64,
+    },
     /// The staged data changed while it was read; try again soon.
     Raced,
     /// The object changed in S3 since the local copy was based on it.
@@ -124,7 +127,9 @@ async fn upload(
         if !staged.end_read(token) {
             return Ok(None);
         }
-        let etag = store.put(key, Bytes::from(body), metadata, condition).await?;
+        let etag = store
+            .put(key, Bytes::from(body), metadata, condition)
+            .await?;
         return Ok(Some((Some(etag), size)));
     }
     let part = part_size(size);
@@ -178,13 +183,21 @@ mod tests {
 
     #[test]
     fn metadata_uses_s3_files_names() {
-        let meta = ExportMeta { uid: 1000, gid: 100, mode: 0o100640, mtime_ns: 5 };
+        let meta = ExportMeta {
+            uid: 1000,
+            gid: 100,
+            mode: 0o100640,
+            mtime_ns: 5,
+        };
         let m = user_metadata(&meta, "t");
         assert_eq!(m["file-permissions"], "0100640");
         assert_eq!(m["file-owner"], "1000");
         assert_eq!(m["file-group"], "100");
         assert_eq!(m["file-mtime"], "5ns");
-        let dir = ExportMeta { mode: 0o040755, ..meta };
+        let dir = ExportMeta {
+            mode: 0o040755,
+            ..meta
+        };
         assert_eq!(user_metadata(&dir, "t")["file-permissions"], "0040755");
     }
 
@@ -194,7 +207,12 @@ mod tests {
             key: key.into(),
             kind,
             base_etag: base.map(String::from),
-            meta: ExportMeta { uid: 0, gid: 0, mode: 0o100644, mtime_ns: 0 },
+            meta: ExportMeta {
+                uid: 0,
+                gid: 0,
+                mode: 0o100644,
+                mtime_ns: 0,
+            },
         }
     }
 
@@ -225,8 +243,13 @@ mod tests {
         let mem = Arc::new(MemoryStore::new());
         let store: Arc<dyn ObjectStore> = mem.clone();
         let dir = tempfile::tempdir().unwrap();
-        let staged = staging::Staging::open(dir.path()).unwrap().create(2).unwrap();
-        let body: Vec<u8> = (0..(MULTIPART_THRESHOLD + 12345)).map(|i| (i % 251) as u8).collect();
+        let staged = staging::Staging::open(dir.path())
+            .unwrap()
+            .create(2)
+            .unwrap();
+        let body: Vec<u8> = (0..(MULTIPART_THRESHOLD + 12345))
+            .map(|i| (i % 251) as u8)
+            .collect();
         staged.write_at(&body, 0).unwrap();
         let rec = record("big", ExportKind::Upload, None);
         let done = export_once(&store, &rec, Some(&staged), "t").await;
@@ -243,16 +266,28 @@ mod tests {
         let etag = mem.head("f").await.unwrap().etag;
         let mut rec = record("f", ExportKind::Metadata, etag.as_deref());
         rec.meta.mode = 0o100600;
-        assert!(matches!(export_once(&store, &rec, None, "t").await, Outcome::Done { .. }));
+        assert!(matches!(
+            export_once(&store, &rec, None, "t").await,
+            Outcome::Done { .. }
+        ));
         assert_eq!(mem.metadata("f").unwrap()["file-permissions"], "0100600");
         assert_eq!(&mem.body("f").unwrap()[..], b"body");
-        assert_eq!(mem.requests.put.load(std::sync::atomic::Ordering::Relaxed), 0);
+        assert_eq!(
+            mem.requests.put.load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
 
         let marker = record("d/", ExportKind::Marker, None);
-        assert!(matches!(export_once(&store, &marker, None, "t").await, Outcome::Done { .. }));
+        assert!(matches!(
+            export_once(&store, &marker, None, "t").await,
+            Outcome::Done { .. }
+        ));
         assert!(mem.body("d/").unwrap().is_empty());
         let delete = record("f", ExportKind::Delete, None);
-        assert!(matches!(export_once(&store, &delete, None, "t").await, Outcome::Done { .. }));
+        assert!(matches!(
+            export_once(&store, &delete, None, "t").await,
+            Outcome::Done { .. }
+        ));
         assert!(mem.body("f").is_none());
     }
 }

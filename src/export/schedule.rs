@@ -187,7 +187,10 @@ mod tests {
         assert_eq!(s.take_due(t0, 10), vec![1]);
         s.hold(1, Hold::Conflict);
         s.expedite(&[1], t0);
-        assert!(s.take_due(t0, 10).is_empty(), "a conflict is never exported");
+        assert!(
+            s.take_due(t0, 10).is_empty(),
+            "a conflict is never exported"
+        );
     }
 
     proptest! {

@@ -123,7 +123,10 @@ impl StagedFile {
         let want = (end - offset) as usize;
         let mut done = 0;
         while done < want {
-            match self.file.read_at(&mut buf[done..want], offset + done as u64)? {
+            match self
+                .file
+                .read_at(&mut buf[done..want], offset + done as u64)?
+            {
                 0 => {
                     // Sparse tail beyond the data written: zeros.
                     buf[done..want].fill(0);

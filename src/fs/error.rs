@@ -26,6 +26,16 @@ pub enum FsError {
     Range,
     #[error("bad file handle")]
     BadHandle,
+    #[error("file exists")]
+    Exists,
+    #[error("directory not empty")]
+    NotEmpty,
+    #[error("name or key too long")]
+    NameTooLong,
+    #[error("not supported across this mount (rename)")]
+    CrossDevice,
+    #[error("local I/O error (errno {0})")]
+    Os(i32),
     #[error("S3: {0}")]
     Store(#[from] StoreError),
 }
@@ -44,6 +54,11 @@ impl FsError {
             FsError::NoAttr => libc::ENODATA,
             FsError::Range => libc::ERANGE,
             FsError::BadHandle => libc::EBADF,
+            FsError::Exists => libc::EEXIST,
+            FsError::NotEmpty => libc::ENOTEMPTY,
+            FsError::NameTooLong => libc::ENAMETOOLONG,
+            FsError::CrossDevice => libc::EXDEV,
+            FsError::Os(code) => *code,
             FsError::Store(e) => store_errno(e),
         }
     }

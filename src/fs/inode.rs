@@ -22,6 +22,8 @@ use bytes::Bytes;
 
 use super::metadata::PosixMeta;
 use super::namespace::DirEntries;
+use crate::export::journal::ExportMeta;
+use crate::export::staging::StagedFile;
 
 pub type Ino = u64;
 pub const ROOT_INO: Ino = 1;
@@ -52,6 +54,24 @@ pub struct NodeState {
     pub symlink_target: Option<Bytes>,
     /// False once the entry has gone from its parent.
     pub linked: bool,
+    /// Local state of an entry changed on this mount; None when it is exactly as in S3.
+    pub local: Option<LocalFile>,
+    /// Open file handles (staged data is kept while any is open).
+    pub handles: u32,
+}
+
+/// An entry with local changes or local bytes.
+#[derive(Debug, Clone)]
+pub struct LocalFile {
+    /// Journal record id (also the staging file's name).
+    pub export_id: u64,
+    /// Local bytes, for files and symlinks that were written; None for a metadata-only
+    /// change or a directory.
+    pub staged: Option<Arc<StagedFile>>,
+    /// The attributes the mount shows, and the next export writes.
+    pub meta: ExportMeta,
+    /// A journal record is pending for this entry.
+    pub dirty: bool,
 }
 
 impl NodeState {
@@ -73,6 +93,8 @@ impl NodeState {
             children: None,
             symlink_target: None,
             linked: true,
+            local: None,
+            handles: 0,
         }
     }
 }
@@ -235,6 +257,40 @@ impl InodeTable {
         for ino in unlinked {
             self.unlink_tree(ino);
         }
+    }
+
+    /// Adds a locally created entry `name` to listed directory `dir`.
+    pub fn add_child(&self, dir: &Node, name: &str, is_dir: bool, local: LocalFile) -> Arc<Node> {
+        let mut state = dir.state();
+        let key = if is_dir {
+            format!("{}{name}/", state.key)
+        } else {
+            format!("{}{name}", state.key)
+        };
+        let mut child = NodeState::new(dir.ino, name, key, is_dir, None);
+        child.meta = Some(PosixMeta::from_export(&local.meta));
+        child.local = Some(local);
+        if is_dir {
+            child.children = Some(BTreeMap::new());
+        }
+        let ino = self.insert(child);
+        let old = state
+            .children
+            .get_or_insert_with(BTreeMap::new)
+            .insert(name.to_string(), ino);
+        drop(state);
+        if let Some(old) = old {
+            self.unlink_tree(old);
+        }
+        self.get(ino).expect("just inserted")
+    }
+
+    /// Removes entry `name` from `dir`; the node stays resolvable while the kernel
+    /// holds it.
+    pub fn remove_child(&self, dir: &Node, name: &str) -> Option<Ino> {
+        let ino = dir.state().children.as_mut()?.remove(name)?;
+        self.unlink_tree(ino);
+        Some(ino)
     }
 
     fn insert(&self, state: NodeState) -> Ino {

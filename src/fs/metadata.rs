@@ -83,6 +83,47 @@ impl PosixMeta {
     }
 }
 
+impl PosixMeta {
+    /// The attributes of a local entry, as its export will store them.
+    pub fn from_export(meta: &crate::export::journal::ExportMeta) -> Self {
+        let secs = (meta.mtime_ns / 1_000_000_000) as u64;
+        let nanos = (meta.mtime_ns % 1_000_000_000) as u32;
+        PosixMeta {
+            uid: meta.uid,
+            gid: meta.gid,
+            perm: (meta.mode & 0o7777) as u16,
+            mtime: UNIX_EPOCH.checked_add(Duration::new(secs, nanos)),
+            symlink: meta.mode & S_IFMT == S_IFLNK,
+        }
+    }
+
+    /// The export form of these attributes, for an entry of the given kind.
+    pub fn to_export(
+        &self,
+        is_dir: bool,
+        fallback_mtime: SystemTime,
+    ) -> crate::export::journal::ExportMeta {
+        let kind = if is_dir {
+            S_IFDIR
+        } else if self.symlink {
+            S_IFLNK
+        } else {
+            S_IFREG
+        };
+        crate::export::journal::ExportMeta {
+            uid: self.uid,
+            gid: self.gid,
+            mode: kind | u32::from(self.perm),
+            mtime_ns: nanos_since_epoch(self.mtime.unwrap_or(fallback_mtime)),
+        }
+    }
+}
+
+/// Nanoseconds since the epoch (0 for times before it).
+pub fn nanos_since_epoch(t: SystemTime) -> u128 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos())
+}
+
 /// Parses `<nanoseconds>ns` since the epoch.
 fn parse_mtime(value: &str) -> Option<SystemTime> {
     let nanos: u128 = value.strip_suffix("ns")?.parse().ok()?;

@@ -10,6 +10,7 @@ pub mod error;
 pub mod inode;
 pub mod metadata;
 pub mod namespace;
+pub mod write;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,6 +33,9 @@ use namespace::{build_entries, check_segment};
 
 /// The virtual, read-only extended attribute that reports an entry's sync state.
 pub const STATUS_XATTR: &str = "user.s3files.status";
+/// Setting this virtual attribute on a path exports everything pending under it now and
+/// answers once it is in S3 (`s3files sync` uses it).
+pub const SYNC_XATTR: &str = "user.s3files.sync";
 /// Objects no larger than this may be symlinks (a target is at most PATH_MAX bytes), so
 /// a listing alone cannot tell their type: readdir fetches their metadata first.
 const MAX_SYMLINK_SIZE: u64 = 4096;
@@ -81,7 +85,9 @@ pub struct StatFs {
 
 struct OpenFile {
     node: Arc<Node>,
-    reader: ObjectReader,
+    /// Reader of the S3 object, for a file with no local bytes at open.
+    reader: Option<ObjectReader>,
+    writable: bool,
 }
 
 pub struct FsCore {
@@ -96,6 +102,8 @@ pub struct FsCore {
     mounted_at: SystemTime,
     /// Keys already reported as skipped or hidden, so a re-listing does not count twice.
     reported: Mutex<HashSet<String>>,
+    /// The write side; None on a read-only mount (every write is EROFS).
+    writer: Option<write::Writer>,
 }
 
 impl FsCore {
@@ -110,7 +118,14 @@ impl FsCore {
             metrics,
             mounted_at: SystemTime::now(),
             reported: Mutex::new(HashSet::new()),
+            writer: None,
         }
+    }
+
+    /// Enables writes: local changes go through `writer` to S3.
+    pub fn with_writer(mut self, writer: write::Writer) -> Self {
+        self.writer = Some(writer);
+        self
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -157,11 +172,19 @@ impl FsCore {
         self.ensure_meta(&node).await?;
         let (key, etag, size) = {
             let state = node.state();
-            if !state.meta.is_some_and(|m| m.symlink) {
+            if kind_of(&state) != EntryKind::Symlink {
                 return Err(FsError::Invalid);
             }
             if let Some(target) = &state.symlink_target {
                 return Ok(target.clone());
+            }
+            if let Some(staged) = state.local.as_ref().and_then(|l| l.staged.as_ref()) {
+                let mut buf = vec![0u8; staged.size().min(MAX_SYMLINK_SIZE) as usize];
+                let n = staged
+                    .read_at(&mut buf, 0)
+                    .map_err(|_| FsError::Os(libc::EIO))?;
+                buf.truncate(n);
+                return Ok(Bytes::from(buf));
             }
             let remote = state.remote.clone().ok_or(FsError::NotFound)?;
             (state.key.clone(), remote.etag, remote.size)
@@ -248,7 +271,8 @@ impl FsCore {
         self.dirs.remove(&handle);
     }
 
-    /// Opens a file for reading. `write` and `truncate` say what the open asked for.
+    /// Opens a file. `write` and `truncate` say what the open asked for; a file opened
+    /// for writing gets local bytes in the staging area.
     pub async fn open(
         &self,
         caller: Identity,
@@ -261,31 +285,80 @@ impl FsCore {
             return Err(FsError::IsDir);
         }
         if write || truncate {
-            return Err(self.refuse_write());
+            if self.writer.is_none() {
+                return Err(self.refuse_write());
+            }
+            self.check(caller, &node, access::WRITE).await?;
+            if !write {
+                self.check(caller, &node, access::READ).await?;
+            }
+            self.open_for_write(&node, truncate).await?;
+            return Ok(self.add_handle(node, write));
         }
         self.check(caller, &node, access::READ).await?;
         self.ensure_meta(&node).await?;
-        let (key, remote) = {
-            let state = node.state();
-            (
-                state.key.clone(),
-                state.remote.clone().ok_or(FsError::NotFound)?,
-            )
+        Ok(self.add_handle(node, false))
+    }
+
+    /// Registers an open handle on a node.
+    fn add_handle(&self, node: Arc<Node>, writable: bool) -> u64 {
+        let reader = {
+            let mut state = node.state();
+            state.handles += 1;
+            match (&state.local, &state.remote) {
+                (Some(local), _) if local.staged.is_some() => None,
+                (_, Some(remote)) => Some(ObjectReader::new(
+                    self.store.clone(),
+                    state.key.clone(),
+                    remote.etag.clone(),
+                    remote.size,
+                )),
+                _ => None,
+            }
         };
-        let reader = ObjectReader::new(self.store.clone(), key, remote.etag, remote.size);
         let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        self.files.insert(
+            handle,
+            Arc::new(OpenFile {
+                node,
+                reader,
+                writable,
+            }),
+        );
+        handle
+    }
+
+    fn handle(&self, handle: u64) -> FsResult<Arc<OpenFile>> {
         self.files
-            .insert(handle, Arc::new(OpenFile { node, reader }));
-        Ok(handle)
+            .get(&handle)
+            .map(|f| f.value().clone())
+            .ok_or(FsError::BadHandle)
     }
 
     pub async fn read(&self, handle: u64, offset: u64, len: u32) -> FsResult<Bytes> {
-        let file = self
-            .files
-            .get(&handle)
-            .map(|f| f.value().clone())
-            .ok_or(FsError::BadHandle)?;
-        match file.reader.read(offset, len).await {
+        let file = self.handle(handle)?;
+        // Local bytes win (read-your-writes, across handles too).
+        let staged = file
+            .node
+            .state()
+            .local
+            .as_ref()
+            .and_then(|l| l.staged.clone());
+        if let Some(staged) = staged {
+            let mut buf = vec![0u8; len as usize];
+            let n = staged
+                .read_at(&mut buf, offset)
+                .map_err(|e| FsError::Os(e.raw_os_error().unwrap_or(libc::EIO)))?;
+            buf.truncate(n);
+            self.metrics
+                .bytes_read
+                .fetch_add(n as u64, Ordering::Relaxed);
+            return Ok(Bytes::from(buf));
+        }
+        let Some(reader) = &file.reader else {
+            return Ok(Bytes::new());
+        };
+        match reader.read(offset, len).await {
             Ok(data) => {
                 self.metrics
                     .bytes_read
@@ -310,7 +383,18 @@ impl FsCore {
     }
 
     pub fn release(&self, handle: u64) {
-        self.files.remove(&handle);
+        let Some((_, file)) = self.files.remove(&handle) else {
+            return;
+        };
+        let mut state = file.node.state();
+        state.handles = state.handles.saturating_sub(1);
+        // Clean local bytes (already exported) are dropped with the last handle.
+        let clean = state.local.as_ref().is_some_and(|l| !l.dirty);
+        if state.handles == 0 && clean {
+            if let (Some(local), Some(writer)) = (state.local.take(), self.writer.as_ref()) {
+                writer.forget_staged(local.export_id);
+            }
+        }
     }
 
     pub fn statfs(&self) -> StatFs {
@@ -331,7 +415,7 @@ impl FsCore {
     /// checked the mode bits and only the read-only refusal is left.
     pub async fn access(&self, caller: Identity, ino: Ino, mask: u32) -> FsResult<()> {
         let node = self.node(ino)?;
-        if mask & access::WRITE != 0 {
+        if mask & access::WRITE != 0 && self.writer.is_none() {
             return Err(self.refuse_write());
         }
         self.check(caller, &node, mask).await
@@ -346,6 +430,37 @@ impl FsCore {
             Err(FsError::NotSupported)
         } else {
             Err(FsError::NoAttr)
+        }
+    }
+
+    pub async fn setxattr(&self, ino: Ino, name: &[u8]) -> FsResult<()> {
+        self.node(ino)?;
+        if name == SYNC_XATTR.as_bytes() {
+            return self.sync_tree(ino).await;
+        }
+        // The status is virtual and read-only. ENOTSUP (not EPERM) lets `cp -a` and `mv`
+        // carry on quietly when they copy attributes between files of this mount.
+        if self.writer.is_none() && name != STATUS_XATTR.as_bytes() {
+            return Err(self.refuse_write());
+        }
+        Err(FsError::NotSupported)
+    }
+
+    pub fn removexattr(&self, ino: Ino, name: &[u8]) -> FsResult<()> {
+        self.node(ino)?;
+        if self.writer.is_none() && name != STATUS_XATTR.as_bytes() {
+            return Err(self.refuse_write());
+        }
+        Err(FsError::NotSupported)
+    }
+
+    /// rename(2) is not built yet. EXDEV makes `mv` fall back to copy and delete, which
+    /// this mount supports.
+    pub fn rename_unsupported(&self) -> FsError {
+        if self.writer.is_none() {
+            self.refuse_write()
+        } else {
+            FsError::CrossDevice
         }
     }
 
@@ -364,8 +479,9 @@ impl FsCore {
     /// The `user.s3files.status` text of a node.
     fn status(&self, node: &Node) -> String {
         let key = node.state().key.clone();
+        let (state, last_error) = self.sync_state(node);
         format!(
-            "key: s3://{}/{}\npath: {}\nstate: synced\nlast-error: none\n",
+            "key: s3://{}/{}\npath: {}\nstate: {state}\nlast-error: {last_error}\n",
             self.options.bucket,
             key,
             self.path_of(node)
@@ -473,6 +589,7 @@ impl FsCore {
         );
         self.report_skipped(&entries);
         self.inodes.apply_listing(dir, &entries);
+        self.overlay_pending(dir);
         if !entries.has_marker && !prefix.is_empty() {
             // No `dir/` marker in its own listing: an implicit directory, no HEAD needed.
             let mut state = dir.state();
@@ -552,17 +669,25 @@ impl FsCore {
 
     fn attr(&self, node: &Node) -> Attr {
         let state = node.state();
-        let meta = state
-            .meta
-            .unwrap_or_else(|| PosixMeta::default_for(state.is_dir));
+        let meta = match &state.local {
+            Some(local) => PosixMeta::from_export(&local.meta),
+            None => state
+                .meta
+                .unwrap_or_else(|| PosixMeta::default_for(state.is_dir)),
+        };
         let kind = kind_of(&state);
         let last_modified = state.remote.as_ref().and_then(|r| r.last_modified);
+        let staged_size = state
+            .local
+            .as_ref()
+            .and_then(|l| l.staged.as_ref())
+            .map(|s| s.size());
         Attr {
             ino: node.ino,
             size: if state.is_dir {
                 DIR_SIZE
             } else {
-                state.remote.as_ref().map_or(0, |r| r.size)
+                staged_size.unwrap_or_else(|| state.remote.as_ref().map_or(0, |r| r.size))
             },
             kind,
             perm: meta.perm,
@@ -589,9 +714,13 @@ impl FsCore {
 }
 
 fn kind_of(state: &inode::NodeState) -> EntryKind {
+    let local_symlink = state
+        .local
+        .as_ref()
+        .map(|l| l.meta.mode & metadata::S_IFMT == metadata::S_IFLNK);
     if state.is_dir {
         EntryKind::Dir
-    } else if state.meta.is_some_and(|m| m.symlink) {
+    } else if local_symlink.unwrap_or_else(|| state.meta.is_some_and(|m| m.symlink)) {
         EntryKind::Symlink
     } else {
         EntryKind::File

@@ -35,11 +35,14 @@ pub struct RequestCounts {
     pub delete: AtomicU64,
 }
 
+/// A multipart upload in progress: key, metadata, parts by number.
+type Upload = (String, UserMetadata, BTreeMap<i32, Bytes>);
+
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     objects: Mutex<BTreeMap<String, MemObject>>,
     /// Multipart uploads in progress: id -> (key, metadata, parts by number).
-    uploads: Mutex<HashMap<String, (String, UserMetadata, BTreeMap<i32, Bytes>)>>,
+    uploads: Mutex<HashMap<String, Upload>>,
     version: AtomicU64,
     /// Page size used when the caller does not ask for one (S3's is 1,000).
     pub default_page_size: usize,
@@ -231,12 +234,19 @@ impl ObjectStore for MemoryStore {
         self.store_checked(key, body, metadata, condition)
     }
 
-    async fn create_multipart(&self, key: &str, metadata: &UserMetadata) -> Result<String, StoreError> {
+    async fn create_multipart(
+        &self,
+        key: &str,
+        metadata: &UserMetadata,
+    ) -> Result<String, StoreError> {
         let id = format!("upload-{}", self.version.fetch_add(1, Ordering::Relaxed));
         self.uploads
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id.clone(), (key.to_string(), metadata.clone(), BTreeMap::new()));
+            .insert(
+                id.clone(),
+                (key.to_string(), metadata.clone(), BTreeMap::new()),
+            );
         Ok(id)
     }
 

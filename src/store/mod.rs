@@ -126,7 +126,11 @@ pub trait ObjectStore: Send + Sync + 'static {
     ) -> Result<String, StoreError>;
 
     /// Starts a multipart upload; returns its upload id.
-    async fn create_multipart(&self, key: &str, metadata: &UserMetadata) -> Result<String, StoreError>;
+    async fn create_multipart(
+        &self,
+        key: &str,
+        metadata: &UserMetadata,
+    ) -> Result<String, StoreError>;
 
     /// Uploads one part (numbered from 1); returns the part's ETag.
     async fn upload_part(

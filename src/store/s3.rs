@@ -195,7 +195,11 @@ impl ObjectStore for S3Store {
         Ok(out.e_tag().unwrap_or_default().to_string())
     }
 
-    async fn create_multipart(&self, key: &str, metadata: &UserMetadata) -> Result<String, StoreError> {
+    async fn create_multipart(
+        &self,
+        key: &str,
+        metadata: &UserMetadata,
+    ) -> Result<String, StoreError> {
         debug!(key, "s3 CreateMultipartUpload");
         let out = self
             .client
@@ -240,7 +244,12 @@ impl ObjectStore for S3Store {
         parts: Vec<(i32, String)>,
         condition: &WriteCondition,
     ) -> Result<String, StoreError> {
-        debug!(key, parts = parts.len(), ?condition, "s3 CompleteMultipartUpload");
+        debug!(
+            key,
+            parts = parts.len(),
+            ?condition,
+            "s3 CompleteMultipartUpload"
+        );
         self.metrics.count_request(crate::metrics::Request::Put);
         let (if_match, if_none_match) = condition_headers(condition);
         let parts = parts
@@ -539,7 +548,10 @@ mod tests {
     #[test]
     fn copy_source_encoding() {
         assert_eq!(url_encode_key("a/b c+d%é"), "a/b%20c%2Bd%25%C3%A9");
-        assert_eq!(url_decode(&url_encode_key("x y/z?")).as_deref(), Some("x y/z?"));
+        assert_eq!(
+            url_decode(&url_encode_key("x y/z?")).as_deref(),
+            Some("x y/z?")
+        );
     }
 
     #[test]

@@ -246,6 +246,31 @@ impl S3Server {
     pub fn request_log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
+
+    /// How many requests of `method` on `/bucket/key` the server has logged.
+    pub fn count_requests(&self, method: &str, bucket: &str, key: &str) -> usize {
+        let needle = format!("{method} /{bucket}/{key}");
+        self.request_log()
+            .lines()
+            .filter(|l| {
+                l.match_indices(&needle)
+                    .any(|(i, _)| matches!(l.as_bytes().get(i + needle.len()), Some(b' ' | b'?')))
+            })
+            .count()
+    }
+
+    pub fn exists(&self, bucket: &str, key: &str) -> bool {
+        block_on(self.client.head_object().bucket(bucket).key(key).send()).is_ok()
+    }
+
+    /// User metadata of an object.
+    pub fn metadata(&self, bucket: &str, key: &str) -> HashMap<String, String> {
+        block_on(self.client.head_object().bucket(bucket).key(key).send())
+            .expect("head")
+            .metadata()
+            .cloned()
+            .unwrap_or_default()
+    }
 }
 
 impl Drop for S3Server {
@@ -352,9 +377,24 @@ impl Mount {
 
     /// Like `start`, but returns the daemon's log if it exits before mounting.
     pub fn try_start(server: &S3Server, source: &str, extra: &[&str]) -> Result<Self, String> {
+        Self::try_start_with_cache(server, source, extra, None)
+    }
+
+    /// Mounts with a given cache dir (to restart a daemon on the same journal).
+    pub fn start_with_cache(server: &S3Server, source: &str, extra: &[&str], cache: &Path) -> Self {
+        Self::try_start_with_cache(server, source, extra, Some(cache))
+            .unwrap_or_else(|log| panic!("mount failed:\n{log}"))
+    }
+
+    fn try_start_with_cache(
+        server: &S3Server,
+        source: &str,
+        extra: &[&str],
+        cache: Option<&Path>,
+    ) -> Result<Self, String> {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("mnt");
-        let cache_dir = dir.path().join("cache");
+        let cache_dir = cache.map_or_else(|| dir.path().join("cache"), Path::to_path_buf);
         std::fs::create_dir(&path).expect("mountpoint");
         let log_path = dir.path().join("daemon.log");
         let log = std::fs::File::create(&log_path).expect("log");
@@ -433,6 +473,15 @@ impl Mount {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// SIGKILLs the daemon (a crash) and clears the dead mount.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        force_unmount(&self.path);
     }
 
     /// Path inside the mount.

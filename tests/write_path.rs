@@ -1,0 +1,352 @@
+//! Write path through a real mount against a real S3 server: writes land locally at
+//! once, reach the bucket whole after the write-back delay (one PUT per quiet file),
+//! survive a killed daemon, and `s3files sync` / unmount export what is pending.
+
+mod common;
+
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{run_s3files, Mount, S3Server};
+
+/// Polls `cond` until it holds or `limit` passes.
+fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cond()
+}
+
+fn status(path: &Path) -> String {
+    let out = std::process::Command::new("getfattr")
+        .args(["--only-values", "-n", "user.s3files.status"])
+        .arg(path)
+        .output();
+    match out {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).into_owned(),
+        _ => {
+            // getfattr is not always installed; read it with the syscall.
+            use std::ffi::CString;
+            use std::os::unix::ffi::OsStrExt;
+            let p = CString::new(path.as_os_str().as_bytes()).unwrap();
+            let mut buf = vec![0u8; 4096];
+            // SAFETY: valid C strings and a buffer of the length passed.
+            let n = unsafe {
+                libc::getxattr(
+                    p.as_ptr(),
+                    c"user.s3files.status".as_ptr(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                )
+            };
+            assert!(n >= 0, "getxattr: {}", std::io::Error::last_os_error());
+            buf.truncate(n as usize);
+            String::from_utf8(buf).unwrap()
+        }
+    }
+}
+
+#[test]
+fn written_file_reaches_the_bucket_after_the_delay_in_one_put() {
+    let server = S3Server::start();
+    server.create_bucket("lazy");
+    // The access point's root directory belongs to it, as S3 Files sets it up.
+    server.put(
+        "lazy",
+        "agent/",
+        "",
+        &[
+            ("file-permissions", "0040755"),
+            ("file-owner", "1000"),
+            ("file-group", "1000"),
+        ],
+    );
+    let mount = Mount::start(
+        &server,
+        "s3://lazy/agent",
+        &["--write-back-delay", "3s", "--uid", "1000", "--gid", "1000"],
+    );
+    let path = mount.join("burst.txt");
+    let mut file = std::fs::File::create(&path).unwrap();
+    let mut expected = Vec::new();
+    for i in 0..1000 {
+        let line = format!("append {i}\n");
+        file.write_all(line.as_bytes()).unwrap();
+        expected.extend_from_slice(line.as_bytes());
+    }
+    drop(file);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+    // Local at once (read-your-writes), absent from the bucket before the delay.
+    assert_eq!(std::fs::read(&path).unwrap(), expected);
+    assert!(
+        status(&path).contains("state: pending export"),
+        "{}",
+        status(&path)
+    );
+    assert!(
+        !server.exists("lazy", "agent/burst.txt"),
+        "exported before the delay"
+    );
+    assert!(
+        wait_for(Duration::from_secs(20), || server
+            .exists("lazy", "agent/burst.txt")),
+        "not exported after the delay:\n{}",
+        mount.log()
+    );
+    assert_eq!(server.get("lazy", "agent/burst.txt"), expected);
+    let meta = server.metadata("lazy", "agent/burst.txt");
+    assert_eq!(meta["file-permissions"], "0100640");
+    assert_eq!(meta["file-owner"], "1000");
+    assert_eq!(meta["file-group"], "1000");
+    let mtime_ns: u128 = meta["file-mtime"].trim_end_matches("ns").parse().unwrap();
+    let local = std::fs::metadata(&path).unwrap();
+    assert_eq!(mtime_ns / 1_000_000_000, local.mtime() as u128);
+    // A burst of 1,000 appends within the delay is one PUT.
+    assert_eq!(
+        server.count_requests("PUT", "lazy", "agent/burst.txt"),
+        1,
+        "{}",
+        server.request_log()
+    );
+    assert!(wait_for(Duration::from_secs(5), || status(&path)
+        .contains("state: synced")));
+}
+
+#[test]
+fn namespace_changes_are_exported() {
+    let server = S3Server::start();
+    server.create_bucket("names");
+    server.put("names", "existing.txt", "0123456789", &[]);
+    server.put("names", "gone.txt", "bye", &[]);
+    server.put("names", "olddir/", "", &[("file-permissions", "0040755")]);
+    let mount = Mount::start(&server, "s3://names", &["--write-back-delay", "1s"]);
+    std::fs::create_dir(mount.join("newdir")).unwrap();
+    std::fs::set_permissions(mount.join("newdir"), std::fs::Permissions::from_mode(0o750)).unwrap();
+    std::fs::write(mount.join("newdir/inner.txt"), "inner").unwrap();
+    std::os::unix::fs::symlink("newdir/inner.txt", mount.join("link")).unwrap();
+    std::fs::remove_file(mount.join("gone.txt")).unwrap();
+    std::fs::remove_dir(mount.join("olddir")).unwrap();
+    // Truncate and overwrite part of an existing object.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(mount.join("existing.txt"))
+        .unwrap();
+    f.set_len(6).unwrap();
+    std::os::unix::fs::FileExt::write_at(&f, b"AB", 2).unwrap();
+    drop(f);
+    assert_eq!(
+        std::fs::read(mount.join("existing.txt")).unwrap(),
+        b"01AB45"
+    );
+    assert_eq!(
+        std::fs::remove_dir(mount.join("newdir"))
+            .unwrap_err()
+            .raw_os_error(),
+        Some(libc::ENOTEMPTY)
+    );
+    let (out, _) = run_s3files(
+        &["sync", mount.path.to_str().unwrap()],
+        &[],
+        Duration::from_secs(30),
+    );
+    assert!(
+        out.status.success(),
+        "sync: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let keys = server.list_all("names");
+    let mut names: Vec<&str> = keys.keys().map(String::as_str).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["existing.txt", "link", "newdir/", "newdir/inner.txt"]
+    );
+    assert_eq!(server.get("names", "existing.txt"), b"01AB45");
+    assert_eq!(server.get("names", "newdir/inner.txt"), b"inner");
+    assert_eq!(server.get("names", "link"), b"newdir/inner.txt");
+    assert_eq!(
+        server.metadata("names", "link")["file-permissions"],
+        "0120777"
+    );
+    assert_eq!(
+        server.metadata("names", "newdir/")["file-permissions"],
+        "0040750"
+    );
+}
+
+#[test]
+fn metadata_only_change_is_a_copy_not_an_upload() {
+    let server = S3Server::start();
+    server.create_bucket("chmod");
+    server.put(
+        "chmod",
+        "big.bin",
+        vec![7u8; 100_000],
+        &[("file-permissions", "0100644")],
+    );
+    let mount = Mount::start(&server, "s3://chmod", &["--write-back-delay", "1s"]);
+    let path = mount.join("big.bin");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (out, _) = run_s3files(
+        &["sync", path.to_str().unwrap()],
+        &[],
+        Duration::from_secs(30),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        server.metadata("chmod", "big.bin")["file-permissions"],
+        "0100600"
+    );
+    assert_eq!(server.get("chmod", "big.bin"), vec![7u8; 100_000]);
+    // One PUT (the seed); the chmod went out as CopyObject, which moto logs as a PUT with
+    // a copy source, so count the uploads by body: the daemon never GETs or re-sends it.
+    assert_eq!(
+        server.count_requests("GET", "chmod", "big.bin"),
+        1,
+        "only our check reads it"
+    );
+    assert!(mount.log().contains("kind=Metadata"), "{}", mount.log());
+}
+
+#[test]
+fn killed_daemon_exports_everything_after_restart() {
+    let server = S3Server::start();
+    server.create_bucket("crash");
+    let cache = tempfile::tempdir().unwrap();
+    let mut mount = Mount::start_with_cache(
+        &server,
+        "s3://crash",
+        &["--write-back-delay", "60s"],
+        cache.path(),
+    );
+    std::fs::create_dir(mount.join("files")).unwrap();
+    for i in 0..500 {
+        std::fs::write(
+            mount.join(&format!("files/f{i:03}.txt")),
+            format!("content of file {i}\n"),
+        )
+        .unwrap();
+    }
+    assert!(
+        server.list_all("crash").is_empty(),
+        "nothing before the delay"
+    );
+    mount.kill();
+    assert!(server.list_all("crash").is_empty());
+
+    let restarted = Mount::start_with_cache(
+        &server,
+        "s3://crash",
+        &["--write-back-delay", "1s"],
+        cache.path(),
+    );
+    assert!(
+        wait_for(Duration::from_secs(120), || server.list_all("crash").len()
+            == 501),
+        "after restart: {} keys\n{}",
+        server.list_all("crash").len(),
+        restarted.log()
+    );
+    for i in (0..500).step_by(37) {
+        assert_eq!(
+            server.get("crash", &format!("files/f{i:03}.txt")),
+            format!("content of file {i}\n").into_bytes()
+        );
+    }
+    // The restarted mount shows them too.
+    assert_eq!(
+        std::fs::read_dir(restarted.join("files")).unwrap().count(),
+        500
+    );
+}
+
+#[test]
+fn unmount_exports_pending_changes_first() {
+    let server = S3Server::start();
+    server.create_bucket("flush");
+    let mut mount = Mount::start(&server, "s3://flush", &["--write-back-delay", "60s"]);
+    std::fs::write(mount.join("late.txt"), "written just before unmount").unwrap();
+    assert!(!server.exists("flush", "late.txt"));
+    let status = mount.stop();
+    assert!(status.success());
+    assert_eq!(
+        server.get("flush", "late.txt"),
+        b"written just before unmount"
+    );
+}
+
+#[test]
+fn conflicting_change_in_s3_is_never_overwritten() {
+    let server = S3Server::start();
+    server.create_bucket("clash");
+    server.put("clash", "shared.txt", "original", &[]);
+    let mount = Mount::start(&server, "s3://clash", &["--write-back-delay", "1s"]);
+    let path = mount.join("shared.txt");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "original");
+    // The mount changes the file; before its export, someone changes the object in S3.
+    std::fs::write(&path, "local change").unwrap();
+    server.put("clash", "shared.txt", "bucket change", &[]);
+    let (out, _) = run_s3files(
+        &["sync", path.to_str().unwrap()],
+        &[],
+        Duration::from_secs(30),
+    );
+    assert!(!out.status.success(), "sync must report the conflict");
+    // The bucket wins: its bytes stay; the local bytes are kept, never exported.
+    assert_eq!(server.get("clash", "shared.txt"), b"bucket change");
+    assert!(
+        status(&path).contains("state: conflict"),
+        "{}",
+        status(&path)
+    );
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "local change");
+    assert!(mount.log().contains("export refused"), "{}", mount.log());
+}
+
+#[test]
+fn new_file_over_a_key_created_meanwhile_is_a_conflict() {
+    let server = S3Server::start();
+    server.create_bucket("race");
+    let mount = Mount::start(&server, "s3://race", &["--write-back-delay", "1s"]);
+    std::fs::write(mount.join("new.txt"), "mine").unwrap();
+    server.put("race", "new.txt", "theirs", &[]);
+    let (out, _) = run_s3files(
+        &["sync", mount.path.to_str().unwrap()],
+        &[],
+        Duration::from_secs(30),
+    );
+    assert!(!out.status.success());
+    assert_eq!(server.get("race", "new.txt"), b"theirs");
+}
+
+#[test]
+fn bad_names_fail_early() {
+    let server = S3Server::start();
+    server.create_bucket("badnames");
+    let mount = Mount::start(&server, "s3://badnames", &["--write-back-delay", "1s"]);
+    // A key over 1,024 bytes cannot be exported: refused at create time.
+    let mut deep = mount.path.clone();
+    for _ in 0..5 {
+        deep.push("d".repeat(200));
+        std::fs::create_dir(&deep).unwrap();
+    }
+    let err = std::fs::write(deep.join("x".repeat(100)), "x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENAMETOOLONG));
+    // Hard links are not part of S3 Files; rename is not built yet (EXDEV: mv copies).
+    std::fs::write(mount.join("a"), "a").unwrap();
+    let err = std::fs::hard_link(mount.join("a"), mount.join("b")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EPERM));
+    let err = std::fs::rename(mount.join("a"), mount.join("b")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EXDEV));
+}
