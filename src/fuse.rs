@@ -286,15 +286,33 @@ impl Filesystem for FuseAdapter {
 
     fn rename(
         &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _newparent: INodeNo,
-        _newname: &OsStr,
-        _flags: RenameFlags,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        reply.error(errno(&self.core.rename_unsupported()));
+        let (core, who) = (self.core.clone(), caller(req));
+        let (name, newname) = (name.to_owned(), newname.to_owned());
+        let span = debug_span!("rename", parent = parent.0, name = ?name, newname = ?newname);
+        self.spawn(span, async move {
+            let result = core
+                .rename(
+                    who,
+                    parent.0,
+                    name.as_encoded_bytes(),
+                    newparent.0,
+                    newname.as_encoded_bytes(),
+                    flags.bits(),
+                )
+                .await;
+            match result {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn link(

@@ -343,10 +343,146 @@ fn bad_names_fail_early() {
     }
     let err = std::fs::write(deep.join("x".repeat(100)), "x").unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::ENAMETOOLONG));
-    // Hard links are not part of S3 Files; rename is not built yet (EXDEV: mv copies).
+    // Renaming into a path whose key is too long is refused as well.
     std::fs::write(mount.join("a"), "a").unwrap();
+    let err = std::fs::rename(mount.join("a"), deep.join("y".repeat(100))).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENAMETOOLONG));
+    // Hard links are not part of S3 Files.
     let err = std::fs::hard_link(mount.join("a"), mount.join("b")).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EPERM));
-    let err = std::fs::rename(mount.join("a"), mount.join("b")).unwrap_err();
-    assert_eq!(err.raw_os_error(), Some(libc::EXDEV));
+}
+
+fn renameat2(from: &Path, to: &Path, flags: u32) -> std::io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let a = CString::new(from.as_os_str().as_bytes()).unwrap();
+    let b = CString::new(to.as_os_str().as_bytes()).unwrap();
+    // SAFETY: valid C strings; AT_FDCWD with absolute paths.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            flags,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[test]
+fn renames_of_files_and_directories_are_exported() {
+    let server = S3Server::start();
+    server.create_bucket("moves");
+    let big = vec![5u8; 300_000];
+    server.put(
+        "moves",
+        "exported.bin",
+        big.clone(),
+        &[("file-permissions", "0100600")],
+    );
+    server.put("moves", "tree/a.txt", "a", &[]);
+    server.put("moves", "tree/sub/b.txt", "b", &[]);
+    server.put("moves", "tree/sub/", "", &[("file-permissions", "0040700")]);
+    server.put("moves", "victim.txt", "to be replaced", &[]);
+    let mount = Mount::start(&server, "s3://moves", &["--write-back-delay", "1s"]);
+
+    // A file already in S3: server-side copy, then delete; no body goes through us.
+    std::fs::rename(mount.join("exported.bin"), mount.join("renamed.bin")).unwrap();
+    // A file not exported yet: simply uploaded under its new name.
+    std::fs::write(mount.join("fresh.txt"), "fresh").unwrap();
+    std::fs::rename(mount.join("fresh.txt"), mount.join("fresh-renamed.txt")).unwrap();
+    // A whole directory, with a local change inside it.
+    std::fs::write(mount.join("tree/sub/new.txt"), "new").unwrap();
+    std::fs::rename(mount.join("tree"), mount.join("moved")).unwrap();
+    // Replacing an existing file.
+    std::fs::write(mount.join("replacement.txt"), "replacement").unwrap();
+    std::fs::rename(mount.join("replacement.txt"), mount.join("victim.txt")).unwrap();
+    // RENAME_NOREPLACE, and a directory into itself.
+    std::fs::write(mount.join("keep.txt"), "keep").unwrap();
+    let err = renameat2(
+        &mount.join("keep.txt"),
+        &mount.join("victim.txt"),
+        libc::RENAME_NOREPLACE,
+    )
+    .unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EEXIST));
+    let err = std::fs::rename(mount.join("moved"), mount.join("moved/sub/inside")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
+
+    // Instant on the mount.
+    assert_eq!(std::fs::read(mount.join("renamed.bin")).unwrap(), big);
+    assert!(!mount.join("exported.bin").exists());
+    assert_eq!(
+        std::fs::read_to_string(mount.join("moved/sub/b.txt")).unwrap(),
+        "b"
+    );
+    assert_eq!(
+        std::fs::read_to_string(mount.join("moved/sub/new.txt")).unwrap(),
+        "new"
+    );
+    assert_eq!(
+        std::fs::read_to_string(mount.join("victim.txt")).unwrap(),
+        "replacement"
+    );
+
+    let (out, _) = run_s3files(
+        &["sync", mount.path.to_str().unwrap()],
+        &[],
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.status.success(),
+        "sync: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        mount.log()
+    );
+    let keys = server.list_all("moves");
+    let mut names: Vec<&str> = keys.keys().map(String::as_str).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "fresh-renamed.txt",
+            "keep.txt",
+            "moved/a.txt",
+            "moved/sub/",
+            "moved/sub/b.txt",
+            "moved/sub/new.txt",
+            "renamed.bin",
+            "victim.txt",
+        ]
+    );
+    assert_eq!(server.get("moves", "renamed.bin"), big);
+    assert_eq!(
+        server.metadata("moves", "renamed.bin")["file-permissions"],
+        "0100600"
+    );
+    assert_eq!(
+        server.metadata("moves", "moved/sub/")["file-permissions"],
+        "0040700"
+    );
+    assert_eq!(server.get("moves", "victim.txt"), b"replacement");
+    assert_eq!(server.get("moves", "moved/sub/new.txt"), b"new");
+    // The renamed object went by server-side copy (one PUT with a copy source, no body
+    // sent), never a re-upload; the old name was deleted.
+    assert_eq!(
+        server.count_requests("PUT", "moves", "renamed.bin"),
+        1,
+        "one copy"
+    );
+    assert!(
+        mount.log().contains("key=\"renamed.bin\" kind=Copy"),
+        "{}",
+        mount.log()
+    );
+    assert_eq!(
+        server.count_requests("PUT", "moves", "fresh.txt"),
+        0,
+        "never uploaded under the old name"
+    );
 }

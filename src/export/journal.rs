@@ -20,6 +20,9 @@ pub enum ExportKind {
     Marker,
     /// The key is removed.
     Delete,
+    /// Server-side copy of `copy_from` to the key with this record's metadata (a rename
+    /// of an entry already in S3).
+    Copy,
 }
 
 /// POSIX attributes as exported in S3 Files metadata.
@@ -42,6 +45,13 @@ pub struct PendingExport {
     /// (If-None-Match: *) or for deletes.
     pub base_etag: Option<String>,
     pub meta: ExportMeta,
+    /// For `Copy`: the source key.
+    #[serde(default)]
+    pub copy_from: Option<String>,
+    /// Export only after record `after` has been exported (a rename's delete of the old
+    /// key waits for the copy to the new one).
+    #[serde(default)]
+    pub after: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -130,6 +140,8 @@ mod tests {
                 mode: 0o100644,
                 mtime_ns: 1_700_000_000_000_000_001,
             },
+            copy_from: None,
+            after: None,
         }
     }
 

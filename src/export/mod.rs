@@ -89,6 +89,13 @@ pub async fn export_once(
             .await
             .map(|etag| Some((Some(etag), 0))),
         ExportKind::Delete => store.delete(&record.key).await.map(|()| Some((None, 0))),
+        ExportKind::Copy => match &record.copy_from {
+            Some(from) => store
+                .copy_object(from, &record.key, &metadata, record.base_etag.as_deref())
+                .await
+                .map(|etag| Some((Some(etag), 0))),
+            None => return Outcome::Failed(StoreError::Other("copy without a source".into())),
+        },
     };
     match result {
         Ok(Some((etag, size))) => Outcome::Done { etag, size },
@@ -213,6 +220,8 @@ mod tests {
                 mode: 0o100644,
                 mtime_ns: 0,
             },
+            copy_from: None,
+            after: None,
         }
     }
 

@@ -17,6 +17,8 @@ pub enum Hold {
 #[derive(Debug, Clone)]
 struct Slot {
     key: String,
+    /// Another record that must be exported first.
+    after: Option<u64>,
     due: Instant,
     running: bool,
     hold: Option<Hold>,
@@ -39,7 +41,13 @@ pub struct Schedule {
 impl Schedule {
     /// Adds a record or pushes its due time to `due` (each change restarts the timer).
     pub fn touch(&mut self, id: u64, key: &str, due: Instant) {
+        self.touch_after(id, key, due, None);
+    }
+
+    /// Like `touch`, for a record that may start only once record `after` is gone.
+    pub fn touch_after(&mut self, id: u64, key: &str, due: Instant, after: Option<u64>) {
         let slot = self.slots.entry(id).or_insert_with(|| Slot {
+            after,
             key: key.to_string(),
             due,
             running: false,
@@ -94,7 +102,9 @@ impl Schedule {
                 break;
             }
             let first_for_key = seen_keys.insert(slot.key.as_str());
-            if first_for_key && !slot.running && slot.hold.is_none() && slot.due <= now {
+            let waiting = slot.after.is_some_and(|a| self.slots.contains_key(&a));
+            if first_for_key && !waiting && !slot.running && slot.hold.is_none() && slot.due <= now
+            {
                 ready.push(*id);
             }
         }
@@ -171,6 +181,21 @@ mod tests {
         assert_eq!(s.take_due(t0 + Duration::from_secs(5), 10), vec![1]);
         s.remove(1);
         assert_eq!(s.take_due(t0 + Duration::from_secs(5), 10), vec![2]);
+    }
+
+    #[test]
+    fn dependencies_wait() {
+        let t0 = Instant::now();
+        let mut s = Schedule::default();
+        s.touch(1, "new", t0);
+        s.touch_after(2, "old", t0, Some(1));
+        assert_eq!(s.take_due(t0, 10), vec![1]);
+        assert!(
+            s.take_due(t0, 10).is_empty(),
+            "delete of the old key waits for the copy"
+        );
+        s.remove(1);
+        assert_eq!(s.take_due(t0, 10), vec![2]);
     }
 
     #[test]

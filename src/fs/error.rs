@@ -32,8 +32,6 @@ pub enum FsError {
     NotEmpty,
     #[error("name or key too long")]
     NameTooLong,
-    #[error("not supported across this mount (rename)")]
-    CrossDevice,
     #[error("local I/O error (errno {0})")]
     Os(i32),
     #[error("S3: {0}")]
@@ -57,7 +55,6 @@ impl FsError {
             FsError::Exists => libc::EEXIST,
             FsError::NotEmpty => libc::ENOTEMPTY,
             FsError::NameTooLong => libc::ENAMETOOLONG,
-            FsError::CrossDevice => libc::EXDEV,
             FsError::Os(code) => *code,
             FsError::Store(e) => store_errno(e),
         }

@@ -72,6 +72,9 @@ pub struct LocalFile {
     pub meta: ExportMeta,
     /// A journal record is pending for this entry.
     pub dirty: bool,
+    /// Where the entry's bytes are in S3 while a rename's copy is pending (its own key
+    /// otherwise).
+    pub source_key: Option<String>,
 }
 
 impl NodeState {
@@ -293,6 +296,73 @@ impl InodeTable {
         Some(ino)
     }
 
+    /// Moves entry `name` of `from` to `to` as `new_name`; an entry already there is
+    /// unlinked. Rewrites the keys of the moved node and its listed descendants, and
+    /// returns each of them with its old key (the moved node first).
+    pub fn move_child(
+        &self,
+        from: &Node,
+        name: &str,
+        to: &Node,
+        new_name: &str,
+    ) -> Vec<(Arc<Node>, String)> {
+        let Some(ino) = from.state().children.as_mut().and_then(|c| c.remove(name)) else {
+            return Vec::new();
+        };
+        let root_old_key = self
+            .get(ino)
+            .map(|n| n.state().key.clone())
+            .unwrap_or_default();
+        let replaced = {
+            let mut to_state = to.state();
+            let prefix = to_state.key.clone();
+            let replaced = to_state
+                .children
+                .get_or_insert_with(BTreeMap::new)
+                .insert(new_name.to_string(), ino);
+            drop(to_state);
+            if let Some(node) = self.get(ino) {
+                let mut state = node.state();
+                state.parent = to.ino;
+                state.name = new_name.to_string();
+                state.key = if state.is_dir {
+                    format!("{prefix}{new_name}/")
+                } else {
+                    format!("{prefix}{new_name}")
+                };
+            }
+            replaced
+        };
+        if let Some(old) = replaced.filter(|old| *old != ino) {
+            self.unlink_tree(old);
+        }
+        // Rewrite keys top-down: each node's key is its parent's plus its name.
+        let mut moved = Vec::new();
+        let mut stack = vec![(ino, None::<String>)];
+        while let Some((ino, parent_key)) = stack.pop() {
+            let Some(node) = self.get(ino) else { continue };
+            let (old_key, key, children) = {
+                let mut state = node.state();
+                let old_key = match &parent_key {
+                    None => root_old_key.clone(),
+                    Some(_) => state.key.clone(),
+                };
+                if let Some(parent_key) = parent_key {
+                    state.key = if state.is_dir {
+                        format!("{parent_key}{}/", state.name)
+                    } else {
+                        format!("{parent_key}{}", state.name)
+                    };
+                }
+                let children: Vec<Ino> = state.children.iter().flatten().map(|(_, i)| *i).collect();
+                (old_key, state.key.clone(), children)
+            };
+            moved.push((node, old_key));
+            stack.extend(children.into_iter().map(|c| (c, Some(key.clone()))));
+        }
+        moved
+    }
+
     fn insert(&self, state: NodeState) -> Ino {
         let ino = self.next.fetch_add(1, Ordering::Relaxed);
         self.map_write()
@@ -388,6 +458,43 @@ mod tests {
         assert!(!table.remember(&root, "x", &x));
         table.forget(x.ino, 1);
         assert!(table.get(x.ino).is_none());
+    }
+
+    #[test]
+    fn move_rewrites_keys_of_the_subtree() {
+        let table = InodeTable::new("");
+        let root = table.get(ROOT_INO).unwrap();
+        table.apply_listing(&root, &listing(&[("f", 1)], &["a", "b"]));
+        let a = table.child(&root, "a").unwrap();
+        table.apply_listing(&a, &listing(&[("x", 1)], &["sub"]));
+        let sub = table.child(&a, "sub").unwrap();
+        table.apply_listing(&sub, &listing(&[("y", 1)], &[]));
+        let b = table.child(&root, "b").unwrap();
+        table.apply_listing(&b, &listing(&[], &[]));
+
+        let moved = table.move_child(&root, "a", &b, "moved");
+        let keys: Vec<(String, String)> = moved
+            .iter()
+            .map(|(n, old)| (old.clone(), n.state().key.clone()))
+            .collect();
+        assert_eq!(keys[0], ("a/".to_string(), "b/moved/".to_string()));
+        assert!(keys.contains(&("a/x".into(), "b/moved/x".into())));
+        assert!(keys.contains(&("a/sub/y".into(), "b/moved/sub/y".into())));
+        assert!(table.child(&root, "a").is_none());
+        assert_eq!(table.child(&b, "moved").unwrap().ino, a.ino);
+        reachable(&table);
+
+        // A file over a file: the target is unlinked, the source keeps its inode.
+        let f = table.child(&root, "f").unwrap();
+        table.apply_listing(&root, &listing(&[("f", 1), ("g", 1)], &["b"]));
+        let g = table.child(&root, "g").unwrap();
+        table.move_child(&root, "f", &root, "g");
+        assert_eq!(table.child(&root, "g").unwrap().ino, f.ino);
+        assert!(
+            table.get(g.ino).is_none(),
+            "replaced target dropped (no lookups)"
+        );
+        reachable(&table);
     }
 
     #[derive(Debug, Clone)]

@@ -307,9 +307,12 @@ impl FsCore {
             state.handles += 1;
             match (&state.local, &state.remote) {
                 (Some(local), _) if local.staged.is_some() => None,
-                (_, Some(remote)) => Some(ObjectReader::new(
+                (local, Some(remote)) => Some(ObjectReader::new(
                     self.store.clone(),
-                    state.key.clone(),
+                    local
+                        .as_ref()
+                        .and_then(|l| l.source_key.clone())
+                        .unwrap_or_else(|| state.key.clone()),
                     remote.etag.clone(),
                     remote.size,
                 )),
@@ -452,16 +455,6 @@ impl FsCore {
             return Err(self.refuse_write());
         }
         Err(FsError::NotSupported)
-    }
-
-    /// rename(2) is not built yet. EXDEV makes `mv` fall back to copy and delete, which
-    /// this mount supports.
-    pub fn rename_unsupported(&self) -> FsError {
-        if self.writer.is_none() {
-            self.refuse_write()
-        } else {
-            FsError::CrossDevice
-        }
     }
 
     pub fn listxattr(&self, ino: Ino) -> FsResult<Vec<u8>> {

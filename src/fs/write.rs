@@ -95,7 +95,7 @@ impl Writer {
                 None
             };
             info!(key = record.key, kind = ?record.kind, "pending export recovered from the journal");
-            schedule.touch(record.id, &record.key, now);
+            schedule.touch_after(record.id, &record.key, now, record.after);
             pending.insert(
                 record.id,
                 Pending {
@@ -156,6 +156,7 @@ impl Writer {
         self.journal.record(&record, false).map_err(io_error)?;
         let id = record.id;
         let key = record.key.clone();
+        let after = record.after;
         let is_new = {
             let mut pending = self.pending();
             match pending.get_mut(&id) {
@@ -182,7 +183,8 @@ impl Writer {
                 }
             }
         };
-        self.schedule().touch(id, &key, Instant::now() + self.delay);
+        self.schedule()
+            .touch_after(id, &key, Instant::now() + self.delay, after);
         if is_new {
             self.wake.notify_one();
         }
@@ -325,6 +327,7 @@ impl FsCore {
                 staged: Some(staged.clone()),
                 meta,
                 dirty: true,
+                source_key: None,
             },
         );
         writer.record(
@@ -334,6 +337,8 @@ impl FsCore {
                 kind: ExportKind::Upload,
                 base_etag: None,
                 meta,
+                copy_from: None,
+                after: None,
             },
             Some(staged),
             Some(node.ino),
@@ -366,6 +371,7 @@ impl FsCore {
                 staged: None,
                 meta,
                 dirty: true,
+                source_key: None,
             },
         );
         writer.record(
@@ -375,6 +381,8 @@ impl FsCore {
                 kind: ExportKind::Marker,
                 base_etag: None,
                 meta,
+                copy_from: None,
+                after: None,
             },
             None,
             Some(node.ino),
@@ -411,6 +419,7 @@ impl FsCore {
                 staged: Some(staged.clone()),
                 meta,
                 dirty: true,
+                source_key: None,
             },
         );
         writer.record(
@@ -420,6 +429,8 @@ impl FsCore {
                 kind: ExportKind::Upload,
                 base_etag: None,
                 meta,
+                copy_from: None,
+                after: None,
             },
             Some(staged),
             Some(node.ino),
@@ -517,11 +528,310 @@ impl FsCore {
                     kind: ExportKind::Delete,
                     base_etag: None,
                     meta,
+                    copy_from: None,
+                    after: None,
                 },
                 None,
                 None,
             )?;
         }
+        Ok(())
+    }
+
+    /// rename(2), of files and whole directories. Instant on the mount; in S3 a pending
+    /// upload simply goes to the new key, and an entry already in S3 is copied
+    /// server-side to the new key, then deleted at the old one (the delete waits for the
+    /// copy). `RENAME_NOREPLACE` is honoured; `RENAME_EXCHANGE` is not supported.
+    pub async fn rename(
+        &self,
+        caller: Identity,
+        parent: Ino,
+        name: &[u8],
+        new_parent: Ino,
+        new_name: &[u8],
+        flags: u32,
+    ) -> FsResult<()> {
+        let writer = self.writer()?;
+        if flags & libc::RENAME_EXCHANGE != 0 {
+            return Err(FsError::Invalid);
+        }
+        let from = self.node(parent)?;
+        let to = self.node(new_parent)?;
+        self.require_dir(&from)?;
+        self.require_dir(&to)?;
+        let name = std::str::from_utf8(name).map_err(|_| FsError::NotFound)?;
+        let new_name = std::str::from_utf8(new_name).map_err(|_| FsError::Invalid)?;
+        check_segment(new_name).map_err(|_| FsError::Invalid)?;
+        self.check(caller, &from, access::WRITE | access::EXEC)
+            .await?;
+        self.check(caller, &to, access::WRITE | access::EXEC)
+            .await?;
+        self.load_dir(&from).await?;
+        self.load_dir(&to).await?;
+        let src = self.inodes.child(&from, name).ok_or(FsError::NotFound)?;
+        let target = self.inodes.child(&to, new_name);
+        if target.as_ref().is_some_and(|t| t.ino == src.ino) {
+            return Ok(());
+        }
+        let src_is_dir = src.state().is_dir;
+        if let Some(target) = &target {
+            if flags & libc::RENAME_NOREPLACE != 0 {
+                return Err(FsError::Exists);
+            }
+            let target_is_dir = target.state().is_dir;
+            match (src_is_dir, target_is_dir) {
+                (true, false) => return Err(FsError::NotDir),
+                (false, true) => return Err(FsError::IsDir),
+                (true, true) => {
+                    self.load_dir(target).await?;
+                    if target
+                        .state()
+                        .children
+                        .as_ref()
+                        .is_some_and(|c| !c.is_empty())
+                    {
+                        return Err(FsError::NotEmpty);
+                    }
+                }
+                (false, false) => {}
+            }
+        }
+        if src_is_dir {
+            // A directory cannot move below itself.
+            let mut cursor = to.ino;
+            loop {
+                if cursor == src.ino {
+                    return Err(FsError::Invalid);
+                }
+                if cursor == super::inode::ROOT_INO {
+                    break;
+                }
+                cursor = self.node(cursor)?.state().parent;
+            }
+        }
+        // Everything that moves must be known: list the whole subtree, and read the
+        // metadata a server-side copy has to carry.
+        let subtree = self.load_subtree(&src).await?;
+        let new_prefix_len = to.state().key.len() + new_name.len() + 1;
+        let old_prefix_len = src.state().key.len();
+        for node in &subtree {
+            let (key_len, is_dir) = {
+                let s = node.state();
+                (s.key.len(), s.is_dir)
+            };
+            if key_len - old_prefix_len + new_prefix_len > MAX_KEY_LEN {
+                return Err(FsError::NameTooLong);
+            }
+            if !is_dir {
+                self.ensure_meta(node).await?;
+            }
+        }
+        // Exports of what moves (or is replaced) must not be running while their
+        // records change keys.
+        let mut ids: Vec<u64> = subtree
+            .iter()
+            .chain(target.iter())
+            .filter_map(|n| n.state().local.as_ref().map(|l| l.export_id))
+            .collect();
+        ids.sort_unstable();
+        self.wait_not_running(writer, &ids).await;
+
+        // The replaced target: its pending changes are dropped; its object is
+        // overwritten by the source's export (its ETag is the base), or deleted.
+        let mut target_base = None;
+        if let Some(target) = &target {
+            let (key, remote, local) = {
+                let s = target.state();
+                (s.key.clone(), s.remote.clone(), s.local.clone())
+            };
+            if let Some(local) = local.filter(|l| l.dirty) {
+                writer.drop_record(local.export_id);
+            }
+            let src_reaches_s3 = {
+                let s = src.state();
+                s.remote.is_some() || s.local.as_ref().is_some_and(|l| l.dirty)
+            };
+            match remote {
+                Some(remote) if src_reaches_s3 => target_base = remote.etag,
+                Some(_) => {
+                    self.record_delete(writer, key, None)?;
+                }
+                None => {}
+            }
+        }
+
+        let moved = self.inodes.move_child(&from, name, &to, new_name);
+        for (i, (node, old_key)) in moved.iter().enumerate() {
+            let base = if i == 0 { target_base.clone() } else { None };
+            self.rekey(writer, node, old_key, base)?;
+        }
+        Ok(())
+    }
+
+    /// Lists `node` and every directory below it; returns the subtree, `node` first.
+    async fn load_subtree(&self, node: &Arc<Node>) -> FsResult<Vec<Arc<Node>>> {
+        let mut out = vec![node.clone()];
+        let mut i = 0;
+        while i < out.len() {
+            let current = out[i].clone();
+            i += 1;
+            if !current.state().is_dir {
+                continue;
+            }
+            self.load_dir(&current).await?;
+            let children: Vec<Ino> = current
+                .state()
+                .children
+                .iter()
+                .flatten()
+                .map(|(_, c)| *c)
+                .collect();
+            out.extend(children.into_iter().filter_map(|c| self.inodes.get(c)));
+        }
+        Ok(out)
+    }
+
+    async fn wait_not_running(&self, writer: &Writer, ids: &[u64]) {
+        loop {
+            let finished = writer.finished.notified();
+            let running = {
+                let schedule = writer.schedule();
+                ids.iter()
+                    .any(|id| matches!(schedule.state(*id), Some((SlotState::Exporting, _))))
+            };
+            if !running {
+                return;
+            }
+            finished.await;
+        }
+    }
+
+    fn record_delete(&self, writer: &Writer, key: String, after: Option<u64>) -> FsResult<u64> {
+        let id = writer.new_id();
+        writer.record(
+            PendingExport {
+                id,
+                key,
+                kind: ExportKind::Delete,
+                base_etag: None,
+                meta: ExportMeta {
+                    uid: 0,
+                    gid: 0,
+                    mode: 0,
+                    mtime_ns: 0,
+                },
+                copy_from: None,
+                after,
+            },
+            None,
+            None,
+        )?;
+        Ok(id)
+    }
+
+    /// After a move, points a node's export at its new key: a pending record is
+    /// re-keyed; an entry already in S3 is copied there and deleted at `old_key`.
+    fn rekey(
+        &self,
+        writer: &Writer,
+        node: &Arc<Node>,
+        old_key: &str,
+        base: Option<String>,
+    ) -> FsResult<()> {
+        let (new_key, is_dir, remote, local, meta) = {
+            let s = node.state();
+            let fallback = s
+                .remote
+                .as_ref()
+                .and_then(|r| r.last_modified)
+                .unwrap_or(self.mounted_at);
+            let meta = match &s.local {
+                Some(local) => local.meta,
+                None => s
+                    .meta
+                    .unwrap_or_else(|| PosixMeta::default_for(s.is_dir))
+                    .to_export(s.is_dir, fallback),
+            };
+            (
+                s.key.clone(),
+                s.is_dir,
+                s.remote.clone(),
+                s.local.clone(),
+                meta,
+            )
+        };
+        if new_key == old_key {
+            return Ok(());
+        }
+        let in_s3 = remote.is_some();
+        if let Some(local) = local.filter(|l| l.dirty) {
+            let record = writer
+                .pending()
+                .get(&local.export_id)
+                .map(|p| p.record.clone());
+            if let Some(mut record) = record {
+                record.key = new_key.clone();
+                match record.kind {
+                    ExportKind::Metadata | ExportKind::Copy
+                        if in_s3 && record.copy_from.is_none() =>
+                    {
+                        // Only metadata changed: copy with the new metadata.
+                        record.kind = ExportKind::Copy;
+                        record.copy_from = Some(old_key.to_string());
+                        record.base_etag = remote.as_ref().and_then(|r| r.etag.clone());
+                    }
+                    ExportKind::Copy => {} // still copying from the original source
+                    _ => record.base_etag = base,
+                }
+                let copy_id = (record.kind == ExportKind::Copy).then_some(record.id);
+                let copies_from_old = record.copy_from.as_deref() == Some(old_key);
+                if copies_from_old {
+                    if let Some(local) = node.state().local.as_mut() {
+                        local.source_key = Some(old_key.to_string());
+                    }
+                }
+                writer.record(record, None, Some(node.ino))?;
+                if in_s3 || copies_from_old {
+                    self.record_delete(writer, old_key.to_string(), copy_id)?;
+                }
+            }
+            return Ok(());
+        }
+        let Some(remote) = remote else {
+            // An implicit directory, or nothing in S3 yet: only its children's keys move.
+            return Ok(());
+        };
+        let id = writer.new_id();
+        let record = if is_dir {
+            PendingExport {
+                id,
+                key: new_key,
+                kind: ExportKind::Marker,
+                base_etag: None,
+                meta,
+                copy_from: None,
+                after: None,
+            }
+        } else {
+            PendingExport {
+                id,
+                key: new_key,
+                kind: ExportKind::Copy,
+                base_etag: remote.etag.clone(),
+                meta,
+                copy_from: Some(old_key.to_string()),
+                after: None,
+            }
+        };
+        node.state().local = Some(LocalFile {
+            export_id: id,
+            staged: None,
+            meta,
+            dirty: true,
+            source_key: (!is_dir).then(|| old_key.to_string()),
+        });
+        writer.record(record, None, Some(node.ino))?;
+        self.record_delete(writer, old_key.to_string(), Some(id))?;
         Ok(())
     }
 
@@ -544,7 +854,7 @@ impl FsCore {
         if let Some(staged) = self.staged_of(node) {
             return Ok(staged);
         }
-        let (key, remote, meta, existing_id) = {
+        let (key, source, remote, meta, existing_id) = {
             let state = node.state();
             let meta = state.local.as_ref().map(|l| l.meta).unwrap_or_else(|| {
                 state
@@ -559,8 +869,11 @@ impl FsCore {
                             .unwrap_or(self.mounted_at),
                     )
             });
+            // While a rename's copy is pending, the bytes are still at the old key.
+            let source = state.local.as_ref().and_then(|l| l.source_key.clone());
             (
                 state.key.clone(),
+                source,
                 state.remote.clone(),
                 meta,
                 state.local.as_ref().map(|l| l.export_id),
@@ -572,11 +885,12 @@ impl FsCore {
             let mut offset = 0;
             while offset < remote.size {
                 let end = remote.size.min(offset + MATERIALIZE_CHUNK);
+                let from = source.as_deref().unwrap_or(&key);
                 let data = self
                     .store
-                    .get_range(&key, offset..end, remote.etag.as_deref())
+                    .get_range(from, offset..end, remote.etag.as_deref())
                     .await
-                    .map_err(|e| self.store_error(&key, e))?;
+                    .map_err(|e| self.store_error(from, e))?;
                 if data.is_empty() {
                     break;
                 }
@@ -591,6 +905,7 @@ impl FsCore {
                 staged: Some(staged.clone()),
                 meta,
                 dirty: true,
+                source_key: None,
             });
         }
         writer.record(
@@ -598,8 +913,15 @@ impl FsCore {
                 id,
                 key,
                 kind: ExportKind::Upload,
-                base_etag: remote.and_then(|r| r.etag),
+                // Renamed with its copy still pending: the new key is not in S3 yet.
+                base_etag: if source.is_some() {
+                    None
+                } else {
+                    remote.and_then(|r| r.etag)
+                },
                 meta,
+                copy_from: None,
+                after: None,
             },
             Some(staged.clone()),
             Some(node.ino),
@@ -643,6 +965,8 @@ impl FsCore {
                     kind: ExportKind::Upload,
                     base_etag: base,
                     meta: local.meta,
+                    copy_from: None,
+                    after: None,
                 },
                 local.staged.clone(),
             )
@@ -749,6 +1073,7 @@ impl FsCore {
                 staged: None,
                 meta,
                 dirty: false,
+                source_key: None,
             });
             local.meta = meta;
             let id = local.export_id;
@@ -772,6 +1097,8 @@ impl FsCore {
                 kind,
                 base_etag,
                 meta,
+                copy_from: None,
+                after: None,
             }
         };
         writer.record(record, None, Some(node.ino))
@@ -1020,6 +1347,11 @@ impl FsCore {
         if let Some(node) = current.ino.and_then(|ino| self.inodes.get(ino)) {
             let mut state = node.state();
             if entry.record.kind != ExportKind::Delete {
+                // Only uploads change the body; copies and metadata updates keep its size.
+                let size = match (&entry.record.kind, &state.remote) {
+                    (ExportKind::Upload, _) | (_, None) => size,
+                    (_, Some(remote)) => remote.size,
+                };
                 state.remote = Some(RemoteObject {
                     size,
                     etag: etag.clone(),
@@ -1052,8 +1384,19 @@ impl FsCore {
             // Changed meanwhile: the bucket holds our intermediate version, which is the
             // new base of the next export.
             let mut record = current.record.clone();
-            if record.kind != ExportKind::Delete {
+            // If a rename moved the record to another key meanwhile, its base is that
+            // key's, already set by the rename.
+            if record.kind != ExportKind::Delete && record.key == entry.record.key {
                 record.base_etag = etag;
+                if record.kind == ExportKind::Copy {
+                    // The copy is done; what changed since is the entry's data or metadata.
+                    record.kind = if current.staged.is_some() {
+                        ExportKind::Upload
+                    } else {
+                        ExportKind::Metadata
+                    };
+                    record.copy_from = None;
+                }
             }
             let _ = writer.journal.record(&record, false);
             if let Some(p) = writer.pending().get_mut(&id) {
@@ -1091,6 +1434,7 @@ impl FsCore {
                 staged: p.staged.clone(),
                 meta: p.record.meta,
                 dirty: true,
+                source_key: None,
             };
             let node = match self.inodes.child(dir, name) {
                 Some(node) => {

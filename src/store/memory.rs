@@ -307,6 +307,25 @@ impl ObjectStore for MemoryStore {
         self.store_checked(key, data, metadata, &condition)
     }
 
+    async fn copy_object(
+        &self,
+        from: &str,
+        to: &str,
+        metadata: &UserMetadata,
+        if_match: Option<&str>,
+    ) -> Result<String, StoreError> {
+        self.requests.copy.fetch_add(1, Ordering::Relaxed);
+        let (data, etag) = {
+            let objects = self.lock();
+            let source = objects.get(from).ok_or(StoreError::NotFound)?;
+            (source.data.clone(), source.etag.clone())
+        };
+        if if_match.is_some_and(|want| want != etag) {
+            return Err(StoreError::PreconditionFailed);
+        }
+        self.store_checked(to, data, metadata, &WriteCondition::None)
+    }
+
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         self.requests.delete.fetch_add(1, Ordering::Relaxed);
         self.lock().remove(key);

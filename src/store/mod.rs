@@ -161,6 +161,16 @@ pub trait ObjectStore: Send + Sync + 'static {
         if_match: Option<&str>,
     ) -> Result<String, StoreError>;
 
+    /// Server-side CopyObject of `from` (only if its ETag is `if_match`, when given) to
+    /// `to`, with `metadata` replacing the source's; returns the new ETag.
+    async fn copy_object(
+        &self,
+        from: &str,
+        to: &str,
+        metadata: &UserMetadata,
+        if_match: Option<&str>,
+    ) -> Result<String, StoreError>;
+
     /// DeleteObject (a delete marker in a versioned bucket). Deleting a missing key is
     /// not an error.
     async fn delete(&self, key: &str) -> Result<(), StoreError>;

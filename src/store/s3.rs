@@ -294,14 +294,24 @@ impl ObjectStore for S3Store {
         metadata: &UserMetadata,
         if_match: Option<&str>,
     ) -> Result<String, StoreError> {
-        debug!(key, "s3 CopyObject (metadata REPLACE)");
+        self.copy_object(key, key, metadata, if_match).await
+    }
+
+    async fn copy_object(
+        &self,
+        from: &str,
+        to: &str,
+        metadata: &UserMetadata,
+        if_match: Option<&str>,
+    ) -> Result<String, StoreError> {
+        debug!(from, to, "s3 CopyObject");
         self.metrics.count_request(crate::metrics::Request::Copy);
         let out = self
             .client
             .copy_object()
             .bucket(&self.bucket)
-            .key(key)
-            .copy_source(format!("{}/{}", self.bucket, url_encode_key(key)))
+            .key(to)
+            .copy_source(format!("{}/{}", self.bucket, url_encode_key(from)))
             .metadata_directive(MetadataDirective::Replace)
             .set_metadata(Some(metadata.clone()))
             .set_copy_source_if_match(if_match.map(str::to_string))
