@@ -23,7 +23,7 @@ use crate::config::MountConfig;
 use crate::fs::access::Identity;
 use crate::fs::write::{WriteOptions, Writer};
 use crate::fs::{CoreOptions, FsCore};
-use crate::fuse::FuseAdapter;
+use crate::fuse::{FuseAdapter, FuseKernelCache};
 use crate::metrics::Metrics;
 use crate::mounts;
 use crate::store::s3::{S3Options, S3Store};
@@ -268,6 +268,7 @@ fn serve(config: &MountConfig, notifier: &mut Notifier) -> Result<(), String> {
     let adapter = FuseAdapter::new(core.clone(), runtime.handle().clone());
     let session = fuser::spawn_mount(adapter, &config.mountpoint, &fuse_config(config))
         .map_err(|e| format!("cannot mount on {}: {e}", config.mountpoint.display()))?;
+    core.set_kernel_cache(Box::new(FuseKernelCache(session.notifier())));
     info!(
         source = %format!("s3://{}/{}", config.location.bucket, config.location.prefix),
         mountpoint = %config.mountpoint.display(),

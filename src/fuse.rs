@@ -41,6 +41,20 @@ impl FuseAdapter {
     }
 }
 
+/// The core's view of the kernel caches, through FUSE notifications.
+pub struct FuseKernelCache(pub fuser::Notifier);
+
+impl crate::fs::KernelCache for FuseKernelCache {
+    fn invalidate_entry(&self, parent: u64, name: &str) {
+        // ENOENT just means the kernel had nothing cached.
+        let _ = self.0.inval_entry(INodeNo(parent), OsStr::new(name));
+    }
+
+    fn invalidate_inode(&self, ino: u64) {
+        let _ = self.0.inval_inode(INodeNo(ino), 0, 0);
+    }
+}
+
 fn caller(req: &Request) -> Identity {
     Identity {
         uid: req.uid(),

@@ -9,7 +9,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{run_s3files, Mount, S3Server};
+use common::{block_on, run_s3files, Mount, S3Server};
 
 /// Polls `cond` until it holds or `limit` passes.
 fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
@@ -287,31 +287,124 @@ fn unmount_exports_pending_changes_first() {
 }
 
 #[test]
-fn conflicting_change_in_s3_is_never_overwritten() {
+fn conflict_bucket_wins_and_local_copy_goes_to_lost_found() {
     let server = S3Server::start();
     server.create_bucket("clash");
-    server.put("clash", "shared.txt", "original", &[]);
-    let mount = Mount::start(&server, "s3://clash", &["--write-back-delay", "1s"]);
-    let path = mount.join("shared.txt");
+    server.put("clash", "dir/shared.txt", "original", &[]);
+    server.put("clash", "dir/doomed.txt", "original", &[]);
+    let cache = tempfile::tempdir().unwrap();
+    let mut mount = Mount::start_with_cache(
+        &server,
+        "s3://clash",
+        &["--write-back-delay", "1s"],
+        cache.path(),
+    );
+    let path = mount.join("dir/shared.txt");
     assert_eq!(std::fs::read_to_string(&path).unwrap(), "original");
-    // The mount changes the file; before its export, someone changes the object in S3.
+    // The mount changes the files; before the export, someone changes one object in S3
+    // and deletes the other.
     std::fs::write(&path, "local change").unwrap();
-    server.put("clash", "shared.txt", "bucket change", &[]);
+    std::fs::write(mount.join("dir/doomed.txt"), "local change 2").unwrap();
+    server.put("clash", "dir/shared.txt", "bucket change", &[]);
+    block_on(
+        server
+            .client()
+            .delete_object()
+            .bucket("clash")
+            .key("dir/doomed.txt")
+            .send(),
+    )
+    .unwrap();
     let (out, _) = run_s3files(
-        &["sync", path.to_str().unwrap()],
+        &["sync", mount.path.to_str().unwrap()],
         &[],
         Duration::from_secs(30),
     );
-    assert!(!out.status.success(), "sync must report the conflict");
-    // The bucket wins: its bytes stay; the local bytes are kept, never exported.
-    assert_eq!(server.get("clash", "shared.txt"), b"bucket change");
     assert!(
-        status(&path).contains("state: conflict"),
-        "{}",
-        status(&path)
+        !out.status.success(),
+        "sync reports that the changes did not reach S3"
     );
-    assert_eq!(std::fs::read_to_string(&path).unwrap(), "local change");
-    assert!(mount.log().contains("export refused"), "{}", mount.log());
+
+    // The bucket wins: its bytes stay in S3 and show at the path; the delete wins too.
+    assert_eq!(server.get("clash", "dir/shared.txt"), b"bucket change");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "bucket change");
+    assert!(!mount.join("dir/doomed.txt").exists());
+    assert!(!server.exists("clash", "dir/doomed.txt"));
+    // Nothing is lost: both local copies are in lost+found, never exported.
+    let lost_dir = std::fs::read_dir(&mount.path)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(".s3files-lost+found-")
+        })
+        .expect("lost+found directory");
+    let mut kept: Vec<(String, String)> = std::fs::read_dir(&lost_dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().into_string().unwrap(),
+                std::fs::read_to_string(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    kept.sort_by(|a, b| a.1.cmp(&b.1));
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    assert!(
+        kept[0].0.ends_with("_shared.txt") && kept[0].1 == "local change",
+        "{kept:?}"
+    );
+    assert!(
+        kept[1].0.ends_with("_doomed.txt") && kept[1].1 == "local change 2",
+        "{kept:?}"
+    );
+    let st = status(&lost_dir.join(&kept[0].0));
+    assert!(
+        st.contains("state: conflict") && st.contains("original-path: /dir/shared.txt"),
+        "{st}"
+    );
+    assert!(
+        mount.log().contains("local copy is in lost+found"),
+        "{}",
+        mount.log()
+    );
+    let keys = server.list_all("clash");
+    assert!(keys.keys().all(|k| !k.contains("lost+found")), "{keys:?}");
+
+    // lost+found survives a restart, and its files can be deleted.
+    mount.stop();
+    let mount = Mount::start_with_cache(
+        &server,
+        "s3://clash",
+        &["--write-back-delay", "1s"],
+        cache.path(),
+    );
+    // (The directory is named after this mount's id, which includes the mount point.)
+    let lost_dir = std::fs::read_dir(&mount.path)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(".s3files-lost+found-")
+        })
+        .expect("lost+found after restart");
+    assert_eq!(std::fs::read_dir(&lost_dir).unwrap().count(), 2);
+    for (name, _) in &kept {
+        std::fs::remove_file(lost_dir.join(name)).unwrap();
+    }
+    std::fs::remove_dir(&lost_dir).unwrap();
+    let (out, _) = run_s3files(
+        &["sync", mount.path.to_str().unwrap()],
+        &[],
+        Duration::from_secs(30),
+    );
+    assert!(out.status.success());
+    assert_eq!(server.get("clash", "dir/shared.txt"), b"bucket change");
 }
 
 #[test]
@@ -326,8 +419,12 @@ fn new_file_over_a_key_created_meanwhile_is_a_conflict() {
         &[],
         Duration::from_secs(30),
     );
-    assert!(!out.status.success());
+    assert!(!out.status.success(), "the change did not reach S3");
     assert_eq!(server.get("race", "new.txt"), b"theirs");
+    assert_eq!(
+        std::fs::read_to_string(mount.join("new.txt")).unwrap(),
+        "theirs"
+    );
 }
 
 #[test]

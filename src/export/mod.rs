@@ -4,6 +4,7 @@
 //! `fs::write` ties it to the namespace.
 
 pub mod journal;
+pub mod lost_found;
 pub mod schedule;
 pub mod staging;
 
@@ -111,6 +112,9 @@ pub async fn export_once(
             Ok(_) | Err(StoreError::NotFound) => Outcome::Conflict,
             Err(e) => Outcome::Failed(e),
         },
+        // The object the change was based on is gone (some stores answer a conditional
+        // write on a deleted key with 404 rather than 412): also a conflict.
+        Err(StoreError::NotFound) if record.base_etag.is_some() => Outcome::Conflict,
         Err(e) => Outcome::Failed(e),
     }
 }

@@ -41,12 +41,7 @@ impl Staging {
 
     /// Opens an existing staging file (after a restart).
     pub fn reopen(&self, id: u64) -> std::io::Result<StagedFile> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(self.path(id))?;
-        let len = file.metadata()?.len();
-        Ok(StagedFile::new(file, len))
+        StagedFile::open_path(&self.path(id))
     }
 
     pub fn remove(&self, id: u64) {
@@ -84,6 +79,13 @@ pub struct ReadToken {
 }
 
 impl StagedFile {
+    /// Opens a local file kept elsewhere (lost+found) the same way.
+    pub fn open_path(path: &Path) -> std::io::Result<Self> {
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        let len = file.metadata()?.len();
+        Ok(StagedFile::new(file, len))
+    }
+
     fn new(file: File, size: u64) -> Self {
         StagedFile {
             file,

@@ -75,6 +75,9 @@ pub struct LocalFile {
     /// Where the entry's bytes are in S3 while a rename's copy is pending (its own key
     /// otherwise).
     pub source_key: Option<String>,
+    /// For a file in lost+found: the path it had when its export met a conflict. Such a
+    /// file is never exported and its bytes stay until it is deleted.
+    pub lost_from: Option<String>,
 }
 
 impl NodeState {

@@ -44,6 +44,14 @@ const HEAD_CONCURRENCY: usize = 32;
 /// Size reported for directories, as most local file systems do.
 const DIR_SIZE: u64 = 4096;
 
+/// The kernel's caches of names and attributes, which the core must invalidate when an
+/// entry changes behind the kernel's back (e.g. the bucket winning a conflict). The FUSE
+/// adapter implements it with FUSE notifications.
+pub trait KernelCache: Send + Sync {
+    fn invalidate_entry(&self, parent: Ino, name: &str);
+    fn invalidate_inode(&self, ino: Ino);
+}
+
 #[derive(Debug, Clone)]
 pub struct CoreOptions {
     pub bucket: String,
@@ -104,6 +112,8 @@ pub struct FsCore {
     reported: Mutex<HashSet<String>>,
     /// The write side; None on a read-only mount (every write is EROFS).
     writer: Option<write::Writer>,
+    /// Set once the mount is live.
+    kernel: std::sync::OnceLock<Box<dyn KernelCache>>,
 }
 
 impl FsCore {
@@ -119,6 +129,24 @@ impl FsCore {
             mounted_at: SystemTime::now(),
             reported: Mutex::new(HashSet::new()),
             writer: None,
+            kernel: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Connects the core to the kernel's caches (once the mount is live).
+    pub fn set_kernel_cache(&self, cache: Box<dyn KernelCache>) {
+        let _ = self.kernel.set(cache);
+    }
+
+    fn invalidate_entry(&self, parent: Ino, name: &str) {
+        if let Some(kernel) = self.kernel.get() {
+            kernel.invalidate_entry(parent, name);
+        }
+    }
+
+    fn invalidate_inode(&self, ino: Ino) {
+        if let Some(kernel) = self.kernel.get() {
+            kernel.invalidate_inode(ino);
         }
     }
 
@@ -392,7 +420,10 @@ impl FsCore {
         let mut state = file.node.state();
         state.handles = state.handles.saturating_sub(1);
         // Clean local bytes (already exported) are dropped with the last handle.
-        let clean = state.local.as_ref().is_some_and(|l| !l.dirty);
+        let clean = state
+            .local
+            .as_ref()
+            .is_some_and(|l| !l.dirty && l.lost_from.is_none());
         if state.handles == 0 && clean {
             if let (Some(local), Some(writer)) = (state.local.take(), self.writer.as_ref()) {
                 writer.forget_staged(local.export_id);

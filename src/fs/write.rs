@@ -17,6 +17,7 @@ use super::metadata::{nanos_since_epoch, PosixMeta, S_IFDIR, S_IFLNK, S_IFREG};
 use super::namespace::{check_segment, MAX_KEY_LEN};
 use super::{Attr, FsCore, FsError, FsResult};
 use crate::export::journal::{ExportJournal, ExportKind, ExportMeta, PendingExport};
+use crate::export::lost_found::{self, LostFound};
 use crate::export::schedule::{Hold, Schedule, SlotState};
 use crate::export::staging::{StagedFile, Staging};
 use crate::export::{export_once, Outcome};
@@ -57,6 +58,9 @@ struct Pending {
 pub struct Writer {
     journal: ExportJournal,
     staging: Staging,
+    lost: LostFound,
+    /// Inode of the lost+found directory once it shows (0 before).
+    lost_dir: AtomicU64,
     delay: Duration,
     mount_id: String,
     next_id: AtomicU64,
@@ -66,6 +70,8 @@ pub struct Writer {
     wake: Notify,
     finished: Notify,
     permits: Arc<Semaphore>,
+    /// Records whose export ended in a conflict (the bucket won), so `sync` can say so.
+    conflicted: Mutex<std::collections::HashSet<u64>>,
 }
 
 impl Writer {
@@ -73,6 +79,7 @@ impl Writer {
     pub fn open(options: &WriteOptions) -> std::io::Result<Self> {
         let journal = ExportJournal::open(&options.cache_dir)?;
         let staging = Staging::open(&options.cache_dir)?;
+        let lost = LostFound::open(&options.cache_dir)?;
         let (records, unreadable) = journal.load_all()?;
         for path in unreadable {
             error!(path = %path.display(), "unreadable export journal record; left in place");
@@ -118,6 +125,8 @@ impl Writer {
         Ok(Writer {
             journal,
             staging,
+            lost,
+            lost_dir: AtomicU64::new(0),
             delay: options.write_back_delay,
             mount_id: options.mount_id.clone(),
             next_id: AtomicU64::new(max_id + 1),
@@ -126,6 +135,7 @@ impl Writer {
             wake: Notify::new(),
             finished: Notify::new(),
             permits: Arc::new(Semaphore::new(EXPORT_CONCURRENCY)),
+            conflicted: Mutex::new(std::collections::HashSet::new()),
         })
     }
 
@@ -279,6 +289,9 @@ impl FsCore {
         let name = std::str::from_utf8(name).map_err(|_| FsError::Invalid)?;
         check_segment(name).map_err(|_| FsError::Invalid)?;
         self.require_dir(dir)?;
+        if self.in_lost_found(dir) {
+            return Err(FsError::Perm);
+        }
         self.check(caller, dir, access::WRITE | access::EXEC)
             .await?;
         self.load_dir(dir).await?;
@@ -328,6 +341,7 @@ impl FsCore {
                 meta,
                 dirty: true,
                 source_key: None,
+                lost_from: None,
             },
         );
         writer.record(
@@ -372,6 +386,7 @@ impl FsCore {
                 meta,
                 dirty: true,
                 source_key: None,
+                lost_from: None,
             },
         );
         writer.record(
@@ -420,6 +435,7 @@ impl FsCore {
                 meta,
                 dirty: true,
                 source_key: None,
+                lost_from: None,
             },
         );
         writer.record(
@@ -480,6 +496,16 @@ impl FsCore {
             {
                 return Err(FsError::NotEmpty);
             }
+        }
+        if self.in_lost_found(&child) {
+            // Local only: delete the kept copy (or the empty lost+found directory).
+            if is_dir {
+                writer.lost_dir.store(0, Ordering::Relaxed);
+            } else {
+                writer.lost.remove(name);
+            }
+            self.inodes.remove_child(&dir, name);
+            return Ok(());
         }
         let (key, local, in_s3) = {
             let state = child.state();
@@ -569,6 +595,10 @@ impl FsCore {
         self.load_dir(&from).await?;
         self.load_dir(&to).await?;
         let src = self.inodes.child(&from, name).ok_or(FsError::NotFound)?;
+        if self.in_lost_found(&from) || self.in_lost_found(&to) || self.in_lost_found(&src) {
+            // lost+found is local only: nothing moves in or out of it.
+            return Err(FsError::Perm);
+        }
         let target = self.inodes.child(&to, new_name);
         if target.as_ref().is_some_and(|t| t.ino == src.ino) {
             return Ok(());
@@ -829,6 +859,7 @@ impl FsCore {
             meta,
             dirty: true,
             source_key: (!is_dir).then(|| old_key.to_string()),
+            lost_from: None,
         });
         writer.record(record, None, Some(node.ino))?;
         self.record_delete(writer, old_key.to_string(), Some(id))?;
@@ -906,6 +937,7 @@ impl FsCore {
                 meta,
                 dirty: true,
                 source_key: None,
+                lost_from: None,
             });
         }
         writer.record(
@@ -1074,6 +1106,7 @@ impl FsCore {
                 meta,
                 dirty: false,
                 source_key: None,
+                lost_from: None,
             });
             local.meta = meta;
             let id = local.export_id;
@@ -1129,6 +1162,14 @@ impl FsCore {
     /// The state part of `user.s3files.status` for a node.
     pub(super) fn sync_state(&self, node: &Node) -> (String, String) {
         let local = node.state().local.clone();
+        if let Some(origin) = local.as_ref().and_then(|l| l.lost_from.clone()) {
+            if !origin.is_empty() {
+                return (
+                    "conflict".into(),
+                    format!("the object changed in S3; this local copy of {origin} is never exported\noriginal-path: {origin}"),
+                );
+            }
+        }
         let Some(local) = local.filter(|l| l.dirty) else {
             return ("synced".into(), "none".into());
         };
@@ -1200,7 +1241,11 @@ impl FsCore {
                 }
             }
             if !waiting {
-                return if failed {
+                let conflicts = {
+                    let conflicted = writer.conflicted.lock().unwrap_or_else(|e| e.into_inner());
+                    ids.iter().any(|id| conflicted.contains(id))
+                };
+                return if failed || conflicts {
                     Err(FsError::Os(libc::EIO))
                 } else {
                     Ok(())
@@ -1287,8 +1332,7 @@ impl FsCore {
                 self.metrics
                     .conflicts
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                error!(key = record.key, "export refused: the object changed in S3 since the local copy was based on it; the local copy is kept");
-                writer.schedule().hold(id, Hold::Conflict);
+                self.resolve_conflict(writer, &entry).await;
             }
             Outcome::Failed(e) => {
                 self.metrics
@@ -1406,12 +1450,200 @@ impl FsCore {
         }
     }
 
+    /// The bucket wins a conflict: a local copy with bytes goes to lost+found, and the
+    /// path shows the bucket's version (or disappears, if the object was deleted).
+    /// Conflicts without local bytes (a metadata change) just give way; a conflicting
+    /// rename copy is held, so its old key is never deleted.
+    async fn resolve_conflict(&self, writer: &Writer, entry: &Pending) {
+        let record = &entry.record;
+        let id = record.id;
+        let movable = matches!(record.kind, ExportKind::Upload | ExportKind::Metadata);
+        if !movable || entry.obsolete {
+            error!(
+                key = record.key,
+                "export refused: the object changed in S3; the change is held"
+            );
+            writer.schedule().hold(id, Hold::Conflict);
+            return;
+        }
+        let origin = format!(
+            "/{}",
+            record
+                .key
+                .strip_prefix(&self.options.root_prefix)
+                .unwrap_or(&record.key)
+        );
+        let name = record
+            .key
+            .rsplit('/')
+            .next()
+            .unwrap_or(&record.key)
+            .to_string();
+        let kept = match (&record.kind, &entry.staged) {
+            (ExportKind::Upload, Some(_)) => {
+                match writer
+                    .lost
+                    .keep(&writer.staging.path(id), id, &name, &origin)
+                {
+                    Ok(file_name) => Some(file_name),
+                    Err(e) => {
+                        error!(key = record.key, error = %e, "cannot move a conflicting local copy to lost+found; held");
+                        writer.schedule().hold(id, Hold::Conflict);
+                        return;
+                    }
+                }
+            }
+            _ => None,
+        };
+        writer
+            .conflicted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id);
+        writer.pending().remove(&id);
+        writer.schedule().remove(id);
+        let _ = writer.journal.remove(id);
+        // The path now shows the bucket's version.
+        let head = self.store.head(&record.key).await;
+        if let Some(node) = entry.ino.and_then(|ino| self.inodes.get(ino)) {
+            match head {
+                Ok(head) => {
+                    let mut state = node.state();
+                    state.meta = Some(PosixMeta::from_user_metadata(&head.metadata, false));
+                    state.remote = Some(RemoteObject {
+                        size: head.size,
+                        etag: head.etag,
+                        last_modified: head.last_modified,
+                    });
+                    state.local = None;
+                    state.symlink_target = None;
+                    drop(state);
+                    self.invalidate_inode(node.ino);
+                }
+                Err(_) => {
+                    // Deleted in S3: the delete wins.
+                    let (parent, node_name) = {
+                        let s = node.state();
+                        (s.parent, s.name.clone())
+                    };
+                    if let Some(dir) = self.inodes.get(parent) {
+                        if self
+                            .inodes
+                            .child(&dir, &node_name)
+                            .is_some_and(|c| c.ino == node.ino)
+                        {
+                            self.inodes.remove_child(&dir, &node_name);
+                            self.invalidate_entry(parent, &node_name);
+                        }
+                    }
+                    node.state().local = None;
+                }
+            }
+        }
+        match kept {
+            Some(file_name) => {
+                error!(
+                    key = record.key,
+                    lost_found = %format!("/{}{}/{file_name}", lost_found::DIR_PREFIX, writer.mount_id),
+                    "conflict: the object changed in S3; the bucket wins and the local copy is in lost+found"
+                );
+                self.show_lost(writer, &file_name, &origin, record.meta);
+            }
+            None => error!(
+                key = record.key,
+                "conflict: the object changed in S3; the local metadata change is dropped"
+            ),
+        }
+    }
+
+    /// Adds a kept file to the lost+found directory (created at the mount root if needed).
+    fn show_lost(&self, writer: &Writer, file_name: &str, origin: &str, meta: ExportMeta) {
+        let Some(root) = self.inodes.get(super::inode::ROOT_INO) else {
+            return;
+        };
+        if root.state().children.is_none() {
+            return; // shown when the root is listed
+        }
+        let dir_name = format!("{}{}", lost_found::DIR_PREFIX, writer.mount_id);
+        let dir = match self.inodes.child(&root, &dir_name) {
+            Some(dir) => dir,
+            None => {
+                let owner = self.options.access_point.map_or((0, 0), |a| (a.uid, a.gid));
+                let dir = self.inodes.add_child(
+                    &root,
+                    &dir_name,
+                    true,
+                    LocalFile {
+                        export_id: 0,
+                        staged: None,
+                        meta: ExportMeta {
+                            uid: owner.0,
+                            gid: owner.1,
+                            mode: S_IFDIR | 0o700,
+                            mtime_ns: nanos_since_epoch(SystemTime::now()),
+                        },
+                        dirty: false,
+                        source_key: None,
+                        lost_from: Some(String::new()),
+                    },
+                );
+                writer.lost_dir.store(dir.ino, Ordering::Relaxed);
+                dir
+            }
+        };
+        let staged = match StagedFile::open_path(&writer.lost.path(file_name)) {
+            Ok(file) => Arc::new(file),
+            Err(e) => {
+                error!(file_name, error = %e, "cannot open a lost+found file");
+                return;
+            }
+        };
+        self.inodes.add_child(
+            &dir,
+            file_name,
+            false,
+            LocalFile {
+                export_id: 0,
+                staged: Some(staged),
+                meta,
+                dirty: false,
+                source_key: None,
+                lost_from: Some(origin.to_string()),
+            },
+        );
+    }
+
+    /// Whether a node is the lost+found directory or inside it.
+    pub(super) fn in_lost_found(&self, node: &Node) -> bool {
+        let Some(writer) = self.writer.as_ref() else {
+            return false;
+        };
+        let lost = writer.lost_dir.load(Ordering::Relaxed);
+        lost != 0 && (node.ino == lost || node.state().parent == lost)
+    }
+
     /// Attaches recovered records to the entries of a directory just listed: pending
     /// uploads and markers show (with their local state), pending deletes hide.
     pub(super) fn overlay_pending(&self, dir: &Node) {
         let Some(writer) = self.writer.as_ref() else {
             return;
         };
+        if dir.ino == super::inode::ROOT_INO {
+            let owner = self.options.access_point.map_or((0, 0), |a| (a.uid, a.gid));
+            for (file_name, origin) in writer.lost.entries().unwrap_or_default() {
+                let mtime_ns = std::fs::metadata(writer.lost.path(&file_name))
+                    .ok()
+                    .and_then(|m| m.modified().ok())
+                    .map_or(0, nanos_since_epoch);
+                let meta = ExportMeta {
+                    uid: owner.0,
+                    gid: owner.1,
+                    mode: S_IFREG | 0o600,
+                    mtime_ns,
+                };
+                self.show_lost(writer, &file_name, &origin, meta);
+            }
+        }
         let prefix = dir.state().key.clone();
         let mine: Vec<(u64, Pending)> = writer
             .pending()
@@ -1435,6 +1667,7 @@ impl FsCore {
                 meta: p.record.meta,
                 dirty: true,
                 source_key: None,
+                lost_from: None,
             };
             let node = match self.inodes.child(dir, name) {
                 Some(node) => {

@@ -1,0 +1,95 @@
+//! lost+found: where a local copy goes when its export meets a conflict (the bucket
+//! wins). Files live in CACHE_DIR/lost+found/<hex-id>_<name>, each with a sidecar
+//! `.origin` holding the path it had, and show on the mount under
+//! `/.s3files-lost+found-<mount-id>/`. They are never exported.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// Name of the mount-root directory showing lost+found, before the mount id.
+pub const DIR_PREFIX: &str = ".s3files-lost+found-";
+/// File names keep at most this many characters of the original name.
+const MAX_NAME_CHARS: usize = 100;
+const ORIGIN_SUFFIX: &str = ".origin";
+
+#[derive(Debug)]
+pub struct LostFound {
+    dir: PathBuf,
+}
+
+impl LostFound {
+    pub fn open(cache_dir: &Path) -> std::io::Result<Self> {
+        let dir = cache_dir.join("lost+found");
+        fs::create_dir_all(&dir)?;
+        Ok(LostFound { dir })
+    }
+
+    /// `<hex-id>_<name cut to 100 chars>`.
+    pub fn file_name(id: u64, name: &str) -> String {
+        let short: String = name.chars().take(MAX_NAME_CHARS).collect();
+        format!("{id:x}_{short}")
+    }
+
+    pub fn path(&self, file_name: &str) -> PathBuf {
+        self.dir.join(file_name)
+    }
+
+    /// Moves a staged file in; returns its lost+found name.
+    pub fn keep(
+        &self,
+        staged: &Path,
+        id: u64,
+        name: &str,
+        origin: &str,
+    ) -> std::io::Result<String> {
+        let file_name = Self::file_name(id, name);
+        fs::write(self.dir.join(format!("{file_name}{ORIGIN_SUFFIX}")), origin)?;
+        fs::rename(staged, self.dir.join(&file_name))?;
+        Ok(file_name)
+    }
+
+    /// Every kept file with the path it came from.
+    pub fn entries(&self) -> std::io::Result<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.dir)? {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            if name.ends_with(ORIGIN_SUFFIX) {
+                continue;
+            }
+            let origin = fs::read_to_string(self.dir.join(format!("{name}{ORIGIN_SUFFIX}")))
+                .unwrap_or_default();
+            out.push((name, origin));
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    pub fn remove(&self, file_name: &str) {
+        let _ = fs::remove_file(self.dir.join(file_name));
+        let _ = fs::remove_file(self.dir.join(format!("{file_name}{ORIGIN_SUFFIX}")));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_files_with_their_origin() {
+        let dir = tempfile::tempdir().unwrap();
+        let lost = LostFound::open(dir.path()).unwrap();
+        let staged = dir.path().join("staged");
+        fs::write(&staged, "local bytes").unwrap();
+        let long = "n".repeat(150);
+        let name = lost.keep(&staged, 0x2a, &long, "/dir/original").unwrap();
+        assert_eq!(name, format!("2a_{}", "n".repeat(100)));
+        assert!(!staged.exists());
+        assert_eq!(fs::read_to_string(lost.path(&name)).unwrap(), "local bytes");
+        assert_eq!(
+            lost.entries().unwrap(),
+            vec![(name.clone(), "/dir/original".to_string())]
+        );
+        lost.remove(&name);
+        assert!(lost.entries().unwrap().is_empty());
+    }
+}
