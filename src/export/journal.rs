@@ -1,11 +1,15 @@
-//! The on-disk journal of pending exports: one small JSON record per locally changed
-//! entry, in CACHE_DIR/journal/<id>.json, rewritten atomically (temp file + rename) on
-//! every change of what must be exported. The journal, not memory, is the truth after a
-//! crash: at start-up every record is exported again.
+//! The on-disk journal of pending exports: an append-only log (CACHE_DIR/journal/log) of
+//! JSON lines, each either a record's current state or its removal. Appending to one open
+//! file costs a single write per change (no file created, renamed or deleted per entry,
+//! which on a local disk costs more than the user's own file creation). The journal, not
+//! memory, is the truth after a crash: at start-up the log is replayed (a torn last line
+//! is ignored), compacted, and every live record is exported again.
 
-use std::fs::{self, File};
-use std::io::Write;
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
@@ -54,74 +58,141 @@ pub struct PendingExport {
     pub after: Option<u64>,
 }
 
+/// One line of the log.
+#[derive(Debug, Serialize, Deserialize)]
+enum Line {
+    Put(PendingExport),
+    Done(u64),
+}
+
+/// Compact the log once it holds this many lines more than there are live records.
+const COMPACT_AFTER_LINES: u64 = 200_000;
+
 #[derive(Debug)]
 pub struct ExportJournal {
     dir: PathBuf,
+    log: Mutex<LogFile>,
+}
+
+#[derive(Debug)]
+struct LogFile {
+    file: File,
+    /// Lines appended since the last compaction, and records live now.
+    lines: u64,
+    live: BTreeMap<u64, PendingExport>,
 }
 
 impl ExportJournal {
+    /// Opens the journal, replaying and compacting its log.
     pub fn open(cache_dir: &Path) -> std::io::Result<Self> {
         let dir = cache_dir.join("journal");
         fs::create_dir_all(&dir)?;
-        Ok(ExportJournal { dir })
+        let (live, _) = replay(&dir.join("log"))?;
+        let file = write_compacted(&dir, &live)?;
+        Ok(ExportJournal {
+            dir,
+            log: Mutex::new(LogFile {
+                file,
+                lines: live.len() as u64,
+                live,
+            }),
+        })
     }
 
-    fn path(&self, id: u64) -> PathBuf {
-        self.dir.join(format!("{id:016x}.json"))
+    fn lock(&self) -> std::sync::MutexGuard<'_, LogFile> {
+        // Appends are single writes; a panic elsewhere cannot leave the state half-done.
+        self.log.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Writes (or replaces) a record atomically. With `durable`, also fsyncs the record
-    /// and the directory, so it survives power loss, not only a killed daemon.
+    /// Writes (or replaces) a record. With `durable`, the log is also flushed to the
+    /// disk, so it survives power loss, not only a killed daemon.
     pub fn record(&self, entry: &PendingExport, durable: bool) -> std::io::Result<()> {
-        let path = self.path(entry.id);
-        let tmp = path.with_extension("tmp");
-        let body = serde_json::to_vec(entry).map_err(std::io::Error::other)?;
-        let mut file = File::create(&tmp)?;
-        file.write_all(&body)?;
+        let mut log = self.lock();
+        append(&mut log.file, &Line::Put(entry.clone()))?;
         if durable {
-            file.sync_all()?;
+            log.file.sync_data()?;
         }
-        fs::rename(&tmp, &path)?;
-        if durable {
-            File::open(&self.dir)?.sync_all()?;
-        }
-        Ok(())
+        log.live.insert(entry.id, entry.clone());
+        log.lines += 1;
+        self.maybe_compact(&mut log)
     }
 
     pub fn remove(&self, id: u64) -> std::io::Result<()> {
-        match fs::remove_file(self.path(id)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+        let mut log = self.lock();
+        if log.live.remove(&id).is_none() {
+            return Ok(());
         }
+        append(&mut log.file, &Line::Done(id))?;
+        log.lines += 1;
+        self.maybe_compact(&mut log)
     }
 
-    /// Every record, oldest id first. A record that cannot be parsed (a torn write of a
-    /// temp file never is one: only complete files are renamed into place) is reported.
-    pub fn load_all(&self) -> std::io::Result<(Vec<PendingExport>, Vec<PathBuf>)> {
-        let mut records = Vec::new();
-        let mut unreadable = Vec::new();
-        for entry in fs::read_dir(&self.dir)? {
-            let path = entry?.path();
-            match path.extension().and_then(|e| e.to_str()) {
-                Some("json") => {}
-                Some("tmp") => {
-                    // An interrupted rewrite: the previous record (if any) is intact.
-                    let _ = fs::remove_file(&path);
-                    continue;
-                }
-                _ => continue,
-            }
-            match fs::read(&path)
-                .ok()
-                .and_then(|b| serde_json::from_slice::<PendingExport>(&b).ok())
-            {
-                Some(record) => records.push(record),
-                None => unreadable.push(path),
-            }
-        }
-        records.sort_by_key(|r| r.id);
-        Ok((records, unreadable))
+    /// Every live record, oldest id first.
+    pub fn load_all(&self) -> Vec<PendingExport> {
+        self.lock().live.values().cloned().collect()
     }
+
+    fn maybe_compact(&self, log: &mut LogFile) -> std::io::Result<()> {
+        if log.lines > log.live.len() as u64 + COMPACT_AFTER_LINES {
+            log.file = write_compacted(&self.dir, &log.live)?;
+            log.lines = log.live.len() as u64;
+        }
+        Ok(())
+    }
+}
+
+fn append(file: &mut File, line: &Line) -> std::io::Result<()> {
+    let mut bytes = serde_json::to_vec(line).map_err(std::io::Error::other)?;
+    bytes.push(b'\n');
+    // One write of a whole line with O_APPEND: a crash can only tear the last line.
+    file.write_all(&bytes)
+}
+
+/// Reads a log: the live records and how many lines were unreadable (a torn last line
+/// after a crash; more is reported in the log).
+fn replay(path: &Path) -> std::io::Result<(BTreeMap<u64, PendingExport>, usize)> {
+    let mut live = BTreeMap::new();
+    let mut bad = 0;
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((live, 0)),
+        Err(e) => return Err(e),
+    };
+    for line in BufReader::new(file).split(b'\n') {
+        let line = line?;
+        if line.is_empty() {
+            continue;
+        }
+        match serde_json::from_slice::<Line>(&line) {
+            Ok(Line::Put(record)) => {
+                live.insert(record.id, record);
+            }
+            Ok(Line::Done(id)) => {
+                live.remove(&id);
+            }
+            Err(_) => bad += 1,
+        }
+    }
+    if bad > 0 {
+        tracing::warn!(path = %path.display(), lines = bad, "unreadable export journal lines skipped (a write torn by a crash)");
+    }
+    Ok((live, bad))
+}
+
+/// Writes the live records to a fresh log, durably, and opens it for appending.
+fn write_compacted(dir: &Path, live: &BTreeMap<u64, PendingExport>) -> std::io::Result<File> {
+    let tmp = dir.join("log.tmp");
+    let mut file = File::create(&tmp)?;
+    let mut buf = Vec::new();
+    for record in live.values() {
+        buf.extend(serde_json::to_vec(&Line::Put(record.clone())).map_err(std::io::Error::other)?);
+        buf.push(b'\n');
+    }
+    file.write_all(&buf)?;
+    file.sync_all()?;
+    fs::rename(&tmp, dir.join("log"))?;
+    File::open(dir)?.sync_all()?;
+    OpenOptions::new().append(true).open(dir.join("log"))
 }
 
 #[cfg(test)]
@@ -146,7 +217,7 @@ mod tests {
     }
 
     #[test]
-    fn records_survive_reopen_and_replace_atomically() {
+    fn records_survive_reopen_and_replace() {
         let dir = tempfile::tempdir().unwrap();
         let journal = ExportJournal::open(dir.path()).unwrap();
         journal.record(&record(2, "b"), false).unwrap();
@@ -154,25 +225,38 @@ mod tests {
         let mut changed = record(2, "b2");
         changed.kind = ExportKind::Metadata;
         journal.record(&changed, false).unwrap();
-        std::fs::write(dir.path().join("journal/0000000000000009.tmp"), "{partial").unwrap();
+        journal.record(&record(3, "c"), false).unwrap();
+        journal.remove(3).unwrap();
+        journal.remove(3).unwrap();
+        drop(journal);
 
         let reopened = ExportJournal::open(dir.path()).unwrap();
-        let (records, bad) = reopened.load_all().unwrap();
-        assert!(bad.is_empty());
+        let records = reopened.load_all();
         assert_eq!(records, vec![record(1, "a"), changed]);
         reopened.remove(1).unwrap();
-        reopened.remove(1).unwrap();
-        assert_eq!(reopened.load_all().unwrap().0.len(), 1);
+        drop(reopened);
+        let again = ExportJournal::open(dir.path()).unwrap();
+        assert_eq!(again.load_all().len(), 1);
+        // Compaction at open leaves one line per live record.
+        let log = std::fs::read_to_string(dir.path().join("journal/log")).unwrap();
+        assert_eq!(log.lines().count(), 1);
     }
 
     #[test]
-    fn corrupt_records_are_reported_not_fatal() {
+    fn a_torn_last_line_is_ignored() {
         let dir = tempfile::tempdir().unwrap();
         let journal = ExportJournal::open(dir.path()).unwrap();
-        std::fs::write(dir.path().join("journal/0000000000000003.json"), "not json").unwrap();
         journal.record(&record(4, "ok"), false).unwrap();
-        let (records, bad) = journal.load_all().unwrap();
+        drop(journal);
+        let mut log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.path().join("journal/log"))
+            .unwrap();
+        log.write_all(b"{\"Put\":{\"id\":5,\"ke").unwrap();
+        drop(log);
+        let journal = ExportJournal::open(dir.path()).unwrap();
+        let records = journal.load_all();
         assert_eq!(records.len(), 1);
-        assert_eq!(bad.len(), 1);
+        assert_eq!(records[0].key, "ok");
     }
 }

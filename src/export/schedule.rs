@@ -2,7 +2,7 @@
 //! that keeps one key's exports in order (an export may start only when no older record
 //! for the same key is still pending). Pure state, no I/O; the export loop drives it.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
 
 /// Why a record is not exported automatically any more.
@@ -33,9 +33,16 @@ pub enum SlotState {
     Held(Hold),
 }
 
+/// Cost: touching, finishing and removing a record are O(log n); starting due records
+/// looks only at records already due. (An unpacked tree of thousands of files keeps
+/// thousands of records waiting; nothing here may scan them all per operation.)
 #[derive(Debug, Default)]
 pub struct Schedule {
     slots: BTreeMap<u64, Slot>,
+    /// (due, id) of every waiting record: not running, not held.
+    dues: BTreeSet<(Instant, u64)>,
+    /// Ids of every record by key (the oldest one of a key goes first).
+    by_key: HashMap<String, BTreeSet<u64>>,
 }
 
 impl Schedule {
@@ -46,6 +53,7 @@ impl Schedule {
 
     /// Like `touch`, for a record that may start only once record `after` is gone.
     pub fn touch_after(&mut self, id: u64, key: &str, due: Instant, after: Option<u64>) {
+        self.unindex(id);
         let slot = self.slots.entry(id).or_insert_with(|| Slot {
             after,
             key: key.to_string(),
@@ -54,27 +62,47 @@ impl Schedule {
             hold: None,
             last_error: None,
         });
-        slot.key = key.to_string();
+        if slot.key != key {
+            if let Some(ids) = self.by_key.get_mut(&slot.key) {
+                ids.remove(&id);
+                if ids.is_empty() {
+                    self.by_key.remove(&slot.key);
+                }
+            }
+            slot.key = key.to_string();
+        }
         slot.due = due;
         if matches!(slot.hold, Some(Hold::Failed(_))) {
             slot.hold = None; // a new change is a new chance
         }
+        self.by_key.entry(key.to_string()).or_default().insert(id);
+        self.index(id);
     }
 
     /// Makes records due now (explicit sync), releasing failed ones for another try.
     pub fn expedite(&mut self, ids: &[u64], now: Instant) {
         for id in ids {
+            self.unindex(*id);
             if let Some(slot) = self.slots.get_mut(id) {
                 slot.due = slot.due.min(now);
                 if matches!(slot.hold, Some(Hold::Failed(_))) {
                     slot.hold = None;
                 }
             }
+            self.index(*id);
         }
     }
 
     pub fn remove(&mut self, id: u64) {
-        self.slots.remove(&id);
+        self.unindex(id);
+        if let Some(slot) = self.slots.remove(&id) {
+            if let Some(ids) = self.by_key.get_mut(&slot.key) {
+                ids.remove(&id);
+                if ids.is_empty() {
+                    self.by_key.remove(&slot.key);
+                }
+            }
+        }
     }
 
     pub fn contains(&self, id: u64) -> bool {
@@ -93,22 +121,29 @@ impl Schedule {
         self.slots.keys().copied().collect()
     }
 
-    /// Up to `limit` records that may start now; they are marked running.
+    /// Up to `limit` records that may start now; they are marked running. A record may
+    /// start when it is due, is its key's oldest record, and what it waits for is gone.
     pub fn take_due(&mut self, now: Instant, limit: usize) -> Vec<u64> {
-        let mut seen_keys: HashSet<&str> = HashSet::new();
         let mut ready = Vec::new();
-        for (id, slot) in &self.slots {
-            if ready.len() >= limit {
+        for &(due, id) in &self.dues {
+            if ready.len() >= limit || due > now {
                 break;
             }
-            let first_for_key = seen_keys.insert(slot.key.as_str());
+            let Some(slot) = self.slots.get(&id) else {
+                continue;
+            };
+            let oldest = self
+                .by_key
+                .get(&slot.key)
+                .and_then(|ids| ids.first())
+                .is_some_and(|first| *first == id);
             let waiting = slot.after.is_some_and(|a| self.slots.contains_key(&a));
-            if first_for_key && !waiting && !slot.running && slot.hold.is_none() && slot.due <= now
-            {
-                ready.push(*id);
+            if oldest && !waiting {
+                ready.push(id);
             }
         }
         for id in &ready {
+            self.unindex(*id);
             if let Some(slot) = self.slots.get_mut(id) {
                 slot.running = true;
             }
@@ -116,13 +151,14 @@ impl Schedule {
         ready
     }
 
-    /// The earliest time a waiting record becomes due.
-    pub fn next_due(&self) -> Option<Instant> {
-        self.slots
-            .values()
-            .filter(|s| !s.running && s.hold.is_none())
-            .map(|s| s.due)
-            .min()
+    /// The next time after `now` a waiting record becomes due. Records already due but
+    /// blocked (behind an older record of their key, or a dependency) are started when
+    /// that record finishes, which wakes the export loop, so they are not counted here.
+    pub fn next_due_after(&self, now: Instant) -> Option<Instant> {
+        self.dues
+            .range((now, u64::MAX)..)
+            .map(|(due, _)| *due)
+            .find(|due| *due > now)
     }
 
     /// An export attempt ended; with `retry_at`, the record waits until then.
@@ -134,9 +170,11 @@ impl Schedule {
             }
             slot.last_error = error;
         }
+        self.index(id);
     }
 
     pub fn hold(&mut self, id: u64, hold: Hold) {
+        self.unindex(id);
         if let Some(slot) = self.slots.get_mut(&id) {
             slot.running = false;
             slot.last_error = match &hold {
@@ -157,12 +195,27 @@ impl Schedule {
             (state, s.last_error.clone())
         })
     }
+
+    fn unindex(&mut self, id: u64) {
+        if let Some(slot) = self.slots.get(&id) {
+            self.dues.remove(&(slot.due, id));
+        }
+    }
+
+    fn index(&mut self, id: u64) {
+        if let Some(slot) = self.slots.get(&id) {
+            if !slot.running && slot.hold.is_none() {
+                self.dues.insert((slot.due, id));
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::collections::HashSet;
     use std::time::Duration;
 
     #[test]
@@ -177,7 +230,11 @@ mod tests {
         // Touching 1 again pushes it later.
         s.touch(1, "a", t0 + Duration::from_secs(5));
         assert!(s.take_due(t0 + Duration::from_secs(2), 10).is_empty());
-        assert_eq!(s.next_due(), Some(t0)); // 2 is due but blocked behind 1
+        // 2 is due but blocked behind 1: the next wake-up is 1's due time.
+        assert_eq!(
+            s.next_due_after(t0 + Duration::from_secs(2)),
+            Some(t0 + Duration::from_secs(5))
+        );
         assert_eq!(s.take_due(t0 + Duration::from_secs(5), 10), vec![1]);
         s.remove(1);
         assert_eq!(s.take_due(t0 + Duration::from_secs(5), 10), vec![2]);

@@ -80,10 +80,7 @@ impl Writer {
         let journal = ExportJournal::open(&options.cache_dir)?;
         let staging = Staging::open(&options.cache_dir)?;
         let lost = LostFound::open(&options.cache_dir)?;
-        let (records, unreadable) = journal.load_all()?;
-        for path in unreadable {
-            error!(path = %path.display(), "unreadable export journal record; left in place");
-        }
+        let records = journal.load_all();
         let mut max_id = staging.ids()?.into_iter().max().unwrap_or(0);
         let mut pending = HashMap::new();
         let mut schedule = Schedule::default();
@@ -1273,7 +1270,10 @@ impl FsCore {
             let free = writer.permits.available_permits();
             let (ready, next) = {
                 let mut schedule = writer.schedule();
-                (schedule.take_due(Instant::now(), free), schedule.next_due())
+                {
+                    let now = Instant::now();
+                    (schedule.take_due(now, free), schedule.next_due_after(now))
+                }
             };
             for id in ready {
                 let Ok(permit) = writer.permits.clone().acquire_owned().await else {
