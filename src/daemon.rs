@@ -224,6 +224,7 @@ fn run_foreground(config: MountConfig) -> ExitCode {
 
 fn serve(config: &MountConfig, notifier: &mut Notifier) -> Result<(), String> {
     let _lock = lock_cache_dir(&config.cache_dir)?;
+    raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("s3files-io")
@@ -300,6 +301,23 @@ fn serve(config: &MountConfig, notifier: &mut Notifier) -> Result<(), String> {
     let _ = session.umount_and_join();
     runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(())
+}
+
+/// A file system daemon serves many open files at once: use the hard limit on open
+/// descriptors rather than the (often 1,024) soft one.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid rlimit struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
 }
 
 enum Stop {

@@ -115,6 +115,13 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        if let Some(result) = self.core.lookup_cached(parent.0, name.as_encoded_bytes()) {
+            match result {
+                Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
+                Err(e) => reply.error(errno(&e)),
+            }
+            return;
+        }
         let (core, who, name) = (self.core.clone(), caller(req), name.to_owned());
         let span = debug_span!("lookup", parent = parent.0, name = ?name);
         self.spawn(span, async move {
@@ -130,6 +137,13 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        if let Some(result) = self.core.getattr_cached(ino.0) {
+            match result {
+                Ok(attr) => reply.attr(&TTL, &file_attr(&attr)),
+                Err(e) => reply.error(errno(&e)),
+            }
+            return;
+        }
         let core = self.core.clone();
         self.spawn(debug_span!("getattr", ino = ino.0), async move {
             match core.getattr(ino.0).await {
@@ -168,6 +182,13 @@ impl Filesystem for FuseAdapter {
                 TimeOrNow::Now => SystemTime::now(),
             }),
         };
+        if let Some(result) = core.setattr_cached(ino.0, &change) {
+            match result {
+                Ok(attr) => reply.attr(&TTL, &file_attr(&attr)),
+                Err(e) => reply.error(errno(&e)),
+            }
+            return;
+        }
         self.spawn(debug_span!("setattr", ino = ino.0), async move {
             match core.setattr(who, ino.0, change).await {
                 Ok(attr) => reply.attr(&TTL, &file_attr(&attr)),

@@ -583,3 +583,45 @@ fn renames_of_files_and_directories_are_exported() {
         "never uploaded under the old name"
     );
 }
+
+#[test]
+fn large_file_exports_by_multipart_and_appends_work() {
+    let server = S3Server::start();
+    server.create_bucket("multi");
+    let mount = Mount::start(&server, "s3://multi", &["--write-back-delay", "1s"]);
+    let path = mount.join("big.bin");
+    // 40 MiB: above the 16 MiB single-PUT limit, so three 16 MiB-or-smaller parts.
+    let chunk: Vec<u8> = (0..(1 << 20)).map(|i| (i % 251) as u8).collect();
+    {
+        let mut file = std::fs::File::create(&path).unwrap();
+        for _ in 0..40 {
+            file.write_all(&chunk).unwrap();
+        }
+    }
+    // O_APPEND lands at the end whatever the offset the writer thinks it is at.
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    file.write_all(b"tail").unwrap();
+    drop(file);
+    let (out, _) = run_s3files(
+        &["sync", path.to_str().unwrap()],
+        &[],
+        Duration::from_secs(120),
+    );
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        mount.log()
+    );
+    let body = server.get("multi", "big.bin");
+    assert_eq!(body.len(), 40 * (1 << 20) + 4);
+    assert_eq!(&body[body.len() - 4..], b"tail");
+    assert_eq!(&body[..1 << 20], &chunk[..]);
+    assert!(
+        server.request_log().contains("uploadId="),
+        "multipart upload used"
+    );
+}

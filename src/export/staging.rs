@@ -11,6 +11,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 #[derive(Debug)]
 pub struct Staging {
@@ -30,16 +31,17 @@ impl Staging {
 
     /// Creates (or truncates) the staging file for `id`.
     pub fn create(&self, id: u64) -> std::io::Result<StagedFile> {
+        let path = self.path(id);
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(true)
-            .open(self.path(id))?;
-        Ok(StagedFile::new(file, 0))
+            .open(&path)?;
+        Ok(StagedFile::new(path, Some(file), 0))
     }
 
-    /// Opens an existing staging file (after a restart).
+    /// An existing staging file (after a restart); opened when first used.
     pub fn reopen(&self, id: u64) -> std::io::Result<StagedFile> {
         StagedFile::open_path(&self.path(id))
     }
@@ -61,9 +63,13 @@ impl Staging {
     }
 }
 
+/// The bytes of one staged file. Its descriptor is opened on demand and closed when
+/// the file goes idle (`close_idle`), so thousands of files waiting for export do not
+/// hold thousands of descriptors.
 #[derive(Debug)]
 pub struct StagedFile {
-    file: File,
+    path: PathBuf,
+    file: Mutex<Option<Arc<File>>>,
     size: AtomicU64,
     /// Completed changes (writes, truncates).
     changes: AtomicU64,
@@ -81,14 +87,14 @@ pub struct ReadToken {
 impl StagedFile {
     /// Opens a local file kept elsewhere (lost+found) the same way.
     pub fn open_path(path: &Path) -> std::io::Result<Self> {
-        let file = OpenOptions::new().read(true).write(true).open(path)?;
-        let len = file.metadata()?.len();
-        Ok(StagedFile::new(file, len))
+        let len = std::fs::metadata(path)?.len();
+        Ok(StagedFile::new(path.to_path_buf(), None, len))
     }
 
-    fn new(file: File, size: u64) -> Self {
+    fn new(path: PathBuf, file: Option<File>, size: u64) -> Self {
         StagedFile {
-            file,
+            path,
+            file: Mutex::new(file.map(Arc::new)),
             size: AtomicU64::new(size),
             changes: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
@@ -99,9 +105,25 @@ impl StagedFile {
         self.size.load(Ordering::Acquire)
     }
 
+    /// The open descriptor, opening the file if it was closed.
+    fn fd(&self) -> std::io::Result<Arc<File>> {
+        let mut slot = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(file) = slot.as_ref() {
+            return Ok(file.clone());
+        }
+        let file = Arc::new(OpenOptions::new().read(true).write(true).open(&self.path)?);
+        *slot = Some(file.clone());
+        Ok(file)
+    }
+
+    /// Closes the descriptor until the next use.
+    pub fn close_idle(&self) {
+        *self.file.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
     pub fn write_at(&self, data: &[u8], offset: u64) -> std::io::Result<()> {
         self.change(|| {
-            self.file.write_all_at(data, offset)?;
+            self.fd()?.write_all_at(data, offset)?;
             self.size
                 .fetch_max(offset + data.len() as u64, Ordering::AcqRel);
             Ok(())
@@ -110,7 +132,7 @@ impl StagedFile {
 
     pub fn set_len(&self, len: u64) -> std::io::Result<()> {
         self.change(|| {
-            self.file.set_len(len)?;
+            self.fd()?.set_len(len)?;
             self.size.store(len, Ordering::Release);
             Ok(())
         })
@@ -123,12 +145,10 @@ impl StagedFile {
             return Ok(0);
         }
         let want = (end - offset) as usize;
+        let file = self.fd()?;
         let mut done = 0;
         while done < want {
-            match self
-                .file
-                .read_at(&mut buf[done..want], offset + done as u64)?
-            {
+            match file.read_at(&mut buf[done..want], offset + done as u64)? {
                 0 => {
                     // Sparse tail beyond the data written: zeros.
                     buf[done..want].fill(0);
@@ -141,7 +161,7 @@ impl StagedFile {
     }
 
     pub fn sync(&self) -> std::io::Result<()> {
-        self.file.sync_data()
+        self.fd()?.sync_data()
     }
 
     /// Changes completed so far (a version number for the exporter).
@@ -190,6 +210,8 @@ mod tests {
         f.set_len(6).unwrap();
         assert_eq!(f.read_at(&mut buf, 0).unwrap(), 6);
         assert_eq!(&buf[..6], b"hel\0\0\0");
+        f.close_idle();
+        assert_eq!(f.read_at(&mut buf, 0).unwrap(), 6, "reopens on demand");
         drop(f);
         let again = staging.reopen(7).unwrap();
         assert_eq!(again.size(), 6);

@@ -185,8 +185,44 @@ impl FsCore {
         )))
     }
 
+    /// `lookup` when it needs no I/O (the directory is listed and the entry's metadata
+    /// known, or the name is absent); None means "use `lookup`". Answering inline saves
+    /// the hop to a runtime thread on the hot path of tools that stat or create many
+    /// files.
+    pub fn lookup_cached(&self, parent: Ino, name: &[u8]) -> Option<FsResult<Attr>> {
+        if self.options.access_point.is_some() {
+            return None; // the permission check may need metadata
+        }
+        let name = match std::str::from_utf8(name) {
+            Ok(name) if check_segment(name).is_ok() => name,
+            _ => return Some(Err(FsError::NotFound)),
+        };
+        let dir = self.inodes.get(parent)?;
+        if !dir.state().is_dir || dir.state().children.is_none() {
+            return None;
+        }
+        match self.inodes.child(&dir, name) {
+            None => Some(Err(FsError::NotFound)),
+            Some(child) => {
+                child.state().meta?;
+                if self.inodes.remember(&dir, name, &child) {
+                    Some(Ok(self.attr(&child)))
+                } else {
+                    None
+                }
+            }
+        }
+    }
+
     pub fn forget(&self, ino: Ino, n: u64) {
         self.inodes.forget(ino, n);
+    }
+
+    /// `getattr` when the metadata is known (no I/O); None means "use `getattr`".
+    pub fn getattr_cached(&self, ino: Ino) -> Option<FsResult<Attr>> {
+        let node = self.inodes.get(ino)?;
+        node.state().meta?;
+        Some(Ok(self.attr(&node)))
     }
 
     pub async fn getattr(&self, ino: Ino) -> FsResult<Attr> {
@@ -427,6 +463,11 @@ impl FsCore {
         if state.handles == 0 && clean {
             if let (Some(local), Some(writer)) = (state.local.take(), self.writer.as_ref()) {
                 writer.forget_staged(local.export_id);
+            }
+        } else if state.handles == 0 {
+            // Waiting for export: keep the bytes, not the descriptor.
+            if let Some(staged) = state.local.as_ref().and_then(|l| l.staged.as_ref()) {
+                staged.close_idle();
             }
         }
     }

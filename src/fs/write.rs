@@ -1033,6 +1033,19 @@ impl FsCore {
         Ok(())
     }
 
+    /// `setattr` when it needs no I/O: a metadata change without an access point to
+    /// check. None means "use `setattr`".
+    pub fn setattr_cached(&self, ino: Ino, change: &SetAttr) -> Option<FsResult<Attr>> {
+        if change.size.is_some() || self.options.access_point.is_some() || self.writer.is_none() {
+            return None;
+        }
+        let node = self.inodes.get(ino)?;
+        Some(
+            self.change_metadata(&node, change)
+                .map(|()| self.attr(&node)),
+        )
+    }
+
     /// setattr: truncate, chmod, chown, utimens.
     pub async fn setattr(&self, caller: Identity, ino: Ino, change: SetAttr) -> FsResult<Attr> {
         let node = self.node(ino)?;
@@ -1314,6 +1327,10 @@ impl FsCore {
         let token = export_token(&writer.mount_id, &entry.record, entry.staged.as_deref());
         let outcome =
             export_once(&self.store, &entry.record, entry.staged.as_deref(), &token).await;
+        if let Some(staged) = &entry.staged {
+            // Reopened by the next write if the file is still in use.
+            staged.close_idle();
+        }
         let record = &entry.record;
         match outcome {
             Outcome::Done { etag, size } => {
