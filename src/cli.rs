@@ -70,8 +70,8 @@ pub struct MountArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub write_back_delay: Option<std::time::Duration>,
 
-    /// How often accessed directories are re-listed to pick up changes made in the bucket
-    /// [default: 5s; not implemented yet]
+    /// How often accessed directories are re-listed to pick up changes made in the bucket;
+    /// 0s turns polling off [default: 5s]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub poll_interval: Option<std::time::Duration>,
 

@@ -10,6 +10,9 @@ use crate::fs::namespace::validate_prefix;
 /// S3 Files exports a file after about a minute without writes.
 pub const DEFAULT_WRITE_BACK_DELAY: Duration = Duration::from_secs(60);
 
+/// Remote changes show within seconds on S3 Files; we list watched directories this often.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Where the mount's data lives in S3.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct S3Location {
@@ -37,6 +40,8 @@ pub struct MountConfig {
     pub read_only: bool,
     /// Quiet time before a changed file is exported.
     pub write_back_delay: Duration,
+    /// How often listed directories are listed again; zero turns polling off.
+    pub poll_interval: Duration,
     pub foreground: bool,
     pub log_level: String,
     /// Stable id of this mount (bucket, prefix, mount point); names the default cache dir.
@@ -72,9 +77,6 @@ impl MountConfig {
         if args.cache_size.is_some() {
             return Err(ConfigError::NotImplemented("--cache-size"));
         }
-        if args.poll_interval.is_some() {
-            return Err(ConfigError::NotImplemented("--poll-interval"));
-        }
         if args.import_size_threshold.is_some() {
             return Err(ConfigError::NotImplemented("--import-size-threshold"));
         }
@@ -102,6 +104,7 @@ impl MountConfig {
             access_point,
             read_only: args.read_only,
             write_back_delay: args.write_back_delay.unwrap_or(DEFAULT_WRITE_BACK_DELAY),
+            poll_interval: args.poll_interval.unwrap_or(DEFAULT_POLL_INTERVAL),
             foreground: args.foreground,
             log_level: args.log_level.clone(),
             mount_id,

@@ -266,6 +266,9 @@ fn serve(config: &MountConfig, notifier: &mut Notifier) -> Result<(), String> {
     }
     let core = Arc::new(core);
     runtime.spawn(core.clone().run_exports());
+    if !config.poll_interval.is_zero() {
+        runtime.spawn(core.clone().run_poller(config.poll_interval));
+    }
     let adapter = FuseAdapter::new(core.clone(), runtime.handle().clone());
     let session = fuser::spawn_mount(adapter, &config.mountpoint, &fuse_config(config))
         .map_err(|e| format!("cannot mount on {}: {e}", config.mountpoint.display()))?;

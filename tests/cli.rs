@@ -157,7 +157,6 @@ fn bad_configuration_fails_fast_with_one_line() {
     // Flags for features that have not landed are refused, not ignored.
     for (flag, value) in [
         ("--cache-size", "1GiB"),
-        ("--poll-interval", "1s"),
         ("--import-size-threshold", "1KiB"),
     ] {
         let mut args = base("s3://exists", &endpoint);

@@ -13,7 +13,7 @@
 //! map lock; nothing takes a parent's lock while holding a child's. No lock is held
 //! across an S3 request; `load_lock` only serialises loads of one node (single flight).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::SystemTime;
@@ -133,6 +133,15 @@ impl Node {
     pub fn lookups(&self) -> u64 {
         self.lookups.load(Ordering::Acquire)
     }
+}
+
+/// What a re-listing changed in one directory.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct MergeReport {
+    pub added: Vec<String>,
+    pub removed: Vec<(String, Ino)>,
+    /// Entries whose object changed (new ETag).
+    pub changed: Vec<Ino>,
 }
 
 #[derive(Debug)]
@@ -263,6 +272,107 @@ impl InodeTable {
         for ino in unlinked {
             self.unlink_tree(ino);
         }
+    }
+
+    /// Every listed, linked directory (what the poller refreshes).
+    pub fn listed_dirs(&self) -> Vec<Arc<Node>> {
+        let nodes: Vec<Arc<Node>> = self.map_read().values().cloned().collect();
+        nodes
+            .into_iter()
+            .filter(|n| {
+                let s = n.state();
+                s.is_dir && s.linked && s.children.is_some()
+            })
+            .collect()
+    }
+
+    /// Applies a fresh listing of an already listed directory. Entries for which `keep`
+    /// is true (local changes not exported yet) are left alone; so are entries whose
+    /// last known change is newer than the listing (`listed_at`: our own export may not
+    /// be in it yet). Names in `hidden` (deletes still to be exported) do not come back.
+    pub fn merge_listing(
+        &self,
+        dir: &Node,
+        listing: &DirEntries<RemoteObject>,
+        hidden: &HashSet<String>,
+        keep: &dyn Fn(&Node) -> bool,
+        listed_at: SystemTime,
+    ) -> MergeReport {
+        let mut report = MergeReport::default();
+        let mut unlinked = Vec::new();
+        let mut state = dir.state();
+        let dir_key = state.key.clone();
+        let Some(children) = state.children.as_mut() else {
+            return report;
+        };
+        let current: Vec<(String, Ino)> = children.iter().map(|(n, i)| (n.clone(), *i)).collect();
+        for (name, ino) in current {
+            let Some(node) = self.get(ino) else {
+                children.remove(&name);
+                continue;
+            };
+            if keep(&node) {
+                continue;
+            }
+            let mut child = node.state();
+            let newer_than_listing = child
+                .remote
+                .as_ref()
+                .and_then(|r| r.last_modified)
+                .is_some_and(|t| t > listed_at);
+            match (
+                child.is_dir,
+                listing.files.get(&name),
+                listing.dirs.contains(&name),
+            ) {
+                (false, Some(remote), _) => {
+                    if !newer_than_listing
+                        && child.remote.as_ref().map(|r| &r.etag) != Some(&remote.etag)
+                    {
+                        child.remote = Some(remote.clone());
+                        child.meta = None;
+                        child.symlink_target = None;
+                        // Clean local bytes (kept for open handles) are now stale.
+                        child.local = None;
+                        report.changed.push(ino);
+                    }
+                }
+                (true, _, true) => {}
+                _ if newer_than_listing => {}
+                _ => {
+                    drop(child);
+                    children.remove(&name);
+                    unlinked.push(ino);
+                    report.removed.push((name, ino));
+                }
+            }
+        }
+        let mut new_entries: Vec<(String, bool, Option<RemoteObject>)> = Vec::new();
+        for (name, remote) in &listing.files {
+            if !children.contains_key(name) && !hidden.contains(name) {
+                new_entries.push((name.clone(), false, Some(remote.clone())));
+            }
+        }
+        for name in &listing.dirs {
+            if !children.contains_key(name) && !hidden.contains(name) {
+                new_entries.push((name.clone(), true, None));
+            }
+        }
+        for (name, is_dir, remote) in new_entries {
+            let key = if is_dir {
+                format!("{dir_key}{name}/")
+            } else {
+                format!("{dir_key}{name}")
+            };
+            let ino = self.insert(NodeState::new(dir.ino, &name, key, is_dir, remote));
+            children.insert(name.clone(), ino);
+            report.added.push(name);
+        }
+        drop(state);
+        for ino in unlinked {
+            self.unlink_tree(ino);
+        }
+        report
     }
 
     /// Adds a locally created entry `name` to listed directory `dir`.

@@ -10,6 +10,7 @@ pub mod error;
 pub mod inode;
 pub mod metadata;
 pub mod namespace;
+mod poll;
 pub mod write;
 
 use std::collections::HashSet;
@@ -621,30 +622,7 @@ impl FsCore {
             return Ok(());
         }
         let prefix = dir.state().key.clone();
-        let mut objects = Vec::new();
-        let mut common = Vec::new();
-        let mut token = None;
-        loop {
-            let page = self
-                .store
-                .list_page(&prefix, token, None)
-                .await
-                .map_err(|e| self.store_error(&prefix, e))?;
-            objects.extend(page.objects.into_iter().map(|o| {
-                let remote = RemoteObject {
-                    size: o.size,
-                    etag: o.etag,
-                    last_modified: o.last_modified,
-                };
-                (o.key, remote)
-            }));
-            common.extend(page.common_prefixes);
-            match page.next_token {
-                Some(next) => token = Some(next),
-                None => break,
-            }
-        }
-        let entries = build_entries(&prefix, objects, common);
+        let entries = self.list_entries(&prefix).await?;
         info!(
             prefix,
             files = entries.files.len(),
@@ -664,6 +642,34 @@ impl FsCore {
             }
         }
         Ok(())
+    }
+
+    /// Lists a directory prefix (every page) and applies the namespace rules.
+    async fn list_entries(&self, prefix: &str) -> FsResult<namespace::DirEntries<RemoteObject>> {
+        let mut objects = Vec::new();
+        let mut common = Vec::new();
+        let mut token = None;
+        loop {
+            let page = self
+                .store
+                .list_page(prefix, token, None)
+                .await
+                .map_err(|e| self.store_error(prefix, e))?;
+            objects.extend(page.objects.into_iter().map(|o| {
+                let remote = RemoteObject {
+                    size: o.size,
+                    etag: o.etag,
+                    last_modified: o.last_modified,
+                };
+                (o.key, remote)
+            }));
+            common.extend(page.common_prefixes);
+            match page.next_token {
+                Some(next) => token = Some(next),
+                None => break,
+            }
+        }
+        Ok(build_entries(prefix, objects, common))
     }
 
     /// Logs (once per key) and counts keys the namespace rules left out.

@@ -42,8 +42,8 @@ pub struct WriteOptions {
 
 /// One pending journal record and what the export loop needs with it.
 #[derive(Debug, Clone)]
-struct Pending {
-    record: PendingExport,
+pub(super) struct Pending {
+    pub(super) record: PendingExport,
     staged: Option<Arc<StagedFile>>,
     /// The node this record belongs to (None for deletes, and for records recovered
     /// after a restart until their directory is listed).
@@ -53,6 +53,9 @@ struct Pending {
     /// The entry went away while this record's export was running: the result is dropped.
     obsolete: bool,
     failures: u32,
+    /// When `record.base_etag` was last set: a listing older than this cannot tell
+    /// whether the object changed since.
+    based_at: SystemTime,
 }
 
 pub struct Writer {
@@ -109,6 +112,7 @@ impl Writer {
                     revision: 0,
                     obsolete: false,
                     failures: 0,
+                    based_at: SystemTime::now(),
                 },
             );
         }
@@ -168,6 +172,9 @@ impl Writer {
             let mut pending = self.pending();
             match pending.get_mut(&id) {
                 Some(p) => {
+                    if p.record.base_etag != record.base_etag {
+                        p.based_at = SystemTime::now();
+                    }
                     p.record = record;
                     p.staged = staged.or(p.staged.take());
                     p.ino = ino.or(p.ino);
@@ -184,6 +191,7 @@ impl Writer {
                             revision: 0,
                             obsolete: false,
                             failures: 0,
+                            based_at: SystemTime::now(),
                         },
                     );
                     true
@@ -224,6 +232,45 @@ impl Writer {
         let _ = self.journal.remove(id);
         self.staging.remove(id);
         true
+    }
+
+    /// Names directly in directory `prefix` whose removal is still to be exported.
+    pub(super) fn pending_delete_names(&self, prefix: &str) -> std::collections::HashSet<String> {
+        self.pending()
+            .values()
+            .filter(|p| p.record.kind == ExportKind::Delete)
+            .filter_map(|p| direct_child(prefix, &p.record.key).map(|(n, _)| n.to_string()))
+            .collect()
+    }
+
+    /// The pending record `id`, if a listing (taken at `listed_at`) that shows the key with
+    /// `remote_etag` (None: absent) proves it conflicts: its base object changed, was
+    /// deleted, or (for a new key) was created meanwhile. Never a running export.
+    pub(super) fn conflict_candidate(
+        &self,
+        id: u64,
+        remote_etag: Option<Option<String>>,
+        listed_at: SystemTime,
+    ) -> Option<Pending> {
+        if matches!(self.schedule().state(id), Some((SlotState::Exporting, _))) {
+            return None;
+        }
+        let pending = self.pending().get(&id).cloned()?;
+        if !matches!(
+            pending.record.kind,
+            ExportKind::Upload | ExportKind::Metadata
+        ) || pending.based_at > listed_at
+            || pending.obsolete
+        {
+            return None;
+        }
+        let conflict = match (&pending.record.base_etag, &remote_etag) {
+            (Some(_), None) => true,
+            (Some(base), Some(etag)) => etag.as_deref() != Some(base.as_str()),
+            (None, Some(_)) => true,
+            (None, None) => false,
+        };
+        conflict.then_some(pending)
     }
 
     /// Drops the staging file of an exported entry nobody has open any more.
@@ -1462,6 +1509,7 @@ impl FsCore {
             let _ = writer.journal.record(&record, false);
             if let Some(p) = writer.pending().get_mut(&id) {
                 p.record.base_etag = record.base_etag;
+                p.based_at = SystemTime::now();
             }
             writer.schedule().finish(id, None, None);
         }
@@ -1471,7 +1519,7 @@ impl FsCore {
     /// path shows the bucket's version (or disappears, if the object was deleted).
     /// Conflicts without local bytes (a metadata change) just give way; a conflicting
     /// rename copy is held, so its old key is never deleted.
-    async fn resolve_conflict(&self, writer: &Writer, entry: &Pending) {
+    pub(super) async fn resolve_conflict(&self, writer: &Writer, entry: &Pending) {
         let record = &entry.record;
         let id = record.id;
         let movable = matches!(record.kind, ExportKind::Upload | ExportKind::Metadata);
