@@ -105,6 +105,20 @@ impl NodeState {
     }
 }
 
+impl LocalFile {
+    /// A local entry with a pending journal record `id`.
+    pub fn pending(export_id: u64, staged: Option<Arc<StagedFile>>, meta: ExportMeta) -> Self {
+        LocalFile {
+            export_id,
+            staged,
+            meta,
+            dirty: true,
+            source_key: None,
+            lost_from: None,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Node {
     pub ino: Ino,

@@ -360,6 +360,46 @@ impl FsCore {
         }
     }
 
+    /// Adds a new local entry to `dir` with its journal record (an upload for a file or
+    /// symlink with `staged` bytes, a marker for a directory) and counts the lookup.
+    fn add_local_entry(
+        &self,
+        writer: &Writer,
+        dir: &Arc<Node>,
+        name: &str,
+        id: u64,
+        meta: ExportMeta,
+        staged: Option<Arc<StagedFile>>,
+    ) -> FsResult<Arc<Node>> {
+        let is_dir = meta.mode & super::metadata::S_IFMT == S_IFDIR;
+        let node = self.inodes.add_child(
+            dir,
+            name,
+            is_dir,
+            LocalFile::pending(id, staged.clone(), meta),
+        );
+        let key = node.state().key.clone();
+        writer.record(
+            PendingExport {
+                id,
+                key,
+                kind: if is_dir {
+                    ExportKind::Marker
+                } else {
+                    ExportKind::Upload
+                },
+                base_etag: None,
+                meta,
+                copy_from: None,
+                after: None,
+            },
+            staged,
+            Some(node.ino),
+        )?;
+        self.inodes.remember(dir, name, &node);
+        Ok(node)
+    }
+
     /// create(2): a new, empty, staged file; returns its attributes and an open handle.
     pub async fn create(
         &self,
@@ -374,34 +414,7 @@ impl FsCore {
         let id = writer.new_id();
         let staged = Arc::new(writer.staging.create(id).map_err(io_error)?);
         let meta = self.new_meta(caller, S_IFREG | (mode & 0o7777));
-        let key = format!("{}{name}", dir.state().key);
-        let node = self.inodes.add_child(
-            &dir,
-            name,
-            false,
-            LocalFile {
-                export_id: id,
-                staged: Some(staged.clone()),
-                meta,
-                dirty: true,
-                source_key: None,
-                lost_from: None,
-            },
-        );
-        writer.record(
-            PendingExport {
-                id,
-                key,
-                kind: ExportKind::Upload,
-                base_etag: None,
-                meta,
-                copy_from: None,
-                after: None,
-            },
-            Some(staged),
-            Some(node.ino),
-        )?;
-        self.inodes.remember(&dir, name, &node);
+        let node = self.add_local_entry(writer, &dir, name, id, meta, Some(staged))?;
         let handle = self.add_handle(node.clone(), true);
         Ok((self.attr(&node), handle))
     }
@@ -417,36 +430,8 @@ impl FsCore {
         let dir = self.node(parent)?;
         let name = self.prepare_new_entry(caller, &dir, name, true).await?;
         let writer = self.writer()?;
-        let id = writer.new_id();
         let meta = self.new_meta(caller, S_IFDIR | (mode & 0o7777));
-        let key = format!("{}{name}/", dir.state().key);
-        let node = self.inodes.add_child(
-            &dir,
-            name,
-            true,
-            LocalFile {
-                export_id: id,
-                staged: None,
-                meta,
-                dirty: true,
-                source_key: None,
-                lost_from: None,
-            },
-        );
-        writer.record(
-            PendingExport {
-                id,
-                key,
-                kind: ExportKind::Marker,
-                base_etag: None,
-                meta,
-                copy_from: None,
-                after: None,
-            },
-            None,
-            Some(node.ino),
-        )?;
-        self.inodes.remember(&dir, name, &node);
+        let node = self.add_local_entry(writer, &dir, name, writer.new_id(), meta, None)?;
         Ok(self.attr(&node))
     }
 
@@ -468,34 +453,7 @@ impl FsCore {
         let staged = Arc::new(writer.staging.create(id).map_err(io_error)?);
         staged.write_at(target, 0).map_err(io_error)?;
         let meta = self.new_meta(caller, S_IFLNK | 0o777);
-        let key = format!("{}{name}", dir.state().key);
-        let node = self.inodes.add_child(
-            &dir,
-            name,
-            false,
-            LocalFile {
-                export_id: id,
-                staged: Some(staged.clone()),
-                meta,
-                dirty: true,
-                source_key: None,
-                lost_from: None,
-            },
-        );
-        writer.record(
-            PendingExport {
-                id,
-                key,
-                kind: ExportKind::Upload,
-                base_etag: None,
-                meta,
-                copy_from: None,
-                after: None,
-            },
-            Some(staged),
-            Some(node.ino),
-        )?;
-        self.inodes.remember(&dir, name, &node);
+        let node = self.add_local_entry(writer, &dir, name, id, meta, Some(staged))?;
         Ok(self.attr(&node))
     }
 
@@ -975,14 +933,7 @@ impl FsCore {
         }
         {
             let mut state = node.state();
-            state.local = Some(LocalFile {
-                export_id: id,
-                staged: Some(staged.clone()),
-                meta,
-                dirty: true,
-                source_key: None,
-                lost_from: None,
-            });
+            state.local = Some(LocalFile::pending(id, Some(staged.clone()), meta));
         }
         writer.record(
             PendingExport {
@@ -1726,14 +1677,7 @@ impl FsCore {
                 self.inodes.remove_child(dir, name);
                 continue;
             }
-            let local = LocalFile {
-                export_id: id,
-                staged: p.staged.clone(),
-                meta: p.record.meta,
-                dirty: true,
-                source_key: None,
-                lost_from: None,
-            };
+            let local = LocalFile::pending(id, p.staged.clone(), p.record.meta);
             let node = match self.inodes.child(dir, name) {
                 Some(node) => {
                     let mut state = node.state();
