@@ -267,7 +267,7 @@ fn serve(config: &MountConfig, notifier: &mut Notifier) -> Result<(), String> {
     let core = Arc::new(core);
     runtime.spawn(core.clone().run_exports());
     if !config.poll_interval.is_zero() {
-        runtime.spawn(core.clone().run_poller(config.poll_interval));
+        spawn_poller(config, core.clone());
     }
     let adapter = FuseAdapter::new(core.clone(), runtime.handle().clone());
     let session = fuser::spawn_mount(adapter, &config.mountpoint, &fuse_config(config))
@@ -305,6 +305,47 @@ fn serve(config: &MountConfig, notifier: &mut Notifier) -> Result<(), String> {
     runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(())
 }
+
+/// Runs the poller on its own thread, runtime and S3 client, at a lower CPU priority:
+/// re-listing a directory of 100,000 keys every few seconds is real work, and it must
+/// not delay the file requests that share the machine's cores.
+fn spawn_poller(config: &MountConfig, core: Arc<FsCore>) {
+    let options = s3_options(config);
+    let interval = config.poll_interval;
+    let spawned = std::thread::Builder::new()
+        .name("s3files-poll".into())
+        .spawn(move || {
+            // SAFETY: setpriority on this thread's own id; no memory is involved.
+            unsafe {
+                let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+                libc::setpriority(libc::PRIO_PROCESS, tid, POLL_NICENESS);
+            }
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    error!(error = %e, "cannot start the poller; remote changes will not show");
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                match S3Store::connect(&options, core.metrics_handle()).await {
+                    Ok(store) => core.run_poller(interval, Arc::new(store)).await,
+                    Err(e) => {
+                        error!(error = %e, "cannot start the poller; remote changes will not show")
+                    }
+                }
+            });
+        });
+    if let Err(e) = spawned {
+        error!(error = %e, "cannot start the poller; remote changes will not show");
+    }
+}
+
+/// Nice value of the poller thread (higher is lower priority).
+const POLL_NICENESS: libc::c_int = 10;
 
 /// A file system daemon serves many open files at once: use the hard limit on open
 /// descriptors rather than the (often 1,024) soft one.
@@ -415,12 +456,7 @@ async fn connect_and_probe(
     config: &MountConfig,
     metrics: Arc<Metrics>,
 ) -> Result<Arc<dyn ObjectStore>, String> {
-    let options = S3Options {
-        bucket: config.location.bucket.clone(),
-        endpoint_url: config.endpoint_url.clone(),
-        region: config.region.clone(),
-        force_path_style: config.force_path_style,
-    };
+    let options = s3_options(config);
     let store = S3Store::connect(&options, metrics)
         .await
         .map_err(|e| e.to_string())?;
@@ -443,6 +479,15 @@ async fn connect_and_probe(
         ));
     }
     Ok(Arc::new(store))
+}
+
+fn s3_options(config: &MountConfig) -> S3Options {
+    S3Options {
+        bucket: config.location.bucket.clone(),
+        endpoint_url: config.endpoint_url.clone(),
+        region: config.region.clone(),
+        force_path_style: config.force_path_style,
+    }
 }
 
 fn describe_probe_error(error: StoreError, bucket: &str, endpoint: &str) -> String {

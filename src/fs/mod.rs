@@ -161,6 +161,11 @@ impl FsCore {
         &self.metrics
     }
 
+    /// The shared counters, for another S3 client of this mount (the poller's).
+    pub fn metrics_handle(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
     /// Number of inodes the table holds (for tests and metrics).
     pub fn inode_count(&self) -> usize {
         self.inodes.len()
@@ -622,7 +627,7 @@ impl FsCore {
             return Ok(());
         }
         let prefix = dir.state().key.clone();
-        let entries = self.list_entries(&prefix).await?;
+        let entries = self.list_entries(&self.store, &prefix).await?;
         info!(
             prefix,
             files = entries.files.len(),
@@ -645,13 +650,16 @@ impl FsCore {
     }
 
     /// Lists a directory prefix (every page) and applies the namespace rules.
-    async fn list_entries(&self, prefix: &str) -> FsResult<namespace::DirEntries<RemoteObject>> {
+    async fn list_entries(
+        &self,
+        store: &Arc<dyn ObjectStore>,
+        prefix: &str,
+    ) -> FsResult<namespace::DirEntries<RemoteObject>> {
         let mut objects = Vec::new();
         let mut common = Vec::new();
         let mut token = None;
         loop {
-            let page = self
-                .store
+            let page = store
                 .list_page(prefix, token, None)
                 .await
                 .map_err(|e| self.store_error(prefix, e))?;

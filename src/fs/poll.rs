@@ -14,13 +14,16 @@ use tracing::{debug, info};
 use super::inode::{Ino, Node, RemoteObject};
 use super::namespace::DirEntries;
 use super::{FsCore, FsResult};
+use crate::store::ObjectStore;
 
 /// Directories refreshed at once by one poll round.
 const POLL_CONCURRENCY: usize = 4;
 
 impl FsCore {
-    /// The poll loop: forever, every `interval`, refresh every listed directory.
-    pub async fn run_poller(self: Arc<Self>, interval: Duration) {
+    /// The poll loop: forever, every `interval`, refresh every listed directory. `store`
+    /// is the poller's own client: the daemon runs the poller on a low-priority thread
+    /// with its own runtime, and connections driven there must never serve file requests.
+    pub async fn run_poller(self: Arc<Self>, interval: Duration, store: Arc<dyn ObjectStore>) {
         use futures::stream::{self, StreamExt};
         loop {
             tokio::time::sleep(interval).await;
@@ -28,8 +31,9 @@ impl FsCore {
             stream::iter(dirs)
                 .map(|dir| {
                     let core = self.clone();
+                    let store = store.clone();
                     async move {
-                        if let Err(e) = core.refresh_dir(&dir).await {
+                        if let Err(e) = core.refresh_dir(&dir, &store).await {
                             debug!(ino = dir.ino, error = %e, "poll: listing failed; next round retries");
                         }
                     }
@@ -41,7 +45,7 @@ impl FsCore {
     }
 
     /// Lists a directory again and applies what changed in S3.
-    pub async fn refresh_dir(&self, dir: &Arc<Node>) -> FsResult<()> {
+    pub async fn refresh_dir(&self, dir: &Arc<Node>, store: &Arc<dyn ObjectStore>) -> FsResult<()> {
         let started = SystemTime::now();
         let prefix = {
             let state = dir.state();
@@ -50,9 +54,9 @@ impl FsCore {
             }
             state.key.clone()
         };
-        let entries = self.list_entries(&prefix).await?;
+        let entries = self.list_entries(store, &prefix).await?;
         self.report_skipped(&entries);
-        self.poll_conflicts(dir, &entries, started).await;
+        self.poll_conflicts(dir, &entries, started, store).await;
         let hidden = self.pending_deletes_in(&prefix);
         let keep = |node: &Node| self.keeps_local_state(node);
         let report = self
@@ -114,6 +118,7 @@ impl FsCore {
         dir: &Node,
         entries: &DirEntries<RemoteObject>,
         listed_at: SystemTime,
+        store: &Arc<dyn ObjectStore>,
     ) {
         let Some(writer) = self.writer.as_ref() else {
             return;
@@ -149,7 +154,7 @@ impl FsCore {
                 self.metrics
                     .conflicts
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                self.resolve_conflict(writer, &entry).await;
+                self.resolve_conflict(writer, &entry, store).await;
             }
         }
     }

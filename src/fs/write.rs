@@ -21,7 +21,7 @@ use crate::export::lost_found::{self, LostFound};
 use crate::export::schedule::{Hold, Schedule, SlotState};
 use crate::export::staging::{StagedFile, Staging};
 use crate::export::{export_once, Outcome};
-use crate::store::StoreError;
+use crate::store::{ObjectStore, StoreError};
 
 /// Exports running at once (across files; one file's exports stay in order).
 const EXPORT_CONCURRENCY: usize = 8;
@@ -1347,7 +1347,7 @@ impl FsCore {
                 self.metrics
                     .conflicts
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                self.resolve_conflict(writer, &entry).await;
+                self.resolve_conflict(writer, &entry, &self.store).await;
             }
             Outcome::Failed(e) => {
                 self.metrics
@@ -1470,7 +1470,12 @@ impl FsCore {
     /// path shows the bucket's version (or disappears, if the object was deleted).
     /// Conflicts without local bytes (a metadata change) just give way; a conflicting
     /// rename copy is held, so its old key is never deleted.
-    pub(super) async fn resolve_conflict(&self, writer: &Writer, entry: &Pending) {
+    pub(super) async fn resolve_conflict(
+        &self,
+        writer: &Writer,
+        entry: &Pending,
+        store: &Arc<dyn ObjectStore>,
+    ) {
         let record = &entry.record;
         let id = record.id;
         let movable = matches!(record.kind, ExportKind::Upload | ExportKind::Metadata);
@@ -1520,7 +1525,7 @@ impl FsCore {
         writer.schedule().remove(id);
         let _ = writer.journal.remove(id);
         // The path now shows the bucket's version.
-        let head = self.store.head(&record.key).await;
+        let head = store.head(&record.key).await;
         if let Some(node) = entry.ino.and_then(|ino| self.inodes.get(ino)) {
             match head {
                 Ok(head) => {
