@@ -64,6 +64,16 @@ ls -lR "$mountpoint"
 echo
 echo "\$ cat $mountpoint/hello.txt"
 cat "$mountpoint/hello.txt"
+echo
+echo "\$ echo 'written on the mount' > $mountpoint/notes.txt; s3files sync $mountpoint"
+echo "written on the mount" >"$mountpoint/notes.txt"
+"$bin" sync "$mountpoint"   # otherwise exported after 60 s of quiet
+echo "keys in s3://demo now:"
+.venv/bin/python - "$endpoint" <<'PY'
+import sys, boto3
+for o in boto3.client("s3", endpoint_url=sys.argv[1]).list_objects_v2(Bucket="demo")["Contents"]:
+    print("  ", o["Key"])
+PY
 
 if [[ -t 0 ]]; then
     echo
