@@ -5,21 +5,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{block_on, Mount, S3Server};
-
-fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    cond()
-}
+use common::{block_on, wait_for, Mount, S3Server};
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -218,7 +206,7 @@ fn poll_time_conflicts_bucket_wins() {
     assert!(wait_for(Duration::from_secs(5), || !mount
         .join("delete.txt")
         .exists()));
-    let lost = lost_found(&mount.path);
+    let lost = common::lost_found_dir(&mount.path);
     let mut kept: Vec<String> = std::fs::read_dir(&lost)
         .unwrap()
         .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
@@ -228,19 +216,6 @@ fn poll_time_conflicts_bucket_wins() {
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(server.get("pollclash", "modify.txt"), b"bucket edit");
     assert!(!server.exists("pollclash", "delete.txt"));
-}
-
-fn lost_found(root: &Path) -> PathBuf {
-    std::fs::read_dir(root)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with(".s3files-lost+found-")
-        })
-        .expect("lost+found")
 }
 
 /// The S3 Files "code review agents" example: an orchestrator writes a source tree,

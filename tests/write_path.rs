@@ -7,22 +7,11 @@ mod common;
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{block_on, run_s3files, Mount, S3Server};
+use common::{block_on, run_s3files, wait_for, Mount, S3Server};
 
-/// Polls `cond` until it holds or `limit` passes.
-fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    cond()
-}
-
+/// The `user.s3files.status` text of a path.
 fn status(path: &Path) -> String {
     let out = std::process::Command::new("getfattr")
         .args(["--only-values", "-n", "user.s3files.status"])
@@ -331,16 +320,7 @@ fn conflict_bucket_wins_and_local_copy_goes_to_lost_found() {
     assert!(!mount.join("dir/doomed.txt").exists());
     assert!(!server.exists("clash", "dir/doomed.txt"));
     // Nothing is lost: both local copies are in lost+found, never exported.
-    let lost_dir = std::fs::read_dir(&mount.path)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with(".s3files-lost+found-")
-        })
-        .expect("lost+found directory");
+    let lost_dir = common::lost_found_dir(&mount.path);
     let mut kept: Vec<(String, String)> = std::fs::read_dir(&lost_dir)
         .unwrap()
         .map(|e| {
@@ -383,16 +363,7 @@ fn conflict_bucket_wins_and_local_copy_goes_to_lost_found() {
         cache.path(),
     );
     // (The directory is named after this mount's id, which includes the mount point.)
-    let lost_dir = std::fs::read_dir(&mount.path)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with(".s3files-lost+found-")
-        })
-        .expect("lost+found after restart");
+    let lost_dir = common::lost_found_dir(&mount.path);
     assert_eq!(std::fs::read_dir(&lost_dir).unwrap().count(), 2);
     for (name, _) in &kept {
         std::fs::remove_file(lost_dir.join(name)).unwrap();

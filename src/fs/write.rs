@@ -489,15 +489,7 @@ impl FsCore {
             _ => {}
         }
         if is_dir {
-            self.load_dir(&child).await?;
-            if child
-                .state()
-                .children
-                .as_ref()
-                .is_some_and(|c| !c.is_empty())
-            {
-                return Err(FsError::NotEmpty);
-            }
+            self.require_empty_dir(&child).await?;
         }
         if self.in_lost_found(&child) {
             // Local only: delete the kept copy (or the empty lost+found directory).
@@ -614,17 +606,7 @@ impl FsCore {
             match (src_is_dir, target_is_dir) {
                 (true, false) => return Err(FsError::NotDir),
                 (false, true) => return Err(FsError::IsDir),
-                (true, true) => {
-                    self.load_dir(target).await?;
-                    if target
-                        .state()
-                        .children
-                        .as_ref()
-                        .is_some_and(|c| !c.is_empty())
-                    {
-                        return Err(FsError::NotEmpty);
-                    }
-                }
+                (true, true) => self.require_empty_dir(target).await?,
                 (false, false) => {}
             }
         }
@@ -698,6 +680,17 @@ impl FsCore {
             self.rekey(writer, node, old_key, base)?;
         }
         Ok(())
+    }
+
+    /// ENOTEMPTY unless directory `dir` has no entries (listing it first if needed).
+    async fn require_empty_dir(&self, dir: &Node) -> FsResult<()> {
+        self.load_dir(dir).await?;
+        let empty = dir.state().children.as_ref().is_none_or(|c| c.is_empty());
+        if empty {
+            Ok(())
+        } else {
+            Err(FsError::NotEmpty)
+        }
     }
 
     /// Lists `node` and every directory below it; returns the subtree, `node` first.

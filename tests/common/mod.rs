@@ -593,3 +593,27 @@ pub fn sha256(data: &[u8]) -> String {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// Polls `cond` until it holds or `limit` passes; returns its last answer.
+pub fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cond()
+}
+
+/// The mount's lost+found directory (its name carries the mount id).
+pub fn lost_found_dir(root: &Path) -> PathBuf {
+    std::fs::read_dir(root)
+        .expect("read mount root")
+        .map(|e| e.expect("entry").path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(".s3files-lost+found-"))
+        })
+        .expect("lost+found directory")
+}
