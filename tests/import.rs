@@ -290,3 +290,30 @@ fn code_review_agents_share_one_bucket() {
         );
     }
 }
+
+#[test]
+fn unchanged_file_is_served_from_the_page_cache_until_it_changes() {
+    let server = S3Server::start();
+    server.create_bucket("pages");
+    let v1 = vec![b'1'; 50_000];
+    let v2 = vec![b'2'; 60_000];
+    server.put("pages", "hot.bin", v1.clone(), &[]);
+    let mount = Mount::start(&server, "s3://pages", &["--poll-interval", "1s"]);
+    let path = mount.join("hot.bin");
+    for _ in 0..5 {
+        assert_eq!(std::fs::read(&path).unwrap(), v1);
+    }
+    // Reopening an unchanged file keeps the kernel's pages: one GET for five reads.
+    assert_eq!(
+        server.count_requests("GET", "pages", "hot.bin"),
+        1,
+        "{}",
+        server.request_log()
+    );
+    server.put("pages", "hot.bin", v2.clone(), &[]);
+    assert!(
+        wait_for(Duration::from_secs(5), || std::fs::read(&path)
+            .is_ok_and(|b| b == v2)),
+        "the new version never showed"
+    );
+}

@@ -58,6 +58,9 @@ pub struct NodeState {
     pub local: Option<LocalFile>,
     /// Open file handles (staged data is kept while any is open).
     pub handles: u32,
+    /// ETag of the object version whose pages the kernel may still cache from an
+    /// earlier open: reopening the same version keeps them (FOPEN_KEEP_CACHE).
+    pub page_cache_etag: Option<String>,
 }
 
 /// An entry with local changes or local bytes.
@@ -101,6 +104,7 @@ impl NodeState {
             linked: true,
             local: None,
             handles: 0,
+            page_cache_etag: None,
         }
     }
 }

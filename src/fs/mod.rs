@@ -343,13 +343,15 @@ impl FsCore {
 
     /// Opens a file. `write` and `truncate` say what the open asked for; a file opened
     /// for writing gets local bytes in the staging area.
+    /// Returns the handle and whether the kernel may keep the pages it cached from an
+    /// earlier open (the same object version, no local bytes in between).
     pub async fn open(
         &self,
         caller: Identity,
         ino: Ino,
         write: bool,
         truncate: bool,
-    ) -> FsResult<u64> {
+    ) -> FsResult<(u64, bool)> {
         let node = self.node(ino)?;
         if node.state().is_dir {
             return Err(FsError::IsDir);
@@ -363,11 +365,22 @@ impl FsCore {
                 self.check(caller, &node, access::READ).await?;
             }
             self.open_for_write(&node, truncate).await?;
-            return Ok(self.add_handle(node, write));
+            node.state().page_cache_etag = None;
+            return Ok((self.add_handle(node, write), false));
         }
         self.check(caller, &node, access::READ).await?;
         self.ensure_meta(&node).await?;
-        Ok(self.add_handle(node, false))
+        let keep_cache = {
+            let mut state = node.state();
+            let etag = match (&state.local, &state.remote) {
+                (None, Some(remote)) => remote.etag.clone(),
+                _ => None,
+            };
+            let keep = etag.is_some() && state.page_cache_etag == etag;
+            state.page_cache_etag = etag;
+            keep
+        };
+        Ok((self.add_handle(node, false), keep_cache))
     }
 
     /// Registers an open handle on a node.

@@ -186,7 +186,7 @@ async fn reads_and_write_refusal() {
         core.open(ROOT, ROOT_INO, false, false).await,
         Err(FsError::IsDir)
     );
-    let fh = core.open(ROOT, f.ino, false, false).await.unwrap();
+    let (fh, _) = core.open(ROOT, f.ino, false, false).await.unwrap();
     let mut out = Vec::new();
     loop {
         let chunk = core.read(fh, out.len() as u64, 65536).await.unwrap();
@@ -258,17 +258,41 @@ async fn status_xattr() {
 }
 
 #[tokio::test]
+async fn page_cache_is_kept_only_for_the_same_version() {
+    let store = Arc::new(MemoryStore::new());
+    store.put("f", "v1", &[]);
+    let core = core_with(store.clone(), "", None);
+    let f = resolve(&core, "f").await.unwrap();
+    let (fh, keep) = core.open(ROOT, f.ino, false, false).await.unwrap();
+    assert!(!keep, "first open: nothing cached yet");
+    core.release(fh);
+    let (fh, keep) = core.open(ROOT, f.ino, false, false).await.unwrap();
+    assert!(keep, "same version: keep the kernel's pages");
+    core.release(fh);
+    // A new version (seen by a fresh HEAD) drops them.
+    store.put("f", "v2", &[]);
+    let (fh, _) = core.open(ROOT, f.ino, false, false).await.unwrap();
+    assert!(
+        core.read(fh, 0, 10).await.is_err(),
+        "the old handle's version is gone"
+    );
+    let f = core.getattr(f.ino).await.unwrap();
+    let (_, keep) = core.open(ROOT, f.ino, false, false).await.unwrap();
+    assert!(!keep, "changed version: the kernel must drop its pages");
+}
+
+#[tokio::test]
 async fn changed_object_under_open_handle_is_eio_then_refreshed() {
     let store = Arc::new(MemoryStore::new());
     store.put("f", "old", &[]);
     let core = core_with(store.clone(), "", None);
     let f = resolve(&core, "f").await.unwrap();
-    let fh = core.open(ROOT, f.ino, false, false).await.unwrap();
+    let (fh, _) = core.open(ROOT, f.ino, false, false).await.unwrap();
     store.put("f", "newer", &[]);
     let err = core.read(fh, 0, 10).await.unwrap_err();
     assert_eq!(err.errno(), libc::EIO);
     // The next open sees the new version.
     assert_eq!(core.getattr(f.ino).await.unwrap().size, 5);
-    let fh = core.open(ROOT, f.ino, false, false).await.unwrap();
+    let (fh, _) = core.open(ROOT, f.ino, false, false).await.unwrap();
     assert_eq!(&core.read(fh, 0, 10).await.unwrap()[..], b"newer");
 }
