@@ -596,3 +596,73 @@ fn large_file_exports_by_multipart_and_appends_work() {
         "multipart upload used"
     );
 }
+
+/// A tmpfs of `size` mounted on a fresh directory; unmounted on drop.
+struct SmallDisk(tempfile::TempDir);
+
+impl SmallDisk {
+    fn new(size: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount tmpfs");
+        SmallDisk(dir)
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+#[test]
+fn full_cache_disk_is_a_clear_error_not_lost_data() {
+    let server = S3Server::start();
+    server.create_bucket("fulldisk");
+    let disk = SmallDisk::new("1m");
+    let cache = disk.0.path().join("cache");
+    let mount = Mount::start_with_cache(
+        &server,
+        "s3://fulldisk",
+        &["--write-back-delay", "1s"],
+        &cache,
+    );
+    std::fs::write(mount.join("small.txt"), "fits").unwrap();
+    let big = vec![7u8; 4 << 20];
+    let err = std::fs::write(mount.join("big.bin"), &big).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    // What was accepted is exported; the daemon is still healthy.
+    let (out, _) = run_s3files(
+        &["sync", mount.path.to_str().unwrap()],
+        &[],
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(server.get("fulldisk", "small.txt"), b"fits");
+    std::fs::remove_file(mount.join("big.bin")).unwrap();
+    std::fs::write(mount.join("after.txt"), "space again").unwrap();
+    let (out, _) = run_s3files(
+        &["sync", mount.path.to_str().unwrap()],
+        &[],
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(server.get("fulldisk", "after.txt"), b"space again");
+    drop(mount);
+}

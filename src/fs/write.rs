@@ -234,6 +234,13 @@ impl Writer {
         true
     }
 
+    /// Links a record to the node it belongs to (once the node exists).
+    fn attach(&self, id: u64, ino: Ino) {
+        if let Some(p) = self.pending().get_mut(&id) {
+            p.ino = Some(ino);
+        }
+    }
+
     /// Names directly in directory `prefix` whose removal is still to be exported.
     pub(super) fn pending_delete_names(&self, prefix: &str) -> std::collections::HashSet<String> {
         self.pending()
@@ -372,13 +379,14 @@ impl FsCore {
         staged: Option<Arc<StagedFile>>,
     ) -> FsResult<Arc<Node>> {
         let is_dir = meta.mode & super::metadata::S_IFMT == S_IFDIR;
-        let node = self.inodes.add_child(
-            dir,
-            name,
-            is_dir,
-            LocalFile::pending(id, staged.clone(), meta),
-        );
-        let key = node.state().key.clone();
+        let prefix = dir.state().key.clone();
+        let key = if is_dir {
+            format!("{prefix}{name}/")
+        } else {
+            format!("{prefix}{name}")
+        };
+        // The journal first: if it cannot be written (a full disk), the entry never
+        // shows, rather than showing and never being exported.
         writer.record(
             PendingExport {
                 id,
@@ -393,9 +401,13 @@ impl FsCore {
                 copy_from: None,
                 after: None,
             },
-            staged,
-            Some(node.ino),
+            staged.clone(),
+            None,
         )?;
+        let node = self
+            .inodes
+            .add_child(dir, name, is_dir, LocalFile::pending(id, staged, meta));
+        writer.attach(id, node.ino);
         self.inodes.remember(dir, name, &node);
         Ok(node)
     }
@@ -924,10 +936,8 @@ impl FsCore {
                 offset += data.len() as u64;
             }
         }
-        {
-            let mut state = node.state();
-            state.local = Some(LocalFile::pending(id, Some(staged.clone()), meta));
-        }
+        // The journal first, then the node: a record that could not be written (a full
+        // disk) fails the open instead of leaving local bytes nothing will export.
         writer.record(
             PendingExport {
                 id,
@@ -946,6 +956,7 @@ impl FsCore {
             Some(staged.clone()),
             Some(node.ino),
         )?;
+        node.state().local = Some(LocalFile::pending(id, Some(staged.clone()), meta));
         Ok(staged)
     }
 
