@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{run_s3files, Mount, S3Server};
+use common::{Mount, S3Server};
 use proptest::prelude::*;
 
 const FILES: &[&str] = &["a", "b", "d/a", "d/b", "e/a", "d/f/a", "d/f/b"];
@@ -167,17 +167,8 @@ fn run_case(ops: &[Op]) -> Result<(), TestCaseError> {
 
     // After sync, the bucket holds exactly the tree: a marker per directory, an object
     // per file, with the same bytes and modes.
-    let (out, _) = run_s3files(
-        &["sync", mount.path.to_str().unwrap()],
-        &[],
-        Duration::from_secs(60),
-    );
-    prop_assert!(
-        out.status.success(),
-        "sync: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        mount.log()
-    );
+    let synced = common::sync(&mount.path, Duration::from_secs(60));
+    prop_assert!(synced.is_ok(), "sync: {:?}\n{}", synced, mount.log());
     let keys = server.list_all(&bucket);
     let mut want_keys: Vec<String> = expected
         .iter()

@@ -9,7 +9,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::Duration;
 
-use common::{block_on, run_s3files, wait_for, Mount, S3Server};
+use common::{block_on, sync, wait_for, Mount, S3Server};
 
 /// The `user.s3files.status` text of a path.
 fn status(path: &Path) -> String {
@@ -139,16 +139,7 @@ fn namespace_changes_are_exported() {
             .raw_os_error(),
         Some(libc::ENOTEMPTY)
     );
-    let (out, _) = run_s3files(
-        &["sync", mount.path.to_str().unwrap()],
-        &[],
-        Duration::from_secs(30),
-    );
-    assert!(
-        out.status.success(),
-        "sync: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    sync(&mount.path, Duration::from_secs(30)).unwrap_or_else(|e| panic!("sync: {e}"));
 
     let keys = server.list_all("names");
     let mut names: Vec<&str> = keys.keys().map(String::as_str).collect();
@@ -183,16 +174,7 @@ fn metadata_only_change_is_a_copy_not_an_upload() {
     let mount = Mount::start(&server, "s3://chmod", &["--write-back-delay", "1s"]);
     let path = mount.join("big.bin");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let (out, _) = run_s3files(
-        &["sync", path.to_str().unwrap()],
-        &[],
-        Duration::from_secs(30),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    sync(&path, Duration::from_secs(30)).unwrap_or_else(|e| panic!("sync: {e}"));
     assert_eq!(
         server.metadata("chmod", "big.bin")["file-permissions"],
         "0100600"
@@ -304,13 +286,8 @@ fn conflict_bucket_wins_and_local_copy_goes_to_lost_found() {
             .send(),
     )
     .unwrap();
-    let (out, _) = run_s3files(
-        &["sync", mount.path.to_str().unwrap()],
-        &[],
-        Duration::from_secs(30),
-    );
     assert!(
-        !out.status.success(),
+        sync(&mount.path, Duration::from_secs(30)).is_err(),
         "sync reports that the changes did not reach S3"
     );
 
@@ -369,12 +346,7 @@ fn conflict_bucket_wins_and_local_copy_goes_to_lost_found() {
         std::fs::remove_file(lost_dir.join(name)).unwrap();
     }
     std::fs::remove_dir(&lost_dir).unwrap();
-    let (out, _) = run_s3files(
-        &["sync", mount.path.to_str().unwrap()],
-        &[],
-        Duration::from_secs(30),
-    );
-    assert!(out.status.success());
+    sync(&mount.path, Duration::from_secs(30)).unwrap_or_else(|e| panic!("sync: {e}"));
     assert_eq!(server.get("clash", "dir/shared.txt"), b"bucket change");
 }
 
@@ -385,12 +357,10 @@ fn new_file_over_a_key_created_meanwhile_is_a_conflict() {
     let mount = Mount::start(&server, "s3://race", &["--write-back-delay", "1s"]);
     std::fs::write(mount.join("new.txt"), "mine").unwrap();
     server.put("race", "new.txt", "theirs", &[]);
-    let (out, _) = run_s3files(
-        &["sync", mount.path.to_str().unwrap()],
-        &[],
-        Duration::from_secs(30),
+    assert!(
+        sync(&mount.path, Duration::from_secs(30)).is_err(),
+        "the change did not reach S3"
     );
-    assert!(!out.status.success(), "the change did not reach S3");
     assert_eq!(server.get("race", "new.txt"), b"theirs");
     assert_eq!(
         std::fs::read_to_string(mount.join("new.txt")).unwrap(),
@@ -498,17 +468,8 @@ fn renames_of_files_and_directories_are_exported() {
         "replacement"
     );
 
-    let (out, _) = run_s3files(
-        &["sync", mount.path.to_str().unwrap()],
-        &[],
-        Duration::from_secs(60),
-    );
-    assert!(
-        out.status.success(),
-        "sync: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        mount.log()
-    );
+    sync(&mount.path, Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("sync: {e}\n{}", mount.log()));
     let keys = server.list_all("moves");
     let mut names: Vec<&str> = keys.keys().map(String::as_str).collect();
     names.sort();
@@ -576,17 +537,7 @@ fn large_file_exports_by_multipart_and_appends_work() {
         .unwrap();
     file.write_all(b"tail").unwrap();
     drop(file);
-    let (out, _) = run_s3files(
-        &["sync", path.to_str().unwrap()],
-        &[],
-        Duration::from_secs(120),
-    );
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        mount.log()
-    );
+    sync(&path, Duration::from_secs(120)).unwrap_or_else(|e| panic!("sync: {e}\n{}", mount.log()));
     let body = server.get("multi", "big.bin");
     assert_eq!(body.len(), 40 * (1 << 20) + 4);
     assert_eq!(&body[body.len() - 4..], b"tail");
@@ -640,29 +591,11 @@ fn full_cache_disk_is_a_clear_error_not_lost_data() {
     let err = std::fs::write(mount.join("big.bin"), &big).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
     // What was accepted is exported; the daemon is still healthy.
-    let (out, _) = run_s3files(
-        &["sync", mount.path.to_str().unwrap()],
-        &[],
-        Duration::from_secs(60),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    sync(&mount.path, Duration::from_secs(60)).unwrap_or_else(|e| panic!("sync: {e}"));
     assert_eq!(server.get("fulldisk", "small.txt"), b"fits");
     std::fs::remove_file(mount.join("big.bin")).unwrap();
     std::fs::write(mount.join("after.txt"), "space again").unwrap();
-    let (out, _) = run_s3files(
-        &["sync", mount.path.to_str().unwrap()],
-        &[],
-        Duration::from_secs(60),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    sync(&mount.path, Duration::from_secs(60)).unwrap_or_else(|e| panic!("sync: {e}"));
     assert_eq!(server.get("fulldisk", "after.txt"), b"space again");
     drop(mount);
 }

@@ -105,10 +105,6 @@ impl Schedule {
         }
     }
 
-    pub fn contains(&self, id: u64) -> bool {
-        self.slots.contains_key(&id)
-    }
-
     pub fn is_empty(&self) -> bool {
         self.slots.is_empty()
     }

@@ -166,11 +166,6 @@ impl FsCore {
         self.metrics.clone()
     }
 
-    /// Number of inodes the table holds (for tests and metrics).
-    pub fn inode_count(&self) -> usize {
-        self.inodes.len()
-    }
-
     pub async fn lookup(&self, caller: Identity, parent: Ino, name: &[u8]) -> FsResult<Attr> {
         let name = std::str::from_utf8(name).map_err(|_| FsError::NotFound)?;
         check_segment(name).map_err(|_| FsError::NotFound)?;

@@ -208,11 +208,11 @@ impl Writer {
 
     /// Restarts a record's timer after a change to its staged data.
     fn touch(&self, id: u64) {
-        let key = self.pending().get(&id).map(|p| p.record.key.clone());
+        let key = self.pending().get_mut(&id).map(|p| {
+            p.revision += 1;
+            p.record.key.clone()
+        });
         if let Some(key) = key {
-            if let Some(p) = self.pending().get_mut(&id) {
-                p.revision += 1;
-            }
             self.schedule().touch(id, &key, Instant::now() + self.delay);
         }
     }

@@ -72,10 +72,6 @@ impl MemoryStore {
         self.lock().insert(key.to_string(), object);
     }
 
-    pub fn remove(&self, key: &str) {
-        self.lock().remove(key);
-    }
-
     /// The body of an object, if present (for assertions).
     pub fn body(&self, key: &str) -> Option<Bytes> {
         self.lock().get(key).map(|o| o.data.clone())
@@ -84,10 +80,6 @@ impl MemoryStore {
     /// The metadata of an object, if present (for assertions).
     pub fn metadata(&self, key: &str) -> Option<HashMap<String, String>> {
         self.lock().get(key).map(|o| o.metadata.clone())
-    }
-
-    pub fn keys(&self) -> Vec<String> {
-        self.lock().keys().cloned().collect()
     }
 
     fn store_checked(

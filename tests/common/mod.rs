@@ -617,3 +617,14 @@ pub fn lost_found_dir(root: &Path) -> PathBuf {
         })
         .expect("lost+found directory")
 }
+
+/// `s3files sync PATH` (at most `limit`): Ok, or Err with its stderr.
+pub fn sync(path: &Path, limit: Duration) -> Result<(), String> {
+    let path = path.to_str().expect("utf-8 path");
+    let (out, _) = run_s3files(&["sync", path], &[], limit);
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
