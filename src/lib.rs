@@ -1,6 +1,7 @@
 //! s3files: mount an S3 bucket as a local directory with Amazon S3 Files semantics.
 //! See docs/ARCHITECTURE.md for how the modules fit together.
 
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod daemon;

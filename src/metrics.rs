@@ -37,6 +37,30 @@ pub struct Metrics {
     pub keys_hidden: AtomicU64,
     /// Errors returned by S3 operations made on behalf of file-system requests.
     pub s3_errors: AtomicU64,
+    /// Reads (or parts of reads) served by the memory tier of the data cache.
+    pub cache_hits_memory: AtomicU64,
+    /// Reads (or parts of reads) served by the disk tier.
+    pub cache_hits_disk: AtomicU64,
+    /// Blocks fetched from S3 because no tier had them.
+    pub cache_misses: AtomicU64,
+    /// Bytes returned to readers from either cache tier.
+    pub bytes_from_cache: AtomicU64,
+    /// Bytes returned to readers by the streaming prefetcher (not cached).
+    pub bytes_streamed: AtomicU64,
+    /// Disk-tier blocks dropped to stay under the bound.
+    pub cache_evictions: AtomicU64,
+    /// Memory-tier blocks dropped to stay under its bound (still on disk).
+    pub memory_evictions: AtomicU64,
+    /// Disk-tier blocks dropped after going unused for the expiry.
+    pub cache_expired: AtomicU64,
+    /// Disk-tier writes that failed (e.g. a full disk); the data was served anyway.
+    pub cache_write_errors: AtomicU64,
+    /// Small files fetched ahead of any read when their directory was first listed.
+    pub eager_imports: AtomicU64,
+    /// Sequential read streams started.
+    pub streams: AtomicU64,
+    /// Largest read-ahead window any stream reached, in bytes.
+    pub prefetch_window_max: AtomicU64,
 }
 
 impl Metrics {
@@ -62,7 +86,10 @@ impl Metrics {
         format!(
             "s3 requests: list={} head={} get={} put={} copy={} delete={} errors={}; \
              exports={} failed={} conflicts={}; bytes fetched={} read={}; \
-             keys skipped={} hidden={}",
+             keys skipped={} hidden={}; \
+             cache hits memory={} disk={} misses={} evictions={} (memory {}) expired={} \
+             write-errors={}; eager imports={}; bytes from cache={} streamed={}; \
+             streams={} max prefetch window={}",
             get(&self.s3_list),
             get(&self.s3_head),
             get(&self.s3_get),
@@ -77,6 +104,18 @@ impl Metrics {
             get(&self.bytes_read),
             get(&self.keys_skipped),
             get(&self.keys_hidden),
+            get(&self.cache_hits_memory),
+            get(&self.cache_hits_disk),
+            get(&self.cache_misses),
+            get(&self.cache_evictions),
+            get(&self.memory_evictions),
+            get(&self.cache_expired),
+            get(&self.cache_write_errors),
+            get(&self.eager_imports),
+            get(&self.bytes_from_cache),
+            get(&self.bytes_streamed),
+            get(&self.streams),
+            get(&self.prefetch_window_max),
         )
     }
 }

@@ -1,0 +1,414 @@
+//! Disk tier: one file per cached block under CACHE_DIR/data, named after the object
+//! version and block index, so a restart finds its blocks again by name alone.
+//!
+//! A block file is written to a temporary name and renamed into place: a block file that
+//! exists is complete (a crash leaves at most a temporary file, removed at the next start).
+//! The in-memory index keeps the least-recently-used order, the byte total against the
+//! bound, and last-use times; last use is written back to the file's mtime at most once per
+//! `touch_interval`, so the expiry survives restarts without a write per hit.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use lru::LruCache;
+
+use super::{BlockId, ObjectId};
+
+const TMP_PREFIX: &str = ".tmp-";
+
+struct Entry {
+    len: u64,
+    last_used: SystemTime,
+    /// When last use was last written to the file's mtime.
+    touched: SystemTime,
+}
+
+struct Index {
+    blocks: LruCache<BlockId, Entry>,
+    bytes: u64,
+}
+
+/// What a start-up scan found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ScanReport {
+    pub blocks: u64,
+    pub bytes: u64,
+    /// Blocks dropped because unused for longer than the expiry.
+    pub expired: u64,
+    /// Leftovers removed: temporary files, foreign names, blocks past the bound.
+    pub removed: u64,
+}
+
+/// Blocks dropped by one insert or sweep.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Dropped {
+    pub evicted: u64,
+    pub expired: u64,
+}
+
+pub struct DiskTier {
+    dir: PathBuf,
+    index: Mutex<Index>,
+    bound: u64,
+    expiry: Duration,
+    touch_interval: Duration,
+    next_tmp: AtomicU64,
+}
+
+impl DiskTier {
+    /// Opens (creating if needed) the tier in `dir` and indexes what an earlier run left,
+    /// oldest use first, dropping expired blocks and anything past the bound.
+    pub fn open(dir: &Path, bound: u64, expiry: Duration) -> io::Result<(Self, ScanReport)> {
+        fs::create_dir_all(dir)?;
+        let now = SystemTime::now();
+        let mut report = ScanReport::default();
+        let mut found = Vec::new();
+        for entry in fs::read_dir(dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let parsed = name.to_str().and_then(parse_name);
+            let meta = entry.metadata();
+            match (parsed, meta) {
+                (Some(id), Ok(meta)) if meta.is_file() => {
+                    let mtime = meta.modified().unwrap_or(now);
+                    if expired(now, mtime, expiry) {
+                        let _ = fs::remove_file(entry.path());
+                        report.expired += 1;
+                    } else {
+                        found.push((mtime, id, meta.len()));
+                    }
+                }
+                _ => {
+                    let _ = fs::remove_file(entry.path());
+                    report.removed += 1;
+                }
+            }
+        }
+        found.sort_by_key(|(mtime, _, _)| *mtime);
+        let tier = DiskTier {
+            dir: dir.to_path_buf(),
+            index: Mutex::new(Index {
+                blocks: LruCache::unbounded(),
+                bytes: 0,
+            }),
+            bound,
+            expiry,
+            touch_interval: (expiry / 8).min(Duration::from_secs(3600)),
+            next_tmp: AtomicU64::new(0),
+        };
+        let mut victims = Vec::new();
+        {
+            let mut index = tier.lock();
+            for (mtime, id, len) in found {
+                index.bytes += len;
+                index.blocks.put(
+                    id,
+                    Entry {
+                        len,
+                        last_used: mtime,
+                        touched: mtime,
+                    },
+                );
+            }
+            tier.evict_locked(&mut index, 0, &mut victims);
+            report.removed += victims.len() as u64;
+            report.blocks = index.blocks.len() as u64;
+            report.bytes = index.bytes;
+        }
+        tier.unlink(victims);
+        Ok((tier, report))
+    }
+
+    /// Reads from a cached block at `offset` within it. `block_len` is the length the block
+    /// must have (known from the object's size); a file of another length is not trusted.
+    /// None is a miss.
+    pub fn read(&self, id: &BlockId, block_len: u64, offset: u64, buf: &mut [u8]) -> Option<usize> {
+        let touch = self.note_use(id, block_len)?;
+        let path = self.path(id);
+        if let Some(when) = touch {
+            touch_file(&path, when);
+        }
+        let result = File::open(&path).and_then(|file| read_full(&file, buf, offset));
+        match result {
+            Ok(n) if offset + n as u64 == block_len || n == buf.len() => Some(n),
+            _ => {
+                // Gone (evicted under us) or cut short: forget it.
+                self.remove(id);
+                None
+            }
+        }
+    }
+
+    /// Reads a whole cached block.
+    pub fn read_block(&self, id: &BlockId, block_len: u64) -> Option<Bytes> {
+        let mut buf = vec![0u8; block_len as usize];
+        let n = self.read(id, block_len, 0, &mut buf)?;
+        buf.truncate(n);
+        Some(Bytes::from(buf))
+    }
+
+    /// Marks a block used; returns None if it is not cached (or has the wrong length), else
+    /// whether (and to when) its file's mtime should be brought up to date.
+    fn note_use(&self, id: &BlockId, block_len: u64) -> Option<Option<SystemTime>> {
+        let mut index = self.lock();
+        let entry = index.blocks.get_mut(id)?;
+        if entry.len != block_len {
+            let len = entry.len;
+            index.blocks.pop(id);
+            index.bytes -= len;
+            drop(index);
+            let _ = fs::remove_file(self.path(id));
+            return None;
+        }
+        let now = SystemTime::now();
+        entry.last_used = now;
+        if now.duration_since(entry.touched).unwrap_or_default() >= self.touch_interval {
+            entry.touched = now;
+            return Some(Some(now));
+        }
+        Some(None)
+    }
+
+    /// Stores a block (whole), then drops least-recently-used blocks past the bound.
+    pub fn insert(&self, id: BlockId, data: &[u8]) -> io::Result<Dropped> {
+        let len = data.len() as u64;
+        if len > self.bound {
+            return Ok(Dropped::default());
+        }
+        let tmp = self.dir.join(format!(
+            "{TMP_PREFIX}{}-{}",
+            std::process::id(),
+            self.next_tmp.fetch_add(1, Ordering::Relaxed)
+        ));
+        let written = File::create(&tmp).and_then(|mut f| f.write_all(data));
+        if let Err(e) = written.and_then(|()| fs::rename(&tmp, self.path(&id))) {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        let now = SystemTime::now();
+        let mut victims = Vec::new();
+        let dropped = {
+            let mut index = self.lock();
+            index.bytes += len;
+            if let Some(old) = index.blocks.put(
+                id,
+                Entry {
+                    len,
+                    last_used: now,
+                    touched: now,
+                },
+            ) {
+                index.bytes -= old.len;
+            }
+            let expired = self.expire_locked(&mut index, now, &mut victims);
+            let before = victims.len();
+            self.evict_locked(&mut index, 0, &mut victims);
+            Dropped {
+                evicted: (victims.len() - before) as u64,
+                expired,
+            }
+        };
+        self.unlink(victims);
+        Ok(dropped)
+    }
+
+    pub fn contains(&self, id: &BlockId) -> bool {
+        self.lock().blocks.contains(id)
+    }
+
+    pub fn remove(&self, id: &BlockId) {
+        let removed = {
+            let mut index = self.lock();
+            match index.blocks.pop(id) {
+                Some(entry) => {
+                    index.bytes -= entry.len;
+                    true
+                }
+                None => false,
+            }
+        };
+        if removed {
+            let _ = fs::remove_file(self.path(id));
+        }
+    }
+
+    /// Drops every block unused for longer than the expiry; returns how many.
+    pub fn sweep_expired(&self) -> u64 {
+        let mut victims = Vec::new();
+        let n = self.expire_locked(&mut self.lock(), SystemTime::now(), &mut victims);
+        self.unlink(victims);
+        n
+    }
+
+    /// Bytes and blocks held.
+    pub fn usage(&self) -> (u64, u64) {
+        let index = self.lock();
+        (index.bytes, index.blocks.len() as u64)
+    }
+
+    pub fn bound(&self) -> u64 {
+        self.bound
+    }
+
+    fn expire_locked(&self, index: &mut Index, now: SystemTime, victims: &mut Vec<BlockId>) -> u64 {
+        let mut n = 0;
+        while let Some((_, entry)) = index.blocks.peek_lru() {
+            if !expired(now, entry.last_used, self.expiry) {
+                break;
+            }
+            if let Some((id, entry)) = index.blocks.pop_lru() {
+                index.bytes -= entry.len;
+                victims.push(id);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Pops least-recently-used blocks until `room` more bytes fit under the bound.
+    fn evict_locked(&self, index: &mut Index, room: u64, victims: &mut Vec<BlockId>) {
+        while index.bytes + room > self.bound {
+            match index.blocks.pop_lru() {
+                Some((id, entry)) => {
+                    index.bytes -= entry.len;
+                    victims.push(id);
+                }
+                None => break,
+            }
+        }
+    }
+
+    fn unlink(&self, victims: Vec<BlockId>) {
+        for id in victims {
+            let _ = fs::remove_file(self.path(&id));
+        }
+    }
+
+    fn path(&self, id: &BlockId) -> PathBuf {
+        self.dir.join(block_name(id))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
+        // Index updates keep bytes and blocks in step before any call that could panic.
+        self.index.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn expired(now: SystemTime, last_used: SystemTime, expiry: Duration) -> bool {
+    now.duration_since(last_used).unwrap_or_default() > expiry
+}
+
+fn block_name(id: &BlockId) -> String {
+    format!("{}.{}", id.object.hex(), id.index)
+}
+
+fn parse_name(name: &str) -> Option<BlockId> {
+    let (object, index) = name.split_once('.')?;
+    Some(BlockId {
+        object: ObjectId::from_hex(object)?,
+        index: index.parse().ok()?,
+    })
+}
+
+fn read_full(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+fn touch_file(path: &Path, when: SystemTime) {
+    if let Ok(file) = File::options().write(true).open(path) {
+        let _ = file.set_modified(when);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(key: &str, i: u32) -> BlockId {
+        BlockId {
+            object: ObjectId::new(key, "etag"),
+            index: i,
+        }
+    }
+
+    const DAY: Duration = Duration::from_secs(86400);
+
+    #[test]
+    fn blocks_survive_a_reopen_and_the_bound_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tier, report) = DiskTier::open(dir.path(), 1000, DAY).unwrap();
+        assert_eq!(report, ScanReport::default());
+        for i in 0..5 {
+            tier.insert(id("a", i), &[i as u8; 300]).unwrap();
+        }
+        // 5 x 300 > 1000: the two oldest went.
+        assert_eq!(tier.usage(), (900, 3));
+        assert!(!tier.contains(&id("a", 0)) && !tier.contains(&id("a", 1)));
+        let mut buf = [0u8; 10];
+        assert_eq!(tier.read(&id("a", 4), 300, 290, &mut buf), Some(10));
+        assert_eq!(buf, [4u8; 10]);
+        // The wrong expected length is a miss (and the block is dropped).
+        assert_eq!(tier.read(&id("a", 3), 299, 0, &mut buf), None);
+        assert!(!tier.contains(&id("a", 3)));
+        drop(tier);
+
+        std::fs::write(dir.path().join(".tmp-1-1"), b"partial").unwrap();
+        let (tier, report) = DiskTier::open(dir.path(), 1000, DAY).unwrap();
+        assert_eq!((report.blocks, report.bytes, report.removed), (2, 600, 1));
+        assert_eq!(&tier.read_block(&id("a", 4), 300).unwrap()[..], &[4u8; 300]);
+        // A smaller bound at the next start drops the oldest blocks.
+        drop(tier);
+        let (tier, report) = DiskTier::open(dir.path(), 400, DAY).unwrap();
+        assert_eq!((report.blocks, report.removed), (1, 1));
+        assert!(tier.contains(&id("a", 4)));
+    }
+
+    #[test]
+    fn unused_blocks_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tier, _) = DiskTier::open(dir.path(), 1 << 20, DAY).unwrap();
+        tier.insert(id("old", 0), b"old").unwrap();
+        tier.insert(id("new", 0), b"new").unwrap();
+        // Age the first block's file by two days, as if it had not been used since.
+        let old = SystemTime::now() - 2 * DAY;
+        touch_file(&dir.path().join(block_name(&id("old", 0))), old);
+        drop(tier);
+        let (tier, report) = DiskTier::open(dir.path(), 1 << 20, DAY).unwrap();
+        assert_eq!((report.blocks, report.expired), (1, 1));
+        assert!(tier.contains(&id("new", 0)));
+
+        // In a running tier, a sweep drops what has gone unused too long.
+        let dir = tempfile::tempdir().unwrap();
+        let (tier, _) = DiskTier::open(dir.path(), 1 << 20, Duration::from_millis(50)).unwrap();
+        tier.insert(id("x", 0), b"x").unwrap();
+        assert_eq!(tier.sweep_expired(), 0);
+        std::thread::sleep(Duration::from_millis(80));
+        assert_eq!(tier.sweep_expired(), 1);
+        assert_eq!(tier.usage(), (0, 0));
+    }
+
+    #[test]
+    fn a_block_removed_behind_the_index_is_a_miss() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tier, _) = DiskTier::open(dir.path(), 1 << 20, DAY).unwrap();
+        tier.insert(id("a", 0), b"abc").unwrap();
+        std::fs::remove_file(dir.path().join(block_name(&id("a", 0)))).unwrap();
+        assert_eq!(tier.read_block(&id("a", 0), 3), None);
+        assert_eq!(tier.usage(), (0, 0));
+    }
+}

@@ -1,0 +1,358 @@
+//! Hot-data cache: object data in fixed-size blocks, keyed by object version (key + ETag),
+//! in a memory tier (the hottest blocks) over a disk tier under CACHE_DIR/data bounded by
+//! `--cache-size`.
+//!
+//! Only data that is in S3 lives here (unexported bytes stay in the staging area, which
+//! eviction never touches), so dropping a block never loses anything. A new version of an
+//! object has a new ETag and so new block ids: a changed object can never be served from
+//! blocks of the old one.
+
+use std::io;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use sha2::{Digest, Sha256};
+use tracing::warn;
+
+use crate::metrics::Metrics;
+
+pub mod disk;
+pub mod memory;
+
+pub use disk::ScanReport;
+
+/// Cache granularity: large enough that a file under the eager-import threshold is one
+/// block and a 1 GiB file is 4,096 index entries; small enough that a random 4 KiB read
+/// of a cold file fetches little.
+pub const BLOCK_SIZE: u64 = 256 << 10;
+
+/// Disk-tier blocks up to this size are copied into the memory tier on a hit (a small
+/// file read again is likely read whole again); larger blocks are read in place.
+const PROMOTE_MAX: u64 = 64 << 10;
+
+/// One version of one object: a hash of its key and ETag, 128 bits so that two versions
+/// never share blocks in practice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectId([u8; 16]);
+
+impl ObjectId {
+    pub fn new(key: &str, etag: &str) -> Self {
+        let mut hash = Sha256::new();
+        hash.update(key.as_bytes());
+        hash.update([0]);
+        hash.update(etag.as_bytes());
+        let digest = hash.finalize();
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&digest[..16]);
+        ObjectId(id)
+    }
+
+    pub fn hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    pub fn from_hex(hex: &str) -> Option<Self> {
+        if hex.len() != 32 || !hex.is_ascii() {
+            return None;
+        }
+        let mut id = [0u8; 16];
+        for (i, byte) in id.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(ObjectId(id))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BlockId {
+    pub object: ObjectId,
+    pub index: u32,
+}
+
+/// The byte range of block `index` of an object of `size` bytes.
+pub fn block_range(index: u32, size: u64) -> Range<u64> {
+    let start = u64::from(index) * BLOCK_SIZE;
+    start.min(size)..(start + BLOCK_SIZE).min(size)
+}
+
+/// The blocks covering [offset, end).
+pub fn blocks_of(offset: u64, end: u64) -> Range<u32> {
+    if end <= offset {
+        return 0..0;
+    }
+    (offset / BLOCK_SIZE) as u32..end.div_ceil(BLOCK_SIZE) as u32
+}
+
+#[derive(Debug, Clone)]
+pub struct CacheOptions {
+    pub dir: PathBuf,
+    /// Bound on the disk tier.
+    pub disk_bytes: u64,
+    /// Bound on the memory tier.
+    pub memory_bytes: u64,
+    /// Blocks unused this long are dropped.
+    pub expiry: Duration,
+}
+
+pub struct DataCache {
+    memory: Mutex<memory::MemoryTier>,
+    disk: disk::DiskTier,
+    metrics: Arc<Metrics>,
+}
+
+impl DataCache {
+    pub fn open(options: &CacheOptions, metrics: Arc<Metrics>) -> io::Result<(Self, ScanReport)> {
+        let (disk, report) =
+            disk::DiskTier::open(&options.dir, options.disk_bytes, options.expiry)?;
+        metrics
+            .cache_expired
+            .fetch_add(report.expired, Ordering::Relaxed);
+        let cache = DataCache {
+            memory: Mutex::new(memory::MemoryTier::new(options.memory_bytes)),
+            disk,
+            metrics,
+        };
+        Ok((cache, report))
+    }
+
+    /// Serves [offset, offset+len) of an object version of `size` bytes if every block it
+    /// touches is cached; None otherwise (the caller fetches what is missing).
+    pub fn read(&self, object: ObjectId, size: u64, offset: u64, len: u32) -> Option<Bytes> {
+        let end = size.min(offset + u64::from(len));
+        if offset >= end {
+            return Some(Bytes::new());
+        }
+        let blocks = blocks_of(offset, end);
+        if blocks.len() == 1 {
+            return self.read_in_block(object, blocks.start, size, offset, end);
+        }
+        let mut out = BytesMut::with_capacity((end - offset) as usize);
+        for index in blocks {
+            let range = block_range(index, size);
+            let part = self.read_in_block(
+                object,
+                index,
+                size,
+                offset.max(range.start),
+                end.min(range.end),
+            )?;
+            out.extend_from_slice(&part);
+        }
+        Some(out.freeze())
+    }
+
+    /// [from, to) within one block.
+    fn read_in_block(
+        &self,
+        object: ObjectId,
+        index: u32,
+        size: u64,
+        from: u64,
+        to: u64,
+    ) -> Option<Bytes> {
+        let id = BlockId { object, index };
+        let range = block_range(index, size);
+        let (start, end) = ((from - range.start) as usize, (to - range.start) as usize);
+        if let Some(block) = self.memory_get(&id) {
+            if block.len() as u64 == range.end - range.start {
+                self.count_hit(&self.metrics.cache_hits_memory, end - start);
+                return Some(block.slice(start..end));
+            }
+            self.memory_lock().remove(&id);
+        }
+        let block_len = range.end - range.start;
+        if block_len <= PROMOTE_MAX {
+            let block = self.disk.read_block(&id, block_len)?;
+            self.count_hit(&self.metrics.cache_hits_disk, end - start);
+            let part = block.slice(start..end);
+            self.memory_insert(id, block);
+            return Some(part);
+        }
+        let mut buf = vec![0u8; end - start];
+        let n = self.disk.read(&id, block_len, start as u64, &mut buf)?;
+        buf.truncate(n);
+        self.count_hit(&self.metrics.cache_hits_disk, n);
+        Some(Bytes::from(buf))
+    }
+
+    /// A whole block, if cached.
+    pub fn get_block(&self, id: BlockId, size: u64) -> Option<Bytes> {
+        let range = block_range(id.index, size);
+        self.read_in_block(id.object, id.index, size, range.start, range.end)
+    }
+
+    /// Adds a block fetched from S3: in memory at once, on disk in the background (a disk
+    /// write must not hold up the reader that asked for it).
+    pub fn insert(self: &Arc<Self>, id: BlockId, data: Bytes) {
+        self.memory_insert(id, data.clone());
+        let cache = Arc::clone(self);
+        let write = move || cache.insert_on_disk(id, &data);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn_blocking(write);
+            }
+            Err(_) => write(),
+        }
+    }
+
+    fn insert_on_disk(&self, id: BlockId, data: &[u8]) {
+        match self.disk.insert(id, data) {
+            Ok(dropped) => {
+                let m = &self.metrics;
+                m.cache_evictions
+                    .fetch_add(dropped.evicted, Ordering::Relaxed);
+                m.cache_expired
+                    .fetch_add(dropped.expired, Ordering::Relaxed);
+            }
+            Err(e) => {
+                // Caching is best effort: the data is in S3 and in memory; a full disk
+                // only means this block is not kept.
+                if self
+                    .metrics
+                    .cache_write_errors
+                    .fetch_add(1, Ordering::Relaxed)
+                    == 0
+                {
+                    warn!(error = %e, "cannot write to the disk cache; data is served from S3");
+                }
+            }
+        }
+    }
+
+    /// Whether a block is cached in either tier.
+    pub fn contains(&self, id: &BlockId) -> bool {
+        self.memory_lock().get(id).is_some() || self.disk.contains(id)
+    }
+
+    /// Drops every block of an object version (it changed or was deleted in S3).
+    pub fn forget_object(&self, object: ObjectId, size: u64) {
+        for index in blocks_of(0, size) {
+            let id = BlockId { object, index };
+            self.memory_lock().remove(&id);
+            self.disk.remove(&id);
+        }
+    }
+
+    /// Drops blocks unused for longer than the expiry.
+    pub fn sweep_expired(&self) {
+        let n = self.disk.sweep_expired();
+        self.metrics.cache_expired.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// (disk bytes, disk blocks, memory bytes).
+    pub fn usage(&self) -> (u64, u64, u64) {
+        let (bytes, blocks) = self.disk.usage();
+        (bytes, blocks, self.memory_lock().bytes())
+    }
+
+    /// One line for the log and `s3files status`.
+    pub fn summary(&self) -> String {
+        let (bytes, blocks, memory) = self.usage();
+        format!(
+            "cache: disk {} in {} blocks (bound {}), memory {}",
+            crate::config::format_size(bytes),
+            blocks,
+            crate::config::format_size(self.disk.bound()),
+            crate::config::format_size(memory),
+        )
+    }
+
+    fn memory_get(&self, id: &BlockId) -> Option<Bytes> {
+        self.memory_lock().get(id)
+    }
+
+    fn memory_insert(&self, id: BlockId, data: Bytes) {
+        let evicted = self.memory_lock().insert(id, data);
+        self.metrics
+            .memory_evictions
+            .fetch_add(evicted, Ordering::Relaxed);
+    }
+
+    fn count_hit(&self, counter: &std::sync::atomic::AtomicU64, bytes: usize) {
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .bytes_from_cache
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    fn memory_lock(&self) -> std::sync::MutexGuard<'_, memory::MemoryTier> {
+        self.memory.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache(dir: &std::path::Path, disk: u64, memory: u64) -> Arc<DataCache> {
+        let options = CacheOptions {
+            dir: dir.to_path_buf(),
+            disk_bytes: disk,
+            memory_bytes: memory,
+            expiry: Duration::from_secs(3600),
+        };
+        Arc::new(
+            DataCache::open(&options, Arc::new(Metrics::default()))
+                .unwrap()
+                .0,
+        )
+    }
+
+    fn body(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 13 % 251) as u8).collect()
+    }
+
+    #[test]
+    fn object_ids_are_stable_and_distinct() {
+        let a = ObjectId::new("k", "\"e1\"");
+        assert_eq!(ObjectId::from_hex(&a.hex()), Some(a));
+        assert_ne!(a, ObjectId::new("k", "\"e2\""));
+        assert_ne!(ObjectId::new("ab", "c"), ObjectId::new("a", "bc"));
+        assert_eq!(ObjectId::from_hex("zz"), None);
+    }
+
+    #[test]
+    fn block_geometry() {
+        assert_eq!(blocks_of(0, 1), 0..1);
+        assert_eq!(blocks_of(BLOCK_SIZE - 1, BLOCK_SIZE + 1), 0..2);
+        assert_eq!(blocks_of(5, 5), 0..0);
+        assert_eq!(block_range(1, BLOCK_SIZE + 10), BLOCK_SIZE..BLOCK_SIZE + 10);
+    }
+
+    #[test]
+    fn reads_span_blocks_and_tiers() {
+        let dir = tempfile::tempdir().unwrap();
+        // Memory holds one block: the rest must come from disk.
+        let cache = cache(dir.path(), 1 << 30, BLOCK_SIZE);
+        let size = 3 * BLOCK_SIZE - 100;
+        let data = body(size as usize);
+        let object = ObjectId::new("k", "e");
+        assert_eq!(cache.read(object, size, 0, 10), None);
+        for index in blocks_of(0, size) {
+            let r = block_range(index, size);
+            let block = Bytes::copy_from_slice(&data[r.start as usize..r.end as usize]);
+            cache.insert(BlockId { object, index }, block);
+        }
+        for (offset, len) in [
+            (0, 4096),
+            (BLOCK_SIZE - 10, 4096),
+            (size - 50, 4096),
+            (7, 600_000),
+        ] {
+            let got = cache.read(object, size, offset, len).unwrap();
+            let end = size.min(offset + u64::from(len)) as usize;
+            assert_eq!(&got[..], &data[offset as usize..end], "at {offset}");
+        }
+        assert!(cache.metrics.cache_hits_disk.load(Ordering::Relaxed) > 0);
+        assert!(cache.metrics.cache_hits_memory.load(Ordering::Relaxed) > 0);
+        // Another version of the object shares nothing.
+        assert_eq!(cache.read(ObjectId::new("k", "e2"), size, 0, 10), None);
+        cache.forget_object(object, size);
+        assert_eq!(cache.read(object, size, 0, 10), None);
+        assert_eq!(cache.usage(), (0, 0, 0));
+    }
+}
