@@ -30,6 +30,9 @@ pub enum Command {
     /// Export every pending change under PATH (default: the current directory) now, and
     /// return once it is in S3.
     Sync(SyncArgs),
+    /// Show the state of PATH (default: the current directory) on an s3files mount: its
+    /// key, export state, how much of it is cached, and the mount's cache and S3 metrics.
+    Status(SyncArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -61,9 +64,18 @@ pub struct MountArgs {
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
 
-    /// Bound on cached file data, e.g. 10GiB. [not implemented yet]
+    /// Bound on the disk cache of file data under the cache directory, e.g. 10GiB; least
+    /// recently used data already in S3 is dropped to stay under it [default: 10GiB]
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub cache_size: Option<u64>,
+
+    /// Bound on the in-memory tier of the data cache (the hottest blocks) [default: 128MiB]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub memory_cache_size: Option<u64>,
+
+    /// Cached data unused for this long is dropped, e.g. 7days [default: 30days]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub cache_expiry: Option<std::time::Duration>,
 
     /// Quiet time after the last change before a file is exported, e.g. 60s, 500ms
     /// [default: 60s]
@@ -75,8 +87,8 @@ pub struct MountArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub poll_interval: Option<std::time::Duration>,
 
-    /// Files smaller than this are fetched in the background when their directory is first
-    /// listed [default: 128KiB; not implemented yet]
+    /// Files smaller than this are fetched into the cache in the background when their
+    /// directory is first listed; 0 turns this off [default: 128KiB]
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub import_size_threshold: Option<u64>,
 

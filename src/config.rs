@@ -13,6 +13,18 @@ pub const DEFAULT_WRITE_BACK_DELAY: Duration = Duration::from_secs(60);
 /// Remote changes show within seconds on S3 Files; we list watched directories this often.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Disk cache bound when `--cache-size` is not given.
+pub const DEFAULT_CACHE_SIZE: u64 = 10 << 30;
+
+/// Memory tier bound when `--memory-cache-size` is not given.
+pub const DEFAULT_MEMORY_CACHE_SIZE: u64 = 128 << 20;
+
+/// S3 Files drops cached data unused for 30 days.
+pub const DEFAULT_CACHE_EXPIRY: Duration = Duration::from_secs(30 * 86400);
+
+/// S3 Files imports files under 128 KiB with their directory's first listing.
+pub const DEFAULT_IMPORT_SIZE_THRESHOLD: u64 = 128 << 10;
+
 /// Where the mount's data lives in S3.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct S3Location {
@@ -42,6 +54,14 @@ pub struct MountConfig {
     pub write_back_delay: Duration,
     /// How often listed directories are listed again; zero turns polling off.
     pub poll_interval: Duration,
+    /// Bound on the disk tier of the data cache.
+    pub cache_size: u64,
+    /// Bound on the memory tier of the data cache.
+    pub memory_cache_size: u64,
+    /// Cached data unused this long is dropped.
+    pub cache_expiry: Duration,
+    /// Files smaller than this are imported with their directory's first listing.
+    pub import_size_threshold: u64,
     pub foreground: bool,
     pub log_level: String,
     /// Stable id of this mount (bucket, prefix, mount point); names the default cache dir.
@@ -54,8 +74,8 @@ pub enum ConfigError {
     BadUri(String),
     #[error("invalid source '{uri}': {reason}")]
     BadPrefix { uri: String, reason: String },
-    #[error("{0} is not implemented yet")]
-    NotImplemented(&'static str),
+    #[error("--cache-expiry must be longer than 0s")]
+    ZeroExpiry,
     #[error("--uid and --gid must be given together")]
     PartialAccessPoint,
     #[error("mount point {0} does not exist")]
@@ -73,12 +93,9 @@ impl MountConfig {
     /// dir) happen here too, so that nothing is mounted with a bad configuration.
     pub fn from_args(args: &MountArgs) -> Result<Self, ConfigError> {
         let location = parse_s3_uri(&args.source)?;
-        // Flags for features that have not landed are refused rather than ignored.
-        if args.cache_size.is_some() {
-            return Err(ConfigError::NotImplemented("--cache-size"));
-        }
-        if args.import_size_threshold.is_some() {
-            return Err(ConfigError::NotImplemented("--import-size-threshold"));
+        let cache_expiry = args.cache_expiry.unwrap_or(DEFAULT_CACHE_EXPIRY);
+        if cache_expiry.is_zero() {
+            return Err(ConfigError::ZeroExpiry);
         }
         let access_point = match (args.uid, args.gid) {
             (Some(uid), Some(gid)) => Some(AccessPoint { uid, gid }),
@@ -105,6 +122,12 @@ impl MountConfig {
             read_only: args.read_only,
             write_back_delay: args.write_back_delay.unwrap_or(DEFAULT_WRITE_BACK_DELAY),
             poll_interval: args.poll_interval.unwrap_or(DEFAULT_POLL_INTERVAL),
+            cache_size: args.cache_size.unwrap_or(DEFAULT_CACHE_SIZE),
+            memory_cache_size: args.memory_cache_size.unwrap_or(DEFAULT_MEMORY_CACHE_SIZE),
+            cache_expiry,
+            import_size_threshold: args
+                .import_size_threshold
+                .unwrap_or(DEFAULT_IMPORT_SIZE_THRESHOLD),
             foreground: args.foreground,
             log_level: args.log_level.clone(),
             mount_id,

@@ -18,6 +18,7 @@ use std::time::Duration;
 use fuser::{MountOption, SessionACL};
 use tracing::{error, info, warn};
 
+use crate::cache::{CacheOptions, DataCache};
 use crate::cli::MountArgs;
 use crate::config::MountConfig;
 use crate::fs::access::Identity;
@@ -232,6 +233,7 @@ fn serve(config: &MountConfig, notifier: &mut Notifier) -> Result<(), String> {
         .map_err(|e| format!("cannot start the I/O runtime: {e}"))?;
     let metrics = Arc::new(Metrics::default());
     let store = runtime.block_on(connect_and_probe(config, metrics.clone()))?;
+    let cache = open_cache(config, metrics.clone())?;
     let mut core = FsCore::new(
         store,
         CoreOptions {
@@ -241,8 +243,11 @@ fn serve(config: &MountConfig, notifier: &mut Notifier) -> Result<(), String> {
                 uid: ap.uid,
                 gid: ap.gid,
             }),
+            import_size_threshold: config.import_size_threshold,
+            stream_budget: crate::read::stream::DEFAULT_BUDGET,
         },
         metrics,
+        cache.clone(),
     );
     if !config.read_only {
         let writer = Writer::open(&WriteOptions {
@@ -266,6 +271,7 @@ fn serve(config: &MountConfig, notifier: &mut Notifier) -> Result<(), String> {
     }
     let core = Arc::new(core);
     runtime.spawn(core.clone().run_exports());
+    runtime.spawn(sweep_cache(cache, config.cache_expiry));
     if !config.poll_interval.is_zero() {
         spawn_poller(config, core.clone());
     }
@@ -304,6 +310,40 @@ fn serve(config: &MountConfig, notifier: &mut Notifier) -> Result<(), String> {
     let _ = session.umount_and_join();
     runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(())
+}
+
+/// Opens the data cache under CACHE_DIR/data, picking up what an earlier run left.
+fn open_cache(config: &MountConfig, metrics: Arc<Metrics>) -> Result<Arc<DataCache>, String> {
+    let options = CacheOptions {
+        dir: config.cache_dir.join("data"),
+        disk_bytes: config.cache_size,
+        memory_bytes: config.memory_cache_size,
+        expiry: config.cache_expiry,
+    };
+    let (cache, report) = DataCache::open(&options, metrics).map_err(|e| {
+        format!(
+            "cannot open the data cache in {}: {e}",
+            options.dir.display()
+        )
+    })?;
+    info!(
+        blocks = report.blocks,
+        bytes = report.bytes,
+        expired = report.expired,
+        removed = report.removed,
+        "data cache opened"
+    );
+    Ok(Arc::new(cache))
+}
+
+/// Drops cached data that went unused for the expiry, a few times per expiry period.
+async fn sweep_cache(cache: Arc<DataCache>, expiry: Duration) {
+    let every = (expiry / 10).clamp(Duration::from_secs(1), Duration::from_secs(600));
+    loop {
+        tokio::time::sleep(every).await;
+        let cache = cache.clone();
+        let _ = tokio::task::spawn_blocking(move || cache.sweep_expired()).await;
+    }
 }
 
 /// Runs the poller on its own thread, runtime and S3 client, at a lower CPU priority:

@@ -392,6 +392,14 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        // Local bytes and cache hits never wait on the network: answered inline.
+        if let Some(result) = self.core.read_cached(fh.0, offset, size) {
+            match result {
+                Ok(data) => reply.data(&data),
+                Err(e) => reply.error(errno(&e)),
+            }
+            return;
+        }
         let core = self.core.clone();
         let span = debug_span!("read", ino = ino.0, offset, size);
         self.spawn(span, async move {

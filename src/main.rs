@@ -12,6 +12,10 @@ fn main() -> ExitCode {
             let path = args.path.unwrap_or_else(|| std::path::PathBuf::from("."));
             report(s3files::mounts::sync(&path))
         }
+        Command::Status(args) => {
+            let path = args.path.unwrap_or_else(|| std::path::PathBuf::from("."));
+            report(s3files::mounts::status(&path).map(|text| print!("{text}")))
+        }
     }
 }
 

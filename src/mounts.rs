@@ -158,8 +158,16 @@ pub fn sync(path: &Path) -> Result<(), SyncError> {
     }
 }
 
+/// `s3files status PATH`: the daemon's `user.s3files.status` text for PATH.
+pub fn status(path: &Path) -> Result<String, SyncError> {
+    let path = std::fs::canonicalize(path).map_err(|e| SyncError::Path(path.to_path_buf(), e))?;
+    let c_path =
+        CString::new(path.as_os_str().as_bytes()).map_err(|_| SyncError::NotOurs(path.clone()))?;
+    read_status(&c_path).ok_or(SyncError::NotOurs(path))
+}
+
 fn read_status(c_path: &CString) -> Option<String> {
-    let mut buf = vec![0u8; 4096];
+    let mut buf = vec![0u8; 16384];
     // SAFETY: valid C strings and a buffer of the length passed.
     let n = unsafe {
         libc::getxattr(

@@ -154,19 +154,14 @@ fn bad_configuration_fails_fast_with_one_line() {
     );
     assert!(line.contains("invalid endpoint URL"), "{line}");
 
-    // Flags for features that have not landed are refused, not ignored.
-    for (flag, value) in [
-        ("--cache-size", "1GiB"),
-        ("--import-size-threshold", "1KiB"),
-    ] {
-        let mut args = base("s3://exists", &endpoint);
-        args.extend([flag.to_string(), value.to_string()]);
-        let line = mount_fails(&as_refs(&args), &[], Path::new(&mnt));
-        assert!(
-            line.contains(flag) && line.contains("not implemented yet"),
-            "{line}"
-        );
-    }
+    // A cache expiry of zero would drop every block as it is written.
+    let mut args = base("s3://exists", &endpoint);
+    args.extend(["--cache-expiry".to_string(), "0s".to_string()]);
+    let line = mount_fails(&as_refs(&args), &[], Path::new(&mnt));
+    assert!(
+        line.contains("--cache-expiry must be longer than 0s"),
+        "{line}"
+    );
 
     let mut args = base("s3://exists", &endpoint);
     args.extend(["--uid".to_string(), "1000".to_string()]);

@@ -644,13 +644,24 @@ fn store_outage_gives_eio_not_a_hang() {
     let mut server = S3Server::start();
     server.create_bucket("outage");
     server.put("outage", "listed/a.txt", "a", &[]);
+    // Above the eager-import threshold, and never read: not cached.
+    server.put("outage", "listed/big.bin", vec![7u8; 200 << 10], &[]);
     server.put("outage", "unlisted/b.txt", "b", &[]);
     let mount = Mount::start(&server, "s3://outage", &[]);
-    assert!(mount.join("listed/a.txt").exists());
+    assert_eq!(
+        std::fs::read_to_string(mount.join("listed/a.txt")).unwrap(),
+        "a"
+    );
+    assert!(mount.join("listed/big.bin").exists());
     server.kill();
-    // Known metadata is still served; anything that needs S3 fails with EIO, promptly.
+    // Known metadata and cached data are still served; anything that needs S3 fails with
+    // EIO, promptly.
     let started = std::time::Instant::now();
-    let err = std::fs::read_to_string(mount.join("listed/a.txt")).unwrap_err();
+    assert_eq!(
+        std::fs::read_to_string(mount.join("listed/a.txt")).unwrap(),
+        "a"
+    );
+    let err = std::fs::read(mount.join("listed/big.bin")).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
     let err = std::fs::read_dir(mount.join("unlisted")).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");

@@ -160,6 +160,9 @@ pub struct MergeReport {
     pub removed: Vec<(String, Ino)>,
     /// Entries whose object changed (new ETag).
     pub changed: Vec<Ino>,
+    /// Object versions no longer on any path (changed or deleted): key and old version,
+    /// so their cached data can go.
+    pub stale: Vec<(String, RemoteObject)>,
 }
 
 #[derive(Debug)]
@@ -347,7 +350,9 @@ impl InodeTable {
                     if !newer_than_listing
                         && child.remote.as_ref().map(|r| &r.etag) != Some(&remote.etag)
                     {
-                        child.remote = Some(remote.clone());
+                        if let Some(old) = child.remote.replace(remote.clone()) {
+                            report.stale.push((child.key.clone(), old));
+                        }
                         child.meta = None;
                         child.symlink_target = None;
                         // Clean local bytes (kept for open handles) are now stale.
@@ -358,6 +363,9 @@ impl InodeTable {
                 (true, _, true) => {}
                 _ if newer_than_listing => {}
                 _ => {
+                    if let Some(old) = child.remote.clone() {
+                        report.stale.push((child.key.clone(), old));
+                    }
                     drop(child);
                     children.remove(&name);
                     unlinked.push(ino);

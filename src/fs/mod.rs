@@ -21,10 +21,11 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use dashmap::DashMap;
 use futures::stream::{self, StreamExt};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
+use crate::cache::DataCache;
 use crate::metrics::Metrics;
-use crate::read::ObjectReader;
+use crate::read::{BlockFetcher, ObjectReader, StreamBudget, Version};
 use crate::store::{ObjectStore, StoreError};
 use access::{Identity, Owner};
 pub use error::{FsError, FsResult};
@@ -60,7 +61,16 @@ pub struct CoreOptions {
     pub root_prefix: String,
     /// When set, every request acts as this identity and the core checks permissions.
     pub access_point: Option<Identity>,
+    /// Files smaller than this are fetched into the cache when their directory is first
+    /// listed; 0 turns eager import off.
+    pub import_size_threshold: u64,
+    /// Memory all read-ahead streams together may hold.
+    pub stream_budget: u64,
 }
+
+/// Eager imports in flight at once, per mount: enough to hide per-request latency, few
+/// enough not to crowd out the reads a user is waiting for.
+const EAGER_IMPORTS: usize = 8;
 
 /// Attributes of one entry, as `stat` shows them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,11 +125,23 @@ pub struct FsCore {
     writer: Option<write::Writer>,
     /// Set once the mount is live.
     kernel: std::sync::OnceLock<Box<dyn KernelCache>>,
+    /// Cache fills (and through it the data cache).
+    fetcher: Arc<BlockFetcher>,
+    budget: Arc<StreamBudget>,
+    eager: Arc<tokio::sync::Semaphore>,
 }
 
 impl FsCore {
-    pub fn new(store: Arc<dyn ObjectStore>, options: CoreOptions, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        options: CoreOptions,
+        metrics: Arc<Metrics>,
+        cache: Arc<DataCache>,
+    ) -> Self {
         FsCore {
+            fetcher: Arc::new(BlockFetcher::new(store.clone(), cache, metrics.clone())),
+            budget: StreamBudget::new(options.stream_budget),
+            eager: Arc::new(tokio::sync::Semaphore::new(EAGER_IMPORTS)),
             store,
             inodes: InodeTable::new(&options.root_prefix),
             files: DashMap::new(),
@@ -155,6 +177,10 @@ impl FsCore {
     pub fn with_writer(mut self, writer: write::Writer) -> Self {
         self.writer = Some(writer);
         self
+    }
+
+    pub fn cache(&self) -> &Arc<DataCache> {
+        self.fetcher.cache()
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -386,13 +412,16 @@ impl FsCore {
             match (&state.local, &state.remote) {
                 (Some(local), _) if local.staged.is_some() => None,
                 (local, Some(remote)) => Some(ObjectReader::new(
-                    self.store.clone(),
-                    local
-                        .as_ref()
-                        .and_then(|l| l.source_key.clone())
-                        .unwrap_or_else(|| state.key.clone()),
-                    remote.etag.clone(),
-                    remote.size,
+                    self.fetcher.clone(),
+                    self.budget.clone(),
+                    Version::new(
+                        local
+                            .as_ref()
+                            .and_then(|l| l.source_key.clone())
+                            .unwrap_or_else(|| state.key.clone()),
+                        remote.etag.clone(),
+                        remote.size,
+                    ),
                 )),
                 _ => None,
             }
@@ -416,25 +445,48 @@ impl FsCore {
             .ok_or(FsError::BadHandle)
     }
 
-    pub async fn read(&self, handle: u64, offset: u64, len: u32) -> FsResult<Bytes> {
-        let file = self.handle(handle)?;
-        // Local bytes win (read-your-writes, across handles too).
+    /// The read, if it can be answered without waiting on the network (local bytes, or
+    /// every block in the cache): the FUSE adapter answers these inline.
+    pub fn read_cached(&self, handle: u64, offset: u64, len: u32) -> Option<FsResult<Bytes>> {
+        let file = match self.handle(handle) {
+            Ok(file) => file,
+            Err(e) => return Some(Err(e)),
+        };
+        if let Some(result) = self.read_local(&file, offset, len) {
+            return Some(result);
+        }
+        let data = file.reader.as_ref()?.read_cached(offset, len)?;
+        self.metrics
+            .bytes_read
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        Some(Ok(data))
+    }
+
+    /// Reads local bytes, if the file has them: they win over S3 (read-your-writes, across
+    /// handles too).
+    fn read_local(&self, file: &OpenFile, offset: u64, len: u32) -> Option<FsResult<Bytes>> {
         let staged = file
             .node
             .state()
             .local
             .as_ref()
-            .and_then(|l| l.staged.clone());
-        if let Some(staged) = staged {
-            let mut buf = vec![0u8; len as usize];
-            let n = staged
-                .read_at(&mut buf, offset)
-                .map_err(|e| FsError::Os(e.raw_os_error().unwrap_or(libc::EIO)))?;
-            buf.truncate(n);
-            self.metrics
-                .bytes_read
-                .fetch_add(n as u64, Ordering::Relaxed);
-            return Ok(Bytes::from(buf));
+            .and_then(|l| l.staged.clone())?;
+        let mut buf = vec![0u8; len as usize];
+        let n = match staged.read_at(&mut buf, offset) {
+            Ok(n) => n,
+            Err(e) => return Some(Err(FsError::Os(e.raw_os_error().unwrap_or(libc::EIO)))),
+        };
+        buf.truncate(n);
+        self.metrics
+            .bytes_read
+            .fetch_add(n as u64, Ordering::Relaxed);
+        Some(Ok(Bytes::from(buf)))
+    }
+
+    pub async fn read(&self, handle: u64, offset: u64, len: u32) -> FsResult<Bytes> {
+        let file = self.handle(handle)?;
+        if let Some(result) = self.read_local(&file, offset, len) {
+            return result;
         }
         let Some(reader) = &file.reader else {
             return Ok(Bytes::new());
@@ -559,12 +611,44 @@ impl FsCore {
     fn status(&self, node: &Node) -> String {
         let key = node.state().key.clone();
         let (state, last_error) = self.sync_state(node);
-        format!(
+        let mut status = format!(
             "key: s3://{}/{}\npath: {}\nstate: {state}\nlast-error: {last_error}\n",
             self.options.bucket,
             key,
             self.path_of(node)
-        )
+        );
+        if let Some((cached, size)) = self.cached_bytes(node) {
+            status.push_str(&format!("cached: {cached} of {size} bytes\n"));
+        }
+        status.push_str(&format!(
+            "{}\nmetrics: {}\n",
+            self.cache().summary(),
+            self.metrics.summary()
+        ));
+        status
+    }
+
+    /// How much of a file's current S3 version the data cache holds.
+    fn cached_bytes(&self, node: &Node) -> Option<(u64, u64)> {
+        let (key, remote) = {
+            let state = node.state();
+            if state.is_dir || state.local.is_some() {
+                return None;
+            }
+            (state.key.clone(), state.remote.clone()?)
+        };
+        let object = crate::cache::ObjectId::new(&key, remote.etag.as_deref()?);
+        let cached = crate::cache::blocks_of(0, remote.size)
+            .filter(|&index| {
+                self.cache()
+                    .contains(&crate::cache::BlockId { object, index })
+            })
+            .map(|index| {
+                let range = crate::cache::block_range(index, remote.size);
+                range.end - range.start
+            })
+            .sum();
+        Some((cached, remote.size))
     }
 
     /// The mount-relative path of a node, from its chain of parents.
@@ -644,6 +728,7 @@ impl FsCore {
             "imported directory listing"
         );
         self.report_skipped(&entries);
+        self.eager_import(&prefix, &entries);
         self.inodes.apply_listing(dir, &entries);
         self.overlay_pending(dir);
         if !entries.has_marker && !prefix.is_empty() {
@@ -655,6 +740,50 @@ impl FsCore {
             }
         }
         Ok(())
+    }
+
+    /// Fetches, in the background, the data of a new listing's small files that the cache
+    /// does not have, so that reading them right after `ls` or `find` is a cache hit.
+    fn eager_import(&self, prefix: &str, entries: &namespace::DirEntries<RemoteObject>) {
+        let threshold = self.options.import_size_threshold;
+        let versions: Vec<Version> = entries
+            .files
+            .iter()
+            .filter(|(_, remote)| remote.size > 0 && remote.size < threshold)
+            .filter_map(|(name, remote)| {
+                let etag = remote.etag.clone()?;
+                Some(Version::new(
+                    format!("{prefix}{name}"),
+                    Some(etag),
+                    remote.size,
+                ))
+            })
+            .collect();
+        if versions.is_empty() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        for version in versions {
+            let (fetcher, eager) = (self.fetcher.clone(), self.eager.clone());
+            runtime.spawn(async move {
+                let Ok(_permit) = eager.acquire().await else {
+                    return;
+                };
+                match fetcher.fill(&version).await {
+                    Ok(true) => {
+                        fetcher
+                            .metrics()
+                            .eager_imports
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(false) => {}
+                    // Only a head start: a read fetches it again and reports any error.
+                    Err(e) => debug!(key = version.key, error = %e, "eager import failed"),
+                }
+            });
+        }
     }
 
     /// Lists a directory prefix (every page) and applies the namespace rules.
@@ -797,6 +926,7 @@ impl FsCore {
     /// Logs the metrics summary; called once at unmount.
     pub fn log_summary(&self) {
         info!("{}", self.metrics.summary());
+        info!("{}", self.cache().summary());
     }
 }
 

@@ -5,6 +5,7 @@
 //! changed in S3 since the local copy was based on it), where the bucket wins exactly as
 //! at export time. DESIGN.md section 1 "Import" and "Conflicts" is the contract.
 
+use crate::cache::ObjectId;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -70,6 +71,12 @@ impl FsCore {
         }
         for ino in &report.changed {
             self.invalidate_inode(*ino);
+        }
+        for (key, old) in &report.stale {
+            if let Some(etag) = &old.etag {
+                self.cache()
+                    .forget_object(ObjectId::new(key, etag), old.size);
+            }
         }
         if !(report.added.is_empty() && report.removed.is_empty() && report.changed.is_empty()) {
             info!(

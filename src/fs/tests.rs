@@ -10,14 +10,30 @@ use crate::store::memory::MemoryStore;
 const ROOT: Identity = Identity { uid: 0, gid: 0 };
 
 fn core_with(store: Arc<MemoryStore>, prefix: &str, access_point: Option<Identity>) -> FsCore {
+    let metrics = Arc::new(Metrics::default());
     FsCore::new(
         store,
         CoreOptions {
             bucket: "b".into(),
             root_prefix: prefix.into(),
             access_point,
+            import_size_threshold: 0,
+            stream_budget: crate::read::stream::DEFAULT_BUDGET,
         },
-        Arc::new(Metrics::default()),
+        metrics.clone(),
+        Arc::new(
+            crate::cache::DataCache::open(
+                &crate::cache::CacheOptions {
+                    dir: tempfile::tempdir().unwrap().keep().join("data"),
+                    disk_bytes: 1 << 30,
+                    memory_bytes: 64 << 20,
+                    expiry: Duration::from_secs(3600),
+                },
+                metrics,
+            )
+            .unwrap()
+            .0,
+        ),
     )
 }
 

@@ -1,0 +1,134 @@
+//! Cache fills: fetches whole cache blocks from S3, one GET per block however many readers
+//! (or eager imports) want it at once, and puts them in the data cache.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use futures::future::{BoxFuture, FutureExt, Shared};
+
+use crate::cache::{block_range, BlockId, DataCache, ObjectId};
+use crate::metrics::Metrics;
+use crate::store::{ObjectStore, StoreError};
+
+pub type Fetch = Shared<BoxFuture<'static, Result<Bytes, StoreError>>>;
+
+/// Which object version a fetch is for.
+#[derive(Debug, Clone)]
+pub struct Version {
+    pub key: String,
+    /// None when the store gave no ETag: the data is fetched but never cached, since a
+    /// later version could not be told apart.
+    pub etag: Option<String>,
+    pub size: u64,
+    pub object: ObjectId,
+}
+
+impl Version {
+    pub fn new(key: String, etag: Option<String>, size: u64) -> Self {
+        let object = ObjectId::new(&key, etag.as_deref().unwrap_or(""));
+        Version {
+            key,
+            etag,
+            size,
+            object,
+        }
+    }
+}
+
+pub struct BlockFetcher {
+    store: Arc<dyn ObjectStore>,
+    cache: Arc<DataCache>,
+    metrics: Arc<Metrics>,
+    in_flight: DashMap<BlockId, Fetch>,
+}
+
+impl BlockFetcher {
+    pub fn new(store: Arc<dyn ObjectStore>, cache: Arc<DataCache>, metrics: Arc<Metrics>) -> Self {
+        BlockFetcher {
+            store,
+            cache,
+            metrics,
+            in_flight: DashMap::new(),
+        }
+    }
+
+    pub fn cache(&self) -> &Arc<DataCache> {
+        &self.cache
+    }
+
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Block `index` of `version`: from the cache, or from the GET already in flight for
+    /// it, or from a new GET (spawned, so it completes and fills the cache even if the
+    /// reader that started it goes away).
+    pub fn block(self: &Arc<Self>, version: &Version, index: u32) -> Fetch {
+        let id = BlockId {
+            object: version.object,
+            index,
+        };
+        if version.etag.is_some() {
+            if let Some(data) = self.cache.get_block(id, version.size) {
+                return futures::future::ready(Ok(data)).boxed().shared();
+            }
+        }
+        let entry = self.in_flight.entry(id).or_insert_with(|| {
+            self.metrics
+                .cache_misses
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let this = Arc::clone(self);
+            let version = version.clone();
+            let task = tokio::spawn(async move {
+                let range = block_range(index, version.size);
+                let result = this
+                    .store
+                    .get_range(&version.key, range.clone(), version.etag.as_deref())
+                    .await
+                    .and_then(|data| {
+                        // Less than asked: the object shrank under us.
+                        if data.len() as u64 == range.end - range.start {
+                            Ok(data)
+                        } else {
+                            Err(StoreError::PreconditionFailed)
+                        }
+                    });
+                if let (Ok(data), Some(_)) = (&result, &version.etag) {
+                    this.cache.insert(id, data.clone());
+                }
+                this.in_flight.remove(&id);
+                result
+            });
+            async move {
+                task.await
+                    .unwrap_or_else(|e| Err(StoreError::Other(format!("fetch task failed: {e}"))))
+            }
+            .boxed()
+            .shared()
+        });
+        entry.value().clone()
+    }
+
+    /// Fetches every block of `version` that is not cached yet (eager import). Returns
+    /// whether anything had to be fetched.
+    pub async fn fill(self: &Arc<Self>, version: &Version) -> Result<bool, StoreError> {
+        let mut fetched = false;
+        for index in crate::cache::blocks_of(0, version.size) {
+            let id = BlockId {
+                object: version.object,
+                index,
+            };
+            if self.cache.contains(&id) {
+                continue;
+            }
+            fetched = true;
+            self.block(version, index).await?;
+        }
+        Ok(fetched)
+    }
+}
