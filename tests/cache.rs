@@ -115,13 +115,8 @@ fn cache_survives_a_remount_and_never_serves_a_changed_object() {
     }
     // Only the changed object was fetched again.
     assert!(count(0) > before[0]);
-    for i in 1..5 {
-        assert_eq!(
-            count(i),
-            before[i],
-            "{} fetched again after the remount",
-            key(i)
-        );
+    for (i, &n) in before.iter().enumerate().skip(1) {
+        assert_eq!(count(i), n, "{} fetched again after the remount", key(i));
     }
 
     // Changed in S3 while mounted: within the poll interval the new bytes, never a mix.
