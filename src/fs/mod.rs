@@ -319,8 +319,15 @@ impl FsCore {
             .collect();
         stream::iter(untyped)
             .map(|node| async move {
+                // A small file's import brings its metadata with its bytes, in one GET.
                 // A file deleted since the listing just keeps the regular-file type.
-                let _ = self.ensure_meta(&node).await;
+                let imported = match self.import_version(&node) {
+                    Some(version) => import_node(&self.fetcher, &node, &version).await.is_ok(),
+                    None => false,
+                };
+                if !imported {
+                    let _ = self.ensure_meta(&node).await;
+                }
             })
             .buffer_unordered(HEAD_CONCURRENCY)
             .collect::<Vec<()>>()
@@ -728,9 +735,9 @@ impl FsCore {
             "imported directory listing"
         );
         self.report_skipped(&entries);
-        self.eager_import(&prefix, &entries);
         self.inodes.apply_listing(dir, &entries);
         self.overlay_pending(dir);
+        self.eager_import(dir, &entries);
         if !entries.has_marker && !prefix.is_empty() {
             // No `dir/` marker in its own listing: an implicit directory, no HEAD needed.
             let mut state = dir.state();
@@ -743,47 +750,54 @@ impl FsCore {
     }
 
     /// Fetches, in the background, the data of a new listing's small files that the cache
-    /// does not have, so that reading them right after `ls` or `find` is a cache hit.
-    fn eager_import(&self, prefix: &str, entries: &namespace::DirEntries<RemoteObject>) {
-        let threshold = self.options.import_size_threshold;
-        let versions: Vec<Version> = entries
+    /// does not have, with their metadata, so that looking them up and reading them right
+    /// after `ls` or `find` needs no request to S3.
+    fn eager_import(&self, dir: &Node, entries: &namespace::DirEntries<RemoteObject>) {
+        if self.options.import_size_threshold == 0 {
+            return;
+        }
+        let imports: Vec<(Arc<Node>, Version)> = entries
             .files
-            .iter()
-            .filter(|(_, remote)| remote.size > 0 && remote.size < threshold)
-            .filter_map(|(name, remote)| {
-                let etag = remote.etag.clone()?;
-                Some(Version::new(
-                    format!("{prefix}{name}"),
-                    Some(etag),
-                    remote.size,
-                ))
+            .keys()
+            .filter_map(|name| {
+                let node = self.inodes.child(dir, name)?;
+                let version = self.import_version(&node)?;
+                Some((node, version))
             })
             .collect();
-        if versions.is_empty() {
+        if imports.is_empty() {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        for version in versions {
+        for (node, version) in imports {
             let (fetcher, eager) = (self.fetcher.clone(), self.eager.clone());
             runtime.spawn(async move {
                 let Ok(_permit) = eager.acquire().await else {
                     return;
                 };
-                match fetcher.fill(&version).await {
-                    Ok(true) => {
-                        fetcher
-                            .metrics()
-                            .eager_imports
-                            .fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(false) => {}
-                    // Only a head start: a read fetches it again and reports any error.
-                    Err(e) => debug!(key = version.key, error = %e, "eager import failed"),
+                // Only a head start: a read fetches it again and reports any error.
+                if let Err(e) = import_node(&fetcher, &node, &version).await {
+                    debug!(key = version.key, error = %e, "eager import failed");
                 }
             });
         }
+    }
+
+    /// The version an eager import of this node would fetch, if it qualifies.
+    fn import_version(&self, node: &Node) -> Option<Version> {
+        let state = node.state();
+        let remote = state.remote.as_ref()?;
+        let small = remote.size > 0 && remote.size < self.options.import_size_threshold;
+        if state.is_dir || state.local.is_some() || !small {
+            return None;
+        }
+        Some(Version::new(
+            state.key.clone(),
+            Some(remote.etag.clone()?),
+            remote.size,
+        ))
     }
 
     /// Lists a directory prefix (every page) and applies the namespace rules.
@@ -928,6 +942,37 @@ impl FsCore {
         info!("{}", self.metrics.summary());
         info!("{}", self.cache().summary());
     }
+}
+
+/// Eager import of one small file: its bytes into the cache and its POSIX metadata onto
+/// the node, with one GET (or a HEAD if the bytes are cached already, nothing if both are
+/// known). Serialised per node with metadata loads, so a listing's background import and a
+/// readdir that needs the same metadata share one request.
+async fn import_node(
+    fetcher: &Arc<BlockFetcher>,
+    node: &Node,
+    version: &Version,
+) -> Result<(), StoreError> {
+    let _loading = node.load_lock.lock().await;
+    let known = node.state().meta.is_some();
+    if known && fetcher.is_cached(version) {
+        return Ok(());
+    }
+    let (head, fetched) = fetcher.import(version).await?;
+    {
+        let mut state = node.state();
+        let same = state.remote.as_ref().map(|r| &r.etag) == Some(&head.etag);
+        if same && state.meta.is_none() && state.local.is_none() {
+            state.meta = Some(PosixMeta::from_user_metadata(&head.metadata, false));
+        }
+    }
+    if fetched {
+        fetcher
+            .metrics()
+            .eager_imports
+            .fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(())
 }
 
 fn kind_of(state: &inode::NodeState) -> EntryKind {

@@ -9,7 +9,7 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 
 use crate::cache::{block_range, BlockId, DataCache, ObjectId};
 use crate::metrics::Metrics;
-use crate::store::{ObjectStore, StoreError};
+use crate::store::{ObjectHead, ObjectStore, StoreError};
 
 pub type Fetch = Shared<BoxFuture<'static, Result<Bytes, StoreError>>>;
 
@@ -114,21 +114,46 @@ impl BlockFetcher {
         entry.value().clone()
     }
 
-    /// Fetches every block of `version` that is not cached yet (eager import). Returns
-    /// whether anything had to be fetched.
-    pub async fn fill(self: &Arc<Self>, version: &Version) -> Result<bool, StoreError> {
-        let mut fetched = false;
-        for index in crate::cache::blocks_of(0, version.size) {
+    /// Whether every block of `version` is cached.
+    pub fn is_cached(&self, version: &Version) -> bool {
+        crate::cache::blocks_of(0, version.size).all(|index| {
+            self.cache.contains(&BlockId {
+                object: version.object,
+                index,
+            })
+        })
+    }
+
+    /// Eager import of a small file: its bytes into the cache and its headers (the POSIX
+    /// metadata its inode needs) in one GET; if the bytes are cached already, a HEAD for
+    /// the headers only. Returns the headers and whether bytes were fetched.
+    pub async fn import(
+        self: &Arc<Self>,
+        version: &Version,
+    ) -> Result<(ObjectHead, bool), StoreError> {
+        let blocks = crate::cache::blocks_of(0, version.size);
+        if self.is_cached(version) {
+            return Ok((self.store.head(&version.key).await?, false));
+        }
+        let (head, data) = self
+            .store
+            .get_whole(&version.key, version.etag.as_deref())
+            .await?;
+        if data.len() as u64 != version.size {
+            return Err(StoreError::PreconditionFailed);
+        }
+        for index in blocks {
+            let range = block_range(index, version.size);
+            self.metrics
+                .cache_misses
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let id = BlockId {
                 object: version.object,
                 index,
             };
-            if self.cache.contains(&id) {
-                continue;
-            }
-            fetched = true;
-            self.block(version, index).await?;
+            self.cache
+                .insert(id, data.slice(range.start as usize..range.end as usize));
         }
-        Ok(fetched)
+        Ok((head, true))
     }
 }

@@ -116,6 +116,24 @@ pub trait ObjectStore: Send + Sync + 'static {
         if_match: Option<&str>,
     ) -> Result<Bytes, StoreError>;
 
+    /// GetObject of a whole object with what its headers say (size, ETag, user metadata):
+    /// one request where a small file needs both its bytes and its POSIX metadata. With
+    /// `if_match`, fails with `PreconditionFailed` if the object's ETag differs.
+    async fn get_whole(
+        &self,
+        key: &str,
+        if_match: Option<&str>,
+    ) -> Result<(ObjectHead, Bytes), StoreError> {
+        let head = self.head(key).await?;
+        if if_match.is_some() && head.etag.as_deref() != if_match {
+            return Err(StoreError::PreconditionFailed);
+        }
+        let data = self
+            .get_range(key, 0..head.size, head.etag.as_deref())
+            .await?;
+        Ok((head, data))
+    }
+
     /// PutObject of a whole body; returns the new ETag.
     async fn put(
         &self,

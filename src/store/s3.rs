@@ -139,6 +139,38 @@ impl ObjectStore for S3Store {
         })
     }
 
+    async fn get_whole(
+        &self,
+        key: &str,
+        if_match: Option<&str>,
+    ) -> Result<(ObjectHead, Bytes), StoreError> {
+        debug!(key, "s3 GetObject (whole)");
+        self.metrics.count_request(crate::metrics::Request::Get);
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_if_match(if_match.map(str::to_string))
+            .send()
+            .await
+            .map_err(classify)?;
+        let head = ObjectHead {
+            size: out.content_length().unwrap_or(0).max(0) as u64,
+            etag: out.e_tag().map(str::to_string),
+            last_modified: out.last_modified().and_then(to_system_time),
+            metadata: out.metadata().cloned().unwrap_or_else(HashMap::new),
+        };
+        let data = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| StoreError::Unreachable(format!("reading object body: {e}")))?
+            .into_bytes();
+        self.metrics.add_bytes_fetched(data.len() as u64);
+        Ok((head, data))
+    }
+
     async fn get_range(
         &self,
         key: &str,

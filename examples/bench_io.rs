@@ -1,0 +1,177 @@
+//! Measuring tool for scripts/bench.sh: the client side of each end-to-end benchmark,
+//! in Rust so that the tool's own overhead stays far below what it measures.
+//!
+//!   bench_io pread PATH SECONDS      4 KiB O_DIRECT preads at random aligned offsets:
+//!                                    prints "reads p50_us p99_us"
+//!   bench_io pread-cold PATH COUNT   4 KiB O_DIRECT preads, each in a different 256 KiB
+//!                                    block (first touches: every one a cache miss):
+//!                                    prints "reads p50_us p99_us"
+//!   bench_io seq PATH                read the file once with 1 MiB reads: prints
+//!                                    "bytes seconds MiB/s"
+//!   bench_io sdk BUCKET KEY CHUNK_MIB  a plain aws-sdk-s3 loop of ranged GETs, one at a
+//!                                    time, over the whole object (endpoint, keys and
+//!                                    region from the AWS_* environment): prints
+//!                                    "bytes seconds MiB/s"
+
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::time::{Duration, Instant};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match args.as_slice() {
+        ["pread", path, secs] => pread(path, Duration::from_secs_f64(number(secs))),
+        ["pread-cold", path, count] => pread_cold(path, number(count) as usize),
+        ["seq", path] => seq(path),
+        ["sdk", bucket, key, chunk] => sdk(bucket, key, number(chunk) as u64 * (1 << 20)),
+        _ => {
+            eprintln!(
+                "usage: bench_io pread PATH SECONDS | pread-cold PATH COUNT | seq PATH \
+                 | sdk BUCKET KEY CHUNK_MIB"
+            );
+            std::process::exit(2);
+        }
+    }
+}
+
+fn number(text: &str) -> f64 {
+    text.parse().unwrap_or_else(|_| {
+        eprintln!("bench_io: not a number: {text}");
+        std::process::exit(2)
+    })
+}
+
+fn open_direct(path: &str) -> (File, u64) {
+    let file = File::options()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .unwrap_or_else(|e| fail(path, e));
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    (file, size)
+}
+
+/// xorshift64: a fixed, cheap sequence of offsets.
+fn random(x: &mut u64) -> u64 {
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    *x
+}
+
+fn timed_reads(path: &str, file: &File, mut next: impl FnMut() -> Option<u64>) -> Vec<u64> {
+    // O_DIRECT wants an aligned buffer.
+    let mut backing = vec![0u8; 8192];
+    let skew = backing.as_ptr().align_offset(4096);
+    let buf = &mut backing[skew..skew + 4096];
+    let mut latencies = Vec::new();
+    while let Some(offset) = next() {
+        let started = Instant::now();
+        file.read_at(buf, offset).unwrap_or_else(|e| fail(path, e));
+        latencies.push(started.elapsed().as_nanos() as u64);
+    }
+    latencies
+}
+
+fn pread(path: &str, secs: Duration) {
+    let (file, size) = open_direct(path);
+    let blocks = (size / 4096).max(1);
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    let end = Instant::now() + secs;
+    let latencies = timed_reads(path, &file, || {
+        (Instant::now() < end).then(|| (random(&mut x) % blocks) * 4096)
+    });
+    print_percentiles(latencies);
+}
+
+fn pread_cold(path: &str, count: usize) {
+    const BLOCK: u64 = 256 << 10;
+    let (file, size) = open_direct(path);
+    let mut blocks: Vec<u64> = (0..size / BLOCK).collect();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for i in (1..blocks.len()).rev() {
+        blocks.swap(i, (random(&mut x) % (i as u64 + 1)) as usize);
+    }
+    blocks.truncate(count);
+    let mut offsets = blocks
+        .into_iter()
+        .map(|b| b * BLOCK + (random(&mut x) % 64) * 4096);
+    print_percentiles(timed_reads(path, &file, || offsets.next()));
+}
+
+fn print_percentiles(mut latencies: Vec<u64>) {
+    if latencies.is_empty() {
+        eprintln!("bench_io: no reads");
+        std::process::exit(1);
+    }
+    latencies.sort_unstable();
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize] as f64 / 1000.0;
+    println!("{} {:.1} {:.1}", latencies.len(), at(0.5), at(0.99));
+}
+
+fn seq(path: &str) {
+    let mut file = File::open(path).unwrap_or_else(|e| fail(path, e));
+    let mut buf = vec![0u8; 1 << 20];
+    let started = Instant::now();
+    let mut total = 0u64;
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => total += n as u64,
+            Err(e) => fail(path, e),
+        }
+    }
+    report(total, started.elapsed());
+}
+
+fn sdk(bucket: &str, key: &str, chunk: u64) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        let endpoint = std::env::var("GARAGE_ENDPOINT")
+            .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
+            .expect("GARAGE_ENDPOINT or AWS_ENDPOINT_URL");
+        let s3 = aws_sdk_s3::config::Builder::from(&config)
+            .endpoint_url(endpoint)
+            .force_path_style(true)
+            .build();
+        let client = aws_sdk_s3::Client::from_conf(s3);
+        let head = client.head_object().bucket(bucket).key(key).send().await;
+        let size = head.expect("HeadObject").content_length().unwrap_or(0) as u64;
+        let started = Instant::now();
+        let mut offset = 0;
+        while offset < size {
+            let end = size.min(offset + chunk);
+            let out = client
+                .get_object()
+                .bucket(bucket)
+                .key(key)
+                .range(format!("bytes={}-{}", offset, end - 1))
+                .send()
+                .await
+                .expect("GetObject");
+            let body = out.body.collect().await.expect("body").into_bytes();
+            assert_eq!(body.len() as u64, end - offset, "short body");
+            offset = end;
+        }
+        report(size, started.elapsed());
+    });
+}
+
+fn report(bytes: u64, elapsed: Duration) {
+    let secs = elapsed.as_secs_f64();
+    println!(
+        "{bytes} {secs:.3} {:.1}",
+        bytes as f64 / secs / (1 << 20) as f64
+    );
+}
+
+fn fail(path: &str, error: std::io::Error) -> ! {
+    eprintln!("bench_io: {path}: {error}");
+    std::process::exit(1)
+}
