@@ -99,6 +99,20 @@ fn file_type(kind: EntryKind) -> FileType {
     }
 }
 
+fn reply_opened(reply: ReplyOpen, result: Result<(u64, bool), FsError>) {
+    match result {
+        Ok((fh, keep_cache)) => {
+            let flags = if keep_cache {
+                FopenFlags::FOPEN_KEEP_CACHE
+            } else {
+                FopenFlags::empty()
+            };
+            reply.opened(FileHandle(fh), flags)
+        }
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
 /// Replies to getxattr/listxattr: size 0 asks for the length only.
 fn reply_xattr(reply: ReplyXattr, size: u32, result: Result<Vec<u8>, FsError>) {
     match result {
@@ -366,18 +380,13 @@ impl Filesystem for FuseAdapter {
         let (core, who) = (self.core.clone(), caller(req));
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
         let truncate = flags.0 & libc::O_TRUNC != 0;
+        // A read-only open of an entry whose metadata is known needs no S3 request.
+        if let Some(result) = core.open_cached(who, ino.0, write, truncate) {
+            reply_opened(reply, result);
+            return;
+        }
         self.spawn(debug_span!("open", ino = ino.0), async move {
-            match core.open(who, ino.0, write, truncate).await {
-                Ok((fh, keep_cache)) => {
-                    let flags = if keep_cache {
-                        FopenFlags::FOPEN_KEEP_CACHE
-                    } else {
-                        FopenFlags::empty()
-                    };
-                    reply.opened(FileHandle(fh), flags)
-                }
-                Err(e) => reply.error(errno(&e)),
-            }
+            reply_opened(reply, core.open(who, ino.0, write, truncate).await);
         });
     }
 

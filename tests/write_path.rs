@@ -171,7 +171,12 @@ fn metadata_only_change_is_a_copy_not_an_upload() {
         vec![7u8; 100_000],
         &[("file-permissions", "0100644")],
     );
-    let mount = Mount::start(&server, "s3://chmod", &["--write-back-delay", "1s"]);
+    // No eager import: the test counts the daemon's GETs of the object (none).
+    let mount = Mount::start(
+        &server,
+        "s3://chmod",
+        &["--write-back-delay", "1s", "--import-size-threshold", "0"],
+    );
     let path = mount.join("big.bin");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     sync(&path, Duration::from_secs(30)).unwrap_or_else(|e| panic!("sync: {e}"));

@@ -10,6 +10,8 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 use crate::cache::{block_range, BlockId, DataCache, ObjectId};
 use crate::metrics::Metrics;
 use crate::store::{ObjectHead, ObjectStore, StoreError};
+use std::sync::atomic::Ordering;
+use tokio::sync::oneshot;
 
 pub type Fetch = Shared<BoxFuture<'static, Result<Bytes, StoreError>>>;
 
@@ -69,41 +71,69 @@ impl BlockFetcher {
     /// it, or from a new GET (spawned, so it completes and fills the cache even if the
     /// reader that started it goes away).
     pub fn block(self: &Arc<Self>, version: &Version, index: u32) -> Fetch {
-        let id = BlockId {
-            object: version.object,
-            index,
-        };
         if version.etag.is_some() {
+            let id = BlockId {
+                object: version.object,
+                index,
+            };
             if let Some(data) = self.cache.get_block(id, version.size) {
                 return futures::future::ready(Ok(data)).boxed().shared();
             }
         }
+        self.shared_fetch(version, index, None).0
+    }
+
+    /// The fetch in flight for a block, starting one if there is none (then `true`): a
+    /// ranged GET, or, given `headers`, a whole-object GET (the object is this one block)
+    /// whose headers are sent there.
+    fn shared_fetch(
+        self: &Arc<Self>,
+        version: &Version,
+        index: u32,
+        headers: Option<oneshot::Sender<ObjectHead>>,
+    ) -> (Fetch, bool) {
+        let id = BlockId {
+            object: version.object,
+            index,
+        };
+        let mut started = false;
         let entry = self.in_flight.entry(id).or_insert_with(|| {
-            self.metrics
-                .cache_misses
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            started = true;
+            self.metrics.cache_misses.fetch_add(1, Ordering::Relaxed);
             let this = Arc::clone(self);
             let version = version.clone();
-            let task = tokio::spawn(async move {
-                let range = block_range(index, version.size);
-                let result = this
-                    .store
-                    .get_range(&version.key, range.clone(), version.etag.as_deref())
-                    .await
-                    .and_then(|data| {
-                        // Less than asked: the object shrank under us.
-                        if data.len() as u64 == range.end - range.start {
-                            Ok(data)
-                        } else {
-                            Err(StoreError::PreconditionFailed)
+            let task =
+                tokio::spawn(async move {
+                    let range = block_range(index, version.size);
+                    let etag = version.etag.as_deref();
+                    let result =
+                        match headers {
+                            Some(tx) => this.store.get_whole(&version.key, etag).await.map(
+                                |(head, data)| {
+                                    let _ = tx.send(head);
+                                    data
+                                },
+                            ),
+                            None => {
+                                this.store
+                                    .get_range(&version.key, range.clone(), etag)
+                                    .await
+                            }
                         }
-                    });
-                if let (Ok(data), Some(_)) = (&result, &version.etag) {
-                    this.cache.insert(id, data.clone());
-                }
-                this.in_flight.remove(&id);
-                result
-            });
+                        .and_then(|data| {
+                            // Less than asked: the object shrank under us.
+                            if data.len() as u64 == range.end - range.start {
+                                Ok(data)
+                            } else {
+                                Err(StoreError::PreconditionFailed)
+                            }
+                        });
+                    if let (Ok(data), Some(_)) = (&result, &version.etag) {
+                        this.cache.insert(id, data.clone());
+                    }
+                    this.in_flight.remove(&id);
+                    result
+                });
             async move {
                 task.await
                     .unwrap_or_else(|e| Err(StoreError::Other(format!("fetch task failed: {e}"))))
@@ -111,7 +141,7 @@ impl BlockFetcher {
             .boxed()
             .shared()
         });
-        entry.value().clone()
+        (entry.value().clone(), started)
     }
 
     /// Whether every block of `version` is cached.
@@ -126,14 +156,22 @@ impl BlockFetcher {
 
     /// Eager import of a small file: its bytes into the cache and its headers (the POSIX
     /// metadata its inode needs) in one GET; if the bytes are cached already, a HEAD for
-    /// the headers only. Returns the headers and whether bytes were fetched.
+    /// the headers only. Returns the headers, if this import got them, and whether bytes
+    /// were fetched.
     pub async fn import(
         self: &Arc<Self>,
         version: &Version,
-    ) -> Result<(ObjectHead, bool), StoreError> {
-        let blocks = crate::cache::blocks_of(0, version.size);
+    ) -> Result<(Option<ObjectHead>, bool), StoreError> {
         if self.is_cached(version) {
-            return Ok((self.store.head(&version.key).await?, false));
+            return Ok((Some(self.store.head(&version.key).await?), false));
+        }
+        let blocks = crate::cache::blocks_of(0, version.size);
+        if blocks.len() == 1 {
+            // Shared with any reader that wants the block meanwhile: one GET in all.
+            let (tx, rx) = oneshot::channel();
+            let (fetch, started) = self.shared_fetch(version, 0, Some(tx));
+            fetch.await?;
+            return Ok((rx.await.ok(), started));
         }
         let (head, data) = self
             .store
@@ -144,9 +182,7 @@ impl BlockFetcher {
         }
         for index in blocks {
             let range = block_range(index, version.size);
-            self.metrics
-                .cache_misses
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.metrics.cache_misses.fetch_add(1, Ordering::Relaxed);
             let id = BlockId {
                 object: version.object,
                 index,
@@ -154,6 +190,6 @@ impl BlockFetcher {
             self.cache
                 .insert(id, data.slice(range.start as usize..range.end as usize));
         }
-        Ok((head, true))
+        Ok((Some(head), true))
     }
 }
