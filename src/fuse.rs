@@ -401,8 +401,13 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        // Local bytes and cache hits never wait on the network: answered inline.
-        if let Some(result) = self.core.read_cached(fh.0, offset, size) {
+        // Local bytes, cache hits and read-ahead that has arrived never wait on the
+        // network: answered inline. (Inside the runtime: a stream may start more GETs.)
+        let cached = {
+            let _runtime = self.runtime.enter();
+            self.core.read_cached(fh.0, offset, size)
+        };
+        if let Some(result) = cached {
             match result {
                 Ok(data) => reply.data(&data),
                 Err(e) => reply.error(errno(&e)),

@@ -63,13 +63,50 @@ impl ObjectReader {
     /// The read, if the cache has all of it: never waits on the network, so the FUSE
     /// adapter can answer it without a task hop.
     pub fn read_cached(&self, offset: u64, len: u32) -> Option<Bytes> {
-        self.version.etag.as_ref()?;
         let end = self.end(offset, len);
-        let data =
-            self.fetcher
-                .cache()
-                .read(self.version.object, self.version.size, offset, len)?;
-        note_sequential(&mut self.lock(), offset, end);
+        let cached = match self.version.etag {
+            Some(_) => {
+                self.fetcher
+                    .cache()
+                    .read(self.version.object, self.version.size, offset, len)
+            }
+            None => None,
+        };
+        match cached {
+            Some(data) => {
+                note_sequential(&mut self.lock(), offset, end);
+                Some(data)
+            }
+            None => self.read_streamed_ready(offset, end),
+        }
+    }
+
+    /// The read, if this handle is streaming and the chunks covering it have arrived
+    /// (the prefetcher is ahead of the reader, as it should be).
+    fn read_streamed_ready(&self, offset: u64, end: u64) -> Option<Bytes> {
+        let mut state = self.lock();
+        let stream = state.stream.as_mut().filter(|s| s.accepts(offset))?;
+        let parts = stream.plan(
+            self.fetcher.store(),
+            &self.budget,
+            &self.version,
+            offset,
+            end,
+        );
+        let mut ready = Vec::with_capacity(parts.len());
+        for (range, data) in parts {
+            match data.peek() {
+                Some(Ok(data)) => ready.push((range, data.clone())),
+                _ => return None,
+            }
+        }
+        note_sequential(&mut state, offset, end);
+        drop(state);
+        let data = assemble(&ready, offset, end);
+        self.fetcher
+            .metrics()
+            .bytes_streamed
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
         Some(data)
     }
 
