@@ -10,7 +10,7 @@
 #      aws-sdk-s3 loop of 8 MiB ranged GETs; and warm (the kernel page cache, kept across
 #      opens of an unchanged object).
 #   3. grep -r over a freshly listed tree of small files vs the same tree on local disk,
-#      and again warm.
+#      and again warm; and over as many small files on memfs (the FUSE floor).
 #   4. Peak RSS of the daemon while streaming a huge object.
 #
 #   scripts/bench.sh [SEQ_MIB] [HUGE_MIB] [FILES] [ROUNDS]   (default 1024 4096 2000 3)
@@ -71,12 +71,10 @@ secs() { local t0 t1; t0=$(date +%s.%N); "$@" >/dev/null; t1=$(date +%s.%N); awk
 # 1. Random 4 KiB preads.
 echo "bench: 4 KiB random preads..." >&2
 mkdir -p "$work/memfs"
-"$memfs" "$work/memfs" $((64 << 20)) &
+"$memfs" "$work/memfs" $((64 << 20)) "$files" &
 memfs_pid=$!
 wait_mounted "$work/memfs"
 read -r _ memfs_p50 memfs_p99 <<<"$("$tool" pread "$work/memfs/data.bin" "$pread_secs")"
-fusermount3 -u "$work/memfs" 2>/dev/null || umount "$work/memfs"
-wait "$memfs_pid" || true
 
 mount_bench "$work/mnt" "$work/cache-pread"
 read -r _ cold_p50 cold_p99 <<<"$("$tool" pread-cold "$work/mnt/random-cold.bin" 256)"
@@ -98,10 +96,11 @@ sdk_mibs=$(median <"$work/sdk"); cold_mibs=$(median <"$work/cold"); warm_mibs=$(
 
 # 3. grep -r over a freshly listed tree: a fresh mount and cache per round.
 echo "bench: grep -r over $files files x $rounds..." >&2
-: >"$work/local-t" ; : >"$work/grep-cold" ; : >"$work/grep-warm"
+: >"$work/local-t" ; : >"$work/grep-cold" ; : >"$work/grep-warm" ; : >"$work/grep-memfs"
 grep -r needle "$work/local/tree" >/dev/null   # local: page cache warm, like a hot tree
 for r in $(seq "$rounds"); do
     secs grep -r needle "$work/local/tree" >>"$work/local-t"
+    secs grep -r needle "$work/memfs/tree" >>"$work/grep-memfs"
     mount_bench "$work/mnt" "$work/cache-grep-$r"
     find "$work/mnt/tree" >/dev/null
     secs grep -r needle "$work/mnt/tree" >>"$work/grep-cold"
@@ -109,6 +108,9 @@ for r in $(seq "$rounds"); do
     unmount_bench "$work/mnt"
 done
 local_s=$(median <"$work/local-t"); grep_cold=$(median <"$work/grep-cold"); grep_warm=$(median <"$work/grep-warm")
+grep_memfs=$(median <"$work/grep-memfs")
+fusermount3 -u "$work/memfs" 2>/dev/null || umount "$work/memfs"
+wait "$memfs_pid" || true
 
 # 4. Peak RSS while streaming the huge object.
 echo "bench: streaming ${huge_mib} MiB..." >&2
@@ -127,4 +129,5 @@ printf '%-58s %14s %14s %10s\n' "sequential ${seq_mib} MiB cold/streamed (vs SDK
 printf '%-58s %14s %14s %10s\n' "sequential ${seq_mib} MiB warm (page cache), MiB/s" "$warm_mibs" "" ""
 printf '%-58s %14s %14s %10s\n' "grep -r $files files, freshly listed (vs local disk), s" "$grep_cold" "$local_s" "$(ratio "$grep_cold" "$local_s")"
 printf '%-58s %14s %14s %10s\n' "grep -r $files files, warm (vs local disk), s" "$grep_warm" "$local_s" "$(ratio "$grep_warm" "$local_s")"
+printf '%-58s %14s %14s %10s\n' "grep -r $files files on memfs (FUSE floor; vs local), s" "$grep_memfs" "$local_s" "$(ratio "$grep_memfs" "$local_s")"
 printf '%-58s %14s %14s %10s\n' "streaming ${huge_mib} MiB: MiB/s, daemon peak RSS MiB" "$huge_mibs" "$rss_mib" ""
