@@ -254,3 +254,30 @@ fn sequential_reads_stream_without_filling_the_cache() {
     let gets = server.count_requests("GET", "stream", "big.bin");
     assert!(gets < 20, "{gets} GETs for 24 MiB");
 }
+
+#[test]
+fn written_files_stay_cached_after_export() {
+    let server = S3Server::start();
+    server.create_bucket("written");
+    let mount = Mount::start(&server, "s3://written", &["--write-back-delay", "600s"]);
+    for i in 0..3 {
+        std::fs::write(mount.join(&format!("out{i}.json")), body(i, 40_000)).unwrap();
+    }
+    sync(&mount.path, Duration::from_secs(60)).unwrap();
+    for i in 0..3 {
+        let key = format!("out{i}.json");
+        assert_eq!(server.get("written", &key), body(i, 40_000));
+        // Read back through the mount after the export: from the cache, not S3.
+        assert_eq!(std::fs::read(mount.join(&key)).unwrap(), body(i, 40_000));
+        let text = status(&mount.join(&key));
+        assert!(text.contains("state: synced"), "{text}");
+        assert!(text.contains("cached: 40000 of 40000 bytes"), "{text}");
+    }
+    // Only the test's own GETs (server.get above) reached the server.
+    for i in 0..3 {
+        assert_eq!(
+            server.count_requests("GET", "written", &format!("out{i}.json")),
+            1
+        );
+    }
+}

@@ -1385,6 +1385,35 @@ impl FsCore {
 
     /// Applies a finished export: the record leaves the journal unless the entry changed
     /// while it ran, and the node now matches the new object.
+    /// Puts the bytes of a small file just exported into the data cache under its new
+    /// version, so reading back what was written costs no GET once the staged copy goes.
+    /// Larger files are left to the cache's usual fills: copying them here would hold up
+    /// the export loop.
+    fn cache_exported(&self, key: &str, etag: &str, staged: &StagedFile) {
+        const MAX: u64 = 1 << 20;
+        let size = staged.size();
+        if size == 0 || size > MAX {
+            return;
+        }
+        let token = staged.begin_read();
+        let mut data = vec![0u8; size as usize];
+        if !matches!(staged.read_at(&mut data, 0), Ok(n) if n as u64 == size) {
+            return;
+        }
+        // Written again meanwhile: these bytes are not the exported version's.
+        if !staged.end_read(token) {
+            return;
+        }
+        let data = bytes::Bytes::from(data);
+        let object = crate::cache::ObjectId::new(key, etag);
+        for index in crate::cache::blocks_of(0, size) {
+            let range = crate::cache::block_range(index, size);
+            let block = data.slice(range.start as usize..range.end as usize);
+            self.cache()
+                .insert(crate::cache::BlockId { object, index }, block);
+        }
+    }
+
     fn export_done(
         &self,
         writer: &Writer,
@@ -1430,6 +1459,11 @@ impl FsCore {
                 if !keep_bytes {
                     state.local = None;
                 }
+            }
+        }
+        if unchanged && entry.record.kind == ExportKind::Upload {
+            if let (Some(etag), Some(staged)) = (&etag, &current.staged) {
+                self.cache_exported(&entry.record.key, etag, staged);
             }
         }
         if unchanged {
