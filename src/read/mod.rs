@@ -86,13 +86,7 @@ impl ObjectReader {
     fn read_streamed_ready(&self, offset: u64, end: u64) -> Option<Bytes> {
         let mut state = self.lock();
         let stream = state.stream.as_mut().filter(|s| s.accepts(offset))?;
-        let parts = stream.plan(
-            self.fetcher.store(),
-            &self.budget,
-            &self.version,
-            offset,
-            end,
-        );
+        let parts = self.plan_in(stream, offset, end);
         let mut ready = Vec::with_capacity(parts.len());
         for (range, data) in parts {
             match data.peek() {
@@ -174,6 +168,17 @@ impl ObjectReader {
                 .fetch_add(1, Ordering::Relaxed);
         }
         let stream = state.stream.as_mut()?;
+        Some(self.plan_in(stream, offset, end))
+    }
+
+    /// Plans [offset, end) in the stream (topping up its read-ahead) and records the
+    /// window it has reached.
+    fn plan_in(
+        &self,
+        stream: &mut Stream,
+        offset: u64,
+        end: u64,
+    ) -> Vec<(Range<u64>, fetch::Fetch)> {
         let parts = stream.plan(
             self.fetcher.store(),
             &self.budget,
@@ -185,7 +190,7 @@ impl ObjectReader {
             .metrics()
             .prefetch_window_max
             .fetch_max(stream.window(), Ordering::Relaxed);
-        Some(parts)
+        parts
     }
 
     fn end(&self, offset: u64, len: u32) -> u64 {

@@ -87,6 +87,17 @@ impl S3Store {
 }
 
 impl S3Store {
+    /// Reads a GetObject body whole, counting the bytes.
+    async fn read_body(&self, body: ByteStream) -> Result<Bytes, StoreError> {
+        let data = body
+            .collect()
+            .await
+            .map_err(|e| StoreError::Unreachable(format!("reading object body: {e}")))?
+            .into_bytes();
+        self.metrics.add_bytes_fetched(data.len() as u64);
+        Ok(data)
+    }
+
     /// A one-key listing of `prefix` with few retries: the start-up check that the
     /// endpoint answers, the bucket exists and the credentials are accepted.
     pub async fn probe(&self, prefix: &str) -> Result<ListPage, StoreError> {
@@ -131,12 +142,12 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(classify)?;
-        Ok(ObjectHead {
-            size: out.content_length().unwrap_or(0).max(0) as u64,
-            etag: out.e_tag().map(str::to_string),
-            last_modified: out.last_modified().and_then(to_system_time),
-            metadata: out.metadata().cloned().unwrap_or_else(HashMap::new),
-        })
+        Ok(object_head(
+            out.content_length(),
+            out.e_tag(),
+            out.last_modified(),
+            out.metadata(),
+        ))
     }
 
     async fn get_whole(
@@ -155,19 +166,13 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(classify)?;
-        let head = ObjectHead {
-            size: out.content_length().unwrap_or(0).max(0) as u64,
-            etag: out.e_tag().map(str::to_string),
-            last_modified: out.last_modified().and_then(to_system_time),
-            metadata: out.metadata().cloned().unwrap_or_else(HashMap::new),
-        };
-        let data = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| StoreError::Unreachable(format!("reading object body: {e}")))?
-            .into_bytes();
-        self.metrics.add_bytes_fetched(data.len() as u64);
+        let head = object_head(
+            out.content_length(),
+            out.e_tag(),
+            out.last_modified(),
+            out.metadata(),
+        );
+        let data = self.read_body(out.body).await?;
         Ok((head, data))
     }
 
@@ -192,14 +197,7 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(classify)?;
-        let data = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| StoreError::Unreachable(format!("reading object body: {e}")))?
-            .into_bytes();
-        self.metrics.add_bytes_fetched(data.len() as u64);
-        Ok(data)
+        self.read_body(out.body).await
     }
 
     async fn put(
@@ -477,6 +475,21 @@ fn url_decode(text: &str) -> Option<String> {
         }
     }
     String::from_utf8(out).ok()
+}
+
+/// What the headers of a HeadObject or GetObject response say about the object.
+fn object_head(
+    content_length: Option<i64>,
+    etag: Option<&str>,
+    last_modified: Option<&aws_sdk_s3::primitives::DateTime>,
+    metadata: Option<&HashMap<String, String>>,
+) -> ObjectHead {
+    ObjectHead {
+        size: content_length.unwrap_or(0).max(0) as u64,
+        etag: etag.map(str::to_string),
+        last_modified: last_modified.and_then(to_system_time),
+        metadata: metadata.cloned().unwrap_or_default(),
+    }
 }
 
 fn to_system_time(t: &aws_sdk_s3::primitives::DateTime) -> Option<SystemTime> {
