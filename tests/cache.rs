@@ -281,3 +281,32 @@ fn written_files_stay_cached_after_export() {
         );
     }
 }
+
+#[test]
+fn full_cache_disk_still_serves_reads_from_s3() {
+    let server = S3Server::start();
+    server.create_bucket("fullread");
+    // Above the eager-import threshold: the reads fill the cache.
+    for i in 0..12 {
+        server.put("fullread", &format!("f{i:02}.bin"), body(i, 200 << 10), &[]);
+    }
+    let disk = common::SmallDisk::new("1m");
+    let cache = disk.0.path().join("cache");
+    let mount = Mount::start_with_cache(&server, "s3://fullread", &[], &cache);
+    for round in 0..2 {
+        for i in 0..12 {
+            let data = std::fs::read(mount.join(&format!("f{i:02}.bin"))).unwrap();
+            assert!(data == body(i, 200 << 10), "round {round} file {i}");
+        }
+    }
+    assert!(
+        wait_for(Duration::from_secs(5), || mount
+            .log()
+            .contains("cannot write to the disk cache")),
+        "{}",
+        mount.log()
+    );
+    let text = status(&mount.path);
+    assert!(!text.contains("write-errors=0;"), "{text}");
+    drop(mount);
+}

@@ -553,37 +553,11 @@ fn large_file_exports_by_multipart_and_appends_work() {
     );
 }
 
-/// A tmpfs of `size` mounted on a fresh directory; unmounted on drop.
-struct SmallDisk(tempfile::TempDir);
-
-impl SmallDisk {
-    fn new(size: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "mount tmpfs");
-        SmallDisk(dir)
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(self.0.path())
-            .status();
-    }
-}
-
 #[test]
 fn full_cache_disk_is_a_clear_error_not_lost_data() {
     let server = S3Server::start();
     server.create_bucket("fulldisk");
-    let disk = SmallDisk::new("1m");
+    let disk = common::SmallDisk::new("1m");
     let cache = disk.0.path().join("cache");
     let mount = Mount::start_with_cache(
         &server,

@@ -249,6 +249,10 @@ impl DataCache {
         (bytes, blocks, self.memory_lock().bytes())
     }
 
+    pub fn disk_bound(&self) -> u64 {
+        self.disk.bound()
+    }
+
     /// One line for the log and `s3files status`.
     pub fn summary(&self) -> String {
         let (bytes, blocks, memory) = self.usage();

@@ -803,6 +803,9 @@ impl FsCore {
         if self.options.import_size_threshold == 0 {
             return;
         }
+        // A directory of many small files imports at most a quarter of the cache's bound,
+        // so one listing cannot wash out everything else that is cached.
+        let mut budget = self.cache().disk_bound() / 4;
         let imports: Vec<(Arc<Node>, Version)> = entries
             .files
             .keys()
@@ -810,6 +813,13 @@ impl FsCore {
                 let node = self.inodes.child(dir, name)?;
                 let version = self.import_version(&node)?;
                 Some((node, version))
+            })
+            .take_while(|(_, version)| match budget.checked_sub(version.size) {
+                Some(left) => {
+                    budget = left;
+                    true
+                }
+                None => false,
             })
             .collect();
         if imports.is_empty() {
