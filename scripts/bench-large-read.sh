@@ -6,24 +6,13 @@
 #   scripts/bench-large-read.sh [SIZE_MIB]     (default 1024)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=$(pwd)
 size_mib=${1:-1024}
 
-scripts/setup.sh
-cargo build --release --quiet
-bin="$root/target/release/s3files"
-work=$(mktemp -d)
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+bench_init
 mnt="$work/mnt"
 mkdir -p "$mnt"
-
-cleanup() {
-    if grep -qs " $mnt " /proc/mounts; then "$bin" unmount "$mnt" || umount -l "$mnt"; fi
-    scripts/garage.sh stop "$work/garage"
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-eval "$(scripts/garage.sh start "$work/garage")"
 
 echo "writing a ${size_mib} MiB object..." >&2
 head -c $((size_mib << 20)) /dev/urandom >"$work/object.bin"

@@ -6,22 +6,13 @@
 #   scripts/bench-large-write.sh [SIZE_MIB]     (default 4096)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=$(pwd)
 size_mib=${1:-4096}
 
-scripts/setup.sh
-cargo build --release --quiet
-bin="$root/target/release/s3files"
-work=$(mktemp -d)
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+bench_init
 mnt="$work/mnt"
 mkdir -p "$mnt"
-cleanup() {
-    if grep -qs " $mnt " /proc/mounts; then "$bin" unmount "$mnt" || umount -l "$mnt"; fi
-    scripts/garage.sh stop "$work/garage"
-    rm -rf "$work"
-}
-trap cleanup EXIT
-eval "$(scripts/garage.sh start "$work/garage")"
 
 "$bin" mount s3://bench "$mnt" --endpoint-url "$GARAGE_ENDPOINT" --force-path-style \
     --cache-dir "$work/cache" --write-back-delay 600s
