@@ -74,6 +74,9 @@ import sys, boto3
 for o in boto3.client("s3", endpoint_url=sys.argv[1]).list_objects_v2(Bucket="demo")["Contents"]:
     print("  ", o["Key"])
 PY
+echo
+echo "\$ s3files status $mountpoint/hello.txt   # export state, cache, metrics"
+"$bin" status "$mountpoint/hello.txt"
 
 if [[ -t 0 ]]; then
     echo
