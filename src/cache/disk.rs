@@ -34,6 +34,15 @@ struct Index {
     bytes: u64,
 }
 
+/// Why a disk-tier read found nothing to return.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Missed {
+    /// The block is not cached.
+    Absent,
+    /// The block is cached but reading it would wait for the device.
+    WouldBlock,
+}
+
 /// What a start-up scan found.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ScanReport {
@@ -129,28 +138,52 @@ impl DiskTier {
     /// must have (known from the object's size); a file of another length is not trusted.
     /// None is a miss.
     pub fn read(&self, id: &BlockId, block_len: u64, offset: u64, buf: &mut [u8]) -> Option<usize> {
-        let touch = self.note_use(id, block_len)?;
+        self.read_mode(id, block_len, offset, buf, true).ok()
+    }
+
+    /// Like `read`, but with `wait` false it does not wait for the device: a block whose
+    /// pages are not in the page cache is `Missed::WouldBlock` (RWF_NOWAIT), so a caller
+    /// that must not stall (the FUSE thread) can hand the read to a thread that may.
+    pub fn read_mode(
+        &self,
+        id: &BlockId,
+        block_len: u64,
+        offset: u64,
+        buf: &mut [u8],
+        wait: bool,
+    ) -> Result<usize, Missed> {
+        let touch = self.note_use(id, block_len).ok_or(Missed::Absent)?;
         let path = self.path(id);
         if let Some(when) = touch {
             touch_file(&path, when);
         }
-        let result = File::open(&path).and_then(|file| read_full(&file, buf, offset));
+        let result = File::open(&path).and_then(|file| read_full(&file, buf, offset, wait));
         match result {
-            Ok(n) if offset + n as u64 == block_len || n == buf.len() => Some(n),
+            Ok(n) if offset + n as u64 == block_len || n == buf.len() => Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(Missed::WouldBlock),
             _ => {
                 // Gone (evicted under us) or cut short: forget it.
                 self.remove(id);
-                None
+                Err(Missed::Absent)
             }
         }
     }
 
     /// Reads a whole cached block.
     pub fn read_block(&self, id: &BlockId, block_len: u64) -> Option<Bytes> {
+        self.read_block_mode(id, block_len, true).ok()
+    }
+
+    pub fn read_block_mode(
+        &self,
+        id: &BlockId,
+        block_len: u64,
+        wait: bool,
+    ) -> Result<Bytes, Missed> {
         let mut buf = vec![0u8; block_len as usize];
-        let n = self.read(id, block_len, 0, &mut buf)?;
+        let n = self.read_mode(id, block_len, 0, &mut buf, wait)?;
         buf.truncate(n);
-        Some(Bytes::from(buf))
+        Ok(Bytes::from(buf))
     }
 
     /// Marks a block used; returns None if it is not cached (or has the wrong length), else
@@ -327,17 +360,50 @@ fn parse_name(name: &str) -> Option<BlockId> {
     })
 }
 
-fn read_full(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+/// Reads until `buf` is full or the file ends. Without `wait`, fails with `WouldBlock`
+/// rather than wait for the device (file systems without RWF_NOWAIT read normally).
+fn read_full(file: &File, buf: &mut [u8], offset: u64, wait: bool) -> io::Result<usize> {
     let mut done = 0;
+    let mut nowait = !wait;
     while done < buf.len() {
-        match file.read_at(&mut buf[done..], offset + done as u64) {
+        let at = offset + done as u64;
+        let result = if nowait {
+            read_nowait(file, &mut buf[done..], at)
+        } else {
+            file.read_at(&mut buf[done..], at)
+        };
+        match result {
             Ok(0) => break,
             Ok(n) => done += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => nowait = false,
             Err(e) => return Err(e),
         }
     }
     Ok(done)
+}
+
+fn read_nowait(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: one iovec over a live, writable buffer of its stated length.
+    let n = unsafe {
+        libc::preadv2(
+            file.as_raw_fd(),
+            &iov,
+            1,
+            offset as libc::off_t,
+            libc::RWF_NOWAIT,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
 }
 
 fn touch_file(path: &Path, when: SystemTime) {
@@ -411,6 +477,36 @@ mod tests {
         std::thread::sleep(Duration::from_millis(80));
         assert_eq!(tier.sweep_expired(), 1);
         assert_eq!(tier.usage(), (0, 0));
+    }
+
+    #[test]
+    fn a_read_that_would_wait_for_the_device_says_so() {
+        use std::os::fd::AsRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let (tier, _) = DiskTier::open(dir.path(), 1 << 20, DAY).unwrap();
+        tier.insert(id("cold", 0), &[9u8; 8192]).unwrap();
+        // Write the block out and drop its pages, as memory pressure would.
+        let file = File::open(dir.path().join(block_name(&id("cold", 0)))).unwrap();
+        file.sync_all().unwrap();
+        // SAFETY: fadvise on an open descriptor; only a hint to the kernel.
+        unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        let mut buf = [0u8; 4096];
+        match tier.read_mode(&id("cold", 0), 8192, 0, &mut buf, false) {
+            // File systems with RWF_NOWAIT for buffered reads (ext4, xfs, btrfs; the
+            // case on these machines).
+            Err(Missed::WouldBlock) => {}
+            // Without it the read just waits; either way the bytes are right.
+            Ok(n) => assert_eq!((n, buf), (4096, [9u8; 4096])),
+            Err(Missed::Absent) => panic!("cached block reported absent"),
+        }
+        assert_eq!(tier.read(&id("cold", 0), 8192, 4096, &mut buf), Some(4096));
+        assert_eq!(buf, [9u8; 4096]);
+        // Now in the page cache: no waiting needed.
+        assert_eq!(
+            tier.read_mode(&id("cold", 0), 8192, 0, &mut buf, false),
+            Ok(4096)
+        );
+        assert!(tier.contains(&id("cold", 0)));
     }
 
     #[test]

@@ -23,7 +23,7 @@ use crate::metrics::Metrics;
 pub mod disk;
 pub mod memory;
 
-pub use disk::ScanReport;
+pub use disk::{Missed, ScanReport};
 
 /// Cache granularity: large enough that a file under the eager-import threshold is one
 /// block and a 1 GiB file is 4,096 index entries; small enough that a random 4 KiB read
@@ -122,13 +122,36 @@ impl DataCache {
     /// Serves [offset, offset+len) of an object version of `size` bytes if every block it
     /// touches is cached; None otherwise (the caller fetches what is missing).
     pub fn read(&self, object: ObjectId, size: u64, offset: u64, len: u32) -> Option<Bytes> {
+        self.read_mode(object, size, offset, len, true).ok()
+    }
+
+    /// Like `read`, but never waits for the disk: a cached block whose pages are not in
+    /// memory is `Missed::WouldBlock`, for the caller to read from a thread that may wait.
+    pub fn read_nowait(
+        &self,
+        object: ObjectId,
+        size: u64,
+        offset: u64,
+        len: u32,
+    ) -> Result<Bytes, Missed> {
+        self.read_mode(object, size, offset, len, false)
+    }
+
+    fn read_mode(
+        &self,
+        object: ObjectId,
+        size: u64,
+        offset: u64,
+        len: u32,
+        wait: bool,
+    ) -> Result<Bytes, Missed> {
         let end = size.min(offset + u64::from(len));
         if offset >= end {
-            return Some(Bytes::new());
+            return Ok(Bytes::new());
         }
         let blocks = blocks_of(offset, end);
         if blocks.len() == 1 {
-            return self.read_in_block(object, blocks.start, size, offset, end);
+            return self.read_in_block(object, blocks.start, size, offset, end, wait);
         }
         let mut out = BytesMut::with_capacity((end - offset) as usize);
         for index in blocks {
@@ -139,10 +162,11 @@ impl DataCache {
                 size,
                 offset.max(range.start),
                 end.min(range.end),
+                wait,
             )?;
             out.extend_from_slice(&part);
         }
-        Some(out.freeze())
+        Ok(out.freeze())
     }
 
     /// [from, to) within one block.
@@ -153,36 +177,44 @@ impl DataCache {
         size: u64,
         from: u64,
         to: u64,
-    ) -> Option<Bytes> {
+        wait: bool,
+    ) -> Result<Bytes, Missed> {
         let id = BlockId { object, index };
         let range = block_range(index, size);
         let (start, end) = ((from - range.start) as usize, (to - range.start) as usize);
         if let Some(block) = self.memory_get(&id) {
             if block.len() as u64 == range.end - range.start {
                 self.count_hit(&self.metrics.cache_hits_memory, end - start);
-                return Some(block.slice(start..end));
+                return Ok(block.slice(start..end));
             }
             self.memory_lock().remove(&id);
         }
         let block_len = range.end - range.start;
         if block_len <= PROMOTE_MAX {
-            let block = self.disk.read_block(&id, block_len)?;
+            let block = self.disk.read_block_mode(&id, block_len, wait)?;
             self.count_hit(&self.metrics.cache_hits_disk, end - start);
             let part = block.slice(start..end);
             self.memory_insert(id, block);
-            return Some(part);
+            return Ok(part);
         }
         let mut buf = vec![0u8; end - start];
-        let n = self.disk.read(&id, block_len, start as u64, &mut buf)?;
+        let n = self
+            .disk
+            .read_mode(&id, block_len, start as u64, &mut buf, wait)?;
         buf.truncate(n);
         self.count_hit(&self.metrics.cache_hits_disk, n);
-        Some(Bytes::from(buf))
+        Ok(Bytes::from(buf))
     }
 
     /// A whole block, if cached.
     pub fn get_block(&self, id: BlockId, size: u64) -> Option<Bytes> {
+        self.get_block_mode(id, size, true).ok()
+    }
+
+    /// A whole block, if cached, waiting for the disk only with `wait`.
+    pub fn get_block_mode(&self, id: BlockId, size: u64, wait: bool) -> Result<Bytes, Missed> {
         let range = block_range(id.index, size);
-        self.read_in_block(id.object, id.index, size, range.start, range.end)
+        self.read_in_block(id.object, id.index, size, range.start, range.end, wait)
     }
 
     /// Adds a block fetched from S3: in memory at once, on disk in the background (a disk

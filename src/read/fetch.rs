@@ -7,7 +7,7 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use futures::future::{BoxFuture, FutureExt, Shared};
 
-use crate::cache::{block_range, BlockId, DataCache, ObjectId};
+use crate::cache::{block_range, BlockId, DataCache, Missed, ObjectId};
 use crate::metrics::Metrics;
 use crate::store::{ObjectHead, ObjectStore, StoreError};
 use std::sync::atomic::Ordering;
@@ -76,8 +76,24 @@ impl BlockFetcher {
                 object: version.object,
                 index,
             };
-            if let Some(data) = self.cache.get_block(id, version.size) {
-                return futures::future::ready(Ok(data)).boxed().shared();
+            match self.cache.get_block_mode(id, version.size, false) {
+                Ok(data) => return futures::future::ready(Ok(data)).boxed().shared(),
+                Err(Missed::WouldBlock) => {
+                    // Cached, but on disk only: read it on a thread that may wait.
+                    let (this, version) = (Arc::clone(self), version.clone());
+                    return async move {
+                        let cache = this.cache.clone();
+                        let size = version.size;
+                        let read = tokio::task::spawn_blocking(move || cache.get_block(id, size));
+                        match read.await {
+                            Ok(Some(data)) => Ok(data),
+                            _ => this.shared_fetch(&version, index, None).0.await,
+                        }
+                    }
+                    .boxed()
+                    .shared();
+                }
+                Err(Missed::Absent) => {}
             }
         }
         self.shared_fetch(version, index, None).0

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use bytes::{Bytes, BytesMut};
 
 use crate::cache::block_range;
-use crate::cache::blocks_of;
+use crate::cache::{blocks_of, Missed};
 use crate::store::StoreError;
 
 pub mod fetch;
@@ -60,24 +60,33 @@ impl ObjectReader {
         self.version.size
     }
 
-    /// The read, if the cache has all of it: never waits on the network, so the FUSE
-    /// adapter can answer it without a task hop.
+    /// The read, if the cache has all of it in memory or the page cache, or the stream
+    /// has it: never waits on the network or the disk, so the FUSE adapter can answer it
+    /// without a task hop.
     pub fn read_cached(&self, offset: u64, len: u32) -> Option<Bytes> {
+        self.try_inline(offset, len).ok()
+    }
+
+    /// The read from the cache without waiting for the disk, or from arrived read-ahead;
+    /// `WouldBlock` if the cache has it on disk only.
+    fn try_inline(&self, offset: u64, len: u32) -> Result<Bytes, Missed> {
         let end = self.end(offset, len);
         let cached = match self.version.etag {
-            Some(_) => {
-                self.fetcher
-                    .cache()
-                    .read(self.version.object, self.version.size, offset, len)
-            }
-            None => None,
+            Some(_) => self.fetcher.cache().read_nowait(
+                self.version.object,
+                self.version.size,
+                offset,
+                len,
+            ),
+            None => Err(Missed::Absent),
         };
         match cached {
-            Some(data) => {
+            Ok(data) => {
                 note_sequential(&mut self.lock(), offset, end);
-                Some(data)
+                Ok(data)
             }
-            None => self.read_streamed_ready(offset, end),
+            Err(Missed::Absent) => self.read_streamed_ready(offset, end).ok_or(Missed::Absent),
+            Err(Missed::WouldBlock) => Err(Missed::WouldBlock),
         }
     }
 
@@ -110,8 +119,20 @@ impl ObjectReader {
         if offset >= end {
             return Ok(Bytes::new());
         }
-        if let Some(data) = self.read_cached(offset, len) {
-            return Ok(data);
+        match self.try_inline(offset, len) {
+            Ok(data) => return Ok(data),
+            Err(Missed::WouldBlock) => {
+                // On disk only: read it on a thread that may wait for the device.
+                let cache = self.fetcher.cache().clone();
+                let (object, size) = (self.version.object, self.version.size);
+                let read =
+                    tokio::task::spawn_blocking(move || cache.read(object, size, offset, len));
+                if let Ok(Some(data)) = read.await {
+                    note_sequential(&mut self.lock(), offset, end);
+                    return Ok(data);
+                }
+            }
+            Err(Missed::Absent) => {}
         }
         let streamed = self.plan_stream(offset, end);
         let metrics = self.fetcher.metrics();
