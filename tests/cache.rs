@@ -310,3 +310,28 @@ fn full_cache_disk_still_serves_reads_from_s3() {
     assert!(!text.contains("write-errors=0;"), "{text}");
     drop(mount);
 }
+
+#[test]
+fn unused_data_expires() {
+    let server = S3Server::start();
+    server.create_bucket("expiry");
+    server.put("expiry", "f.bin", body(1, 300 << 10), &[]);
+    let mount = Mount::start(&server, "s3://expiry", &["--cache-expiry", "2s"]);
+    assert_eq!(
+        std::fs::read(mount.join("f.bin")).unwrap(),
+        body(1, 300 << 10)
+    );
+    assert!(wait_for(Duration::from_secs(5), || disk_cache_bytes(
+        &mount.cache_dir
+    ) > 0));
+    // Unused for longer than the expiry: dropped by the next sweep.
+    assert!(
+        wait_for(Duration::from_secs(15), || disk_cache_bytes(
+            &mount.cache_dir
+        ) == 0),
+        "cached data outlived --cache-expiry"
+    );
+    let text = status(&mount.join("f.bin"));
+    assert!(text.contains("cached: 0 of 307200 bytes"), "{text}");
+    assert!(!text.contains("expired=0 "), "{text}");
+}

@@ -201,6 +201,9 @@ fn wrong_credentials_fail_fast() {
 fn malformed_flags_are_usage_errors() {
     for args in [
         vec!["mount", "s3://b", "/tmp", "--cache-size", "lots"],
+        vec!["mount", "s3://b", "/tmp", "--cache-expiry", "forever"],
+        vec!["mount", "s3://b", "/tmp", "--import-size-threshold", "1XB"],
+        vec!["mount", "s3://b", "/tmp", "--memory-cache-size", "-1"],
         vec!["mount", "s3://b", "/tmp", "--write-back-delay", "soon"],
         vec!["mount", "s3://b", "/tmp", "--no-such-flag"],
         vec!["mount", "s3://b"],
@@ -211,6 +214,24 @@ fn malformed_flags_are_usage_errors() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.starts_with("error:"), "{args:?}: {stderr}");
     }
+}
+
+#[test]
+fn status_and_sync_outside_a_mount_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_str().unwrap();
+    for command in ["status", "sync"] {
+        let (out, _) = run_s3files(&[command, path], &[], LIMIT);
+        assert_eq!(out.status.code(), Some(1), "{command}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.starts_with("s3files: error: ") && stderr.contains("is not on an s3files mount"),
+            "{command}: {stderr}"
+        );
+    }
+    let (out, _) = run_s3files(&["status", "/no/such/path"], &[], LIMIT);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/path"));
 }
 
 #[test]

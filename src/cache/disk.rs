@@ -54,11 +54,12 @@ pub struct ScanReport {
     pub removed: u64,
 }
 
-/// Blocks dropped by one insert or sweep.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+/// Blocks dropped by one insert.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Dropped {
     pub evicted: u64,
-    pub expired: u64,
+    /// Blocks that went unused for the expiry (the memory tier must drop them too).
+    pub expired: Vec<BlockId>,
 }
 
 pub struct DiskTier {
@@ -220,12 +221,13 @@ impl DiskTier {
         let now = SystemTime::now();
         let mut dropped = {
             let mut index = self.lock();
-            let expired = self.expire_locked(&mut index, now, &mut victims);
+            self.expire_locked(&mut index, now, &mut victims);
+            let expired = victims.clone();
             // A block written again replaces its old file: only the difference is new.
             let replaced = index.blocks.peek(&id).map_or(0, |e| e.len);
             self.evict_locked(&mut index, len.saturating_sub(replaced), &mut victims);
             Dropped {
-                evicted: victims.len() as u64 - expired,
+                evicted: (victims.len() - expired.len()) as u64,
                 expired,
             }
         };
@@ -282,12 +284,20 @@ impl DiskTier {
         }
     }
 
-    /// Drops every block unused for longer than the expiry; returns how many.
-    pub fn sweep_expired(&self) -> u64 {
+    /// Drops every block unused for longer than the expiry; returns them.
+    pub fn sweep_expired(&self) -> Vec<BlockId> {
         let mut victims = Vec::new();
-        let n = self.expire_locked(&mut self.lock(), SystemTime::now(), &mut victims);
-        self.unlink(victims);
-        n
+        self.expire_locked(&mut self.lock(), SystemTime::now(), &mut victims);
+        self.unlink(victims.clone());
+        victims
+    }
+
+    /// Records a use of a block served from elsewhere (the memory tier), so that its
+    /// expiry and its place in the eviction order follow its real use.
+    pub fn note_hit(&self, id: &BlockId, block_len: u64) {
+        if let Some(Some(when)) = self.note_use(id, block_len) {
+            touch_file(&self.path(id), when);
+        }
     }
 
     /// Bytes and blocks held.
@@ -473,9 +483,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (tier, _) = DiskTier::open(dir.path(), 1 << 20, Duration::from_millis(50)).unwrap();
         tier.insert(id("x", 0), b"x").unwrap();
-        assert_eq!(tier.sweep_expired(), 0);
+        assert_eq!(tier.sweep_expired(), vec![]);
         std::thread::sleep(Duration::from_millis(80));
-        assert_eq!(tier.sweep_expired(), 1);
+        assert_eq!(tier.sweep_expired(), vec![id("x", 0)]);
         assert_eq!(tier.usage(), (0, 0));
     }
 

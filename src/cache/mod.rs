@@ -185,6 +185,8 @@ impl DataCache {
         if let Some(block) = self.memory_get(&id) {
             if block.len() as u64 == range.end - range.start {
                 self.count_hit(&self.metrics.cache_hits_memory, end - start);
+                // Keep the disk tier's use time and order true to this use.
+                self.disk.note_hit(&id, block.len() as u64);
                 return Ok(block.slice(start..end));
             }
             self.memory_lock().remove(&id);
@@ -237,8 +239,7 @@ impl DataCache {
                 let m = &self.metrics;
                 m.cache_evictions
                     .fetch_add(dropped.evicted, Ordering::Relaxed);
-                m.cache_expired
-                    .fetch_add(dropped.expired, Ordering::Relaxed);
+                self.forget_expired(&dropped.expired);
             }
             Err(e) => {
                 // Caching is best effort: the data is in S3 and in memory; a full disk
@@ -271,8 +272,23 @@ impl DataCache {
 
     /// Drops blocks unused for longer than the expiry.
     pub fn sweep_expired(&self) {
-        let n = self.disk.sweep_expired();
-        self.metrics.cache_expired.fetch_add(n, Ordering::Relaxed);
+        let expired = self.disk.sweep_expired();
+        self.forget_expired(&expired);
+    }
+
+    /// Drops expired blocks from the memory tier too, and counts them.
+    fn forget_expired(&self, expired: &[BlockId]) {
+        if expired.is_empty() {
+            return;
+        }
+        let mut memory = self.memory_lock();
+        for id in expired {
+            memory.remove(id);
+        }
+        drop(memory);
+        self.metrics
+            .cache_expired
+            .fetch_add(expired.len() as u64, Ordering::Relaxed);
     }
 
     /// (disk bytes, disk blocks, memory bytes).
