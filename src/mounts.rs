@@ -127,6 +127,11 @@ pub fn sync(path: &Path) -> Result<(), SyncError> {
     let path = std::fs::canonicalize(path).map_err(|e| SyncError::Path(path.to_path_buf(), e))?;
     let c_path =
         CString::new(path.as_os_str().as_bytes()).map_err(|_| SyncError::NotOurs(path.clone()))?;
+    // Only an s3files mount answers its status attribute; anywhere else the sync
+    // attribute would just be stored on the file (user xattrs) and nothing exported.
+    if read_status(&c_path).is_none() {
+        return Err(SyncError::NotOurs(path));
+    }
     let name = c"user.s3files.sync";
     // SAFETY: valid C strings; a one-byte value buffer that outlives the call.
     let rc = unsafe { libc::setxattr(c_path.as_ptr(), name.as_ptr(), b"1".as_ptr().cast(), 1, 0) };
