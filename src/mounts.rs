@@ -124,14 +124,9 @@ pub enum SyncError {
 /// `s3files sync PATH`: asks the daemon (through the virtual `user.s3files.sync`
 /// attribute) to export everything pending under PATH, and waits for it.
 pub fn sync(path: &Path) -> Result<(), SyncError> {
-    let path = std::fs::canonicalize(path).map_err(|e| SyncError::Path(path.to_path_buf(), e))?;
-    let c_path =
-        CString::new(path.as_os_str().as_bytes()).map_err(|_| SyncError::NotOurs(path.clone()))?;
-    // Only an s3files mount answers its status attribute; anywhere else the sync
-    // attribute would just be stored on the file (user xattrs) and nothing exported.
-    if read_status(&c_path).is_none() {
-        return Err(SyncError::NotOurs(path));
-    }
+    // Checked first: anywhere but an s3files mount the sync attribute would just be
+    // stored on the file (user xattrs) and nothing exported.
+    let (path, c_path, _) = on_mount(path)?;
     let name = c"user.s3files.sync";
     // SAFETY: valid C strings; a one-byte value buffer that outlives the call.
     let rc = unsafe { libc::setxattr(c_path.as_ptr(), name.as_ptr(), b"1".as_ptr().cast(), 1, 0) };
@@ -165,10 +160,19 @@ pub fn sync(path: &Path) -> Result<(), SyncError> {
 
 /// `s3files status PATH`: the daemon's `user.s3files.status` text for PATH.
 pub fn status(path: &Path) -> Result<String, SyncError> {
+    on_mount(path).map(|(_, _, status)| status)
+}
+
+/// PATH made absolute, as a C string, with its status text: only an s3files mount
+/// answers the status attribute, so getting it proves PATH is on one.
+fn on_mount(path: &Path) -> Result<(PathBuf, CString, String), SyncError> {
     let path = std::fs::canonicalize(path).map_err(|e| SyncError::Path(path.to_path_buf(), e))?;
     let c_path =
         CString::new(path.as_os_str().as_bytes()).map_err(|_| SyncError::NotOurs(path.clone()))?;
-    read_status(&c_path).ok_or(SyncError::NotOurs(path))
+    match read_status(&c_path) {
+        Some(status) => Ok((path, c_path, status)),
+        None => Err(SyncError::NotOurs(path)),
+    }
 }
 
 fn read_status(c_path: &CString) -> Option<String> {

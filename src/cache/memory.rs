@@ -48,6 +48,11 @@ impl MemoryTier {
         evicted
     }
 
+    /// Whether the tier holds a block, without counting as a use.
+    pub fn contains(&self, id: &BlockId) -> bool {
+        self.blocks.contains(id)
+    }
+
     pub fn remove(&mut self, id: &BlockId) {
         if let Some(old) = self.blocks.pop(id) {
             self.bytes -= old.len() as u64;

@@ -256,9 +256,31 @@ impl DataCache {
         }
     }
 
-    /// Whether a block is cached in either tier.
+    /// Adds a whole object version, split into its blocks.
+    pub fn insert_object(self: &Arc<Self>, object: ObjectId, data: Bytes) {
+        let size = data.len() as u64;
+        for index in blocks_of(0, size) {
+            let range = block_range(index, size);
+            let block = data.slice(range.start as usize..range.end as usize);
+            self.insert(BlockId { object, index }, block);
+        }
+    }
+
+    /// Whether a block is cached in either tier. A question, not a use: it does not
+    /// move the block in either tier's eviction order.
     pub fn contains(&self, id: &BlockId) -> bool {
-        self.memory_lock().get(id).is_some() || self.disk.contains(id)
+        self.memory_lock().contains(id) || self.disk.contains(id)
+    }
+
+    /// How many bytes of an object version of `size` bytes are cached.
+    pub fn cached_bytes(&self, object: ObjectId, size: u64) -> u64 {
+        blocks_of(0, size)
+            .filter(|&index| self.contains(&BlockId { object, index }))
+            .map(|index| {
+                let range = block_range(index, size);
+                range.end - range.start
+            })
+            .sum()
     }
 
     /// Drops every block of an object version (it changed or was deleted in S3).

@@ -428,18 +428,10 @@ impl FsCore {
             }
             state.meta?
         };
-        if let Some(who) = self.options.access_point {
-            let owner = Owner {
-                uid: meta.uid,
-                gid: meta.gid,
-                perm: meta.perm,
-                is_dir: false,
-            };
-            if let Err(e) = access::check(who, owner, access::READ) {
-                return Some(Err(e));
-            }
-        }
         let _ = caller; // without an access point the kernel checked the caller
+        if let Err(e) = self.check_known(meta, false, access::READ) {
+            return Some(Err(e));
+        }
         Some(Ok(self.open_for_read(node)))
     }
 
@@ -692,17 +684,7 @@ impl FsCore {
             (state.key.clone(), state.remote.clone()?)
         };
         let object = crate::cache::ObjectId::new(&key, remote.etag.as_deref()?);
-        let cached = crate::cache::blocks_of(0, remote.size)
-            .filter(|&index| {
-                self.cache()
-                    .contains(&crate::cache::BlockId { object, index })
-            })
-            .map(|index| {
-                let range = crate::cache::block_range(index, remote.size);
-                range.end - range.start
-            })
-            .sum();
-        Some((cached, remote.size))
+        Some((self.cache().cached_bytes(object, remote.size), remote.size))
     }
 
     /// The mount-relative path of a node, from its chain of parents.
@@ -742,25 +724,33 @@ impl FsCore {
 
     /// Permission check for access-point mounts (see `access`).
     async fn check(&self, caller: Identity, node: &Node, want: u32) -> FsResult<()> {
-        let Some(who) = self.options.access_point else {
+        if self.options.access_point.is_none() {
             let _ = caller; // the kernel checked the caller (default_permissions)
             return Ok(());
-        };
+        }
         self.ensure_meta(node).await?;
-        let state = node.state();
-        let meta = state
-            .meta
-            .unwrap_or_else(|| PosixMeta::default_for(state.is_dir));
-        access::check(
-            who,
-            Owner {
-                uid: meta.uid,
-                gid: meta.gid,
-                perm: meta.perm,
-                is_dir: state.is_dir,
-            },
-            want,
-        )
+        let (meta, is_dir) = {
+            let state = node.state();
+            let meta = state
+                .meta
+                .unwrap_or_else(|| PosixMeta::default_for(state.is_dir));
+            (meta, state.is_dir)
+        };
+        self.check_known(meta, is_dir, want)
+    }
+
+    /// The access-point permission check against metadata already known.
+    fn check_known(&self, meta: PosixMeta, is_dir: bool, want: u32) -> FsResult<()> {
+        let Some(who) = self.options.access_point else {
+            return Ok(());
+        };
+        let owner = Owner {
+            uid: meta.uid,
+            gid: meta.gid,
+            perm: meta.perm,
+            is_dir,
+        };
+        access::check(who, owner, want)
     }
 
     /// Lists a directory (all pages) the first time it is needed.

@@ -1383,8 +1383,6 @@ impl FsCore {
         }
     }
 
-    /// Applies a finished export: the record leaves the journal unless the entry changed
-    /// while it ran, and the node now matches the new object.
     /// Puts the bytes of a small file just exported into the data cache under its new
     /// version, so reading back what was written costs no GET once the staged copy goes.
     /// Larger files are left to the cache's usual fills: copying them here would hold up
@@ -1404,16 +1402,14 @@ impl FsCore {
         if !staged.end_read(token) {
             return;
         }
-        let data = bytes::Bytes::from(data);
-        let object = crate::cache::ObjectId::new(key, etag);
-        for index in crate::cache::blocks_of(0, size) {
-            let range = crate::cache::block_range(index, size);
-            let block = data.slice(range.start as usize..range.end as usize);
-            self.cache()
-                .insert(crate::cache::BlockId { object, index }, block);
-        }
+        self.cache().insert_object(
+            crate::cache::ObjectId::new(key, etag),
+            bytes::Bytes::from(data),
+        );
     }
 
+    /// Applies a finished export: the record leaves the journal unless the entry changed
+    /// while it ran, and the node now matches the new object.
     fn export_done(
         &self,
         writer: &Writer,

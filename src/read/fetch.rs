@@ -162,12 +162,7 @@ impl BlockFetcher {
 
     /// Whether every block of `version` is cached.
     pub fn is_cached(&self, version: &Version) -> bool {
-        crate::cache::blocks_of(0, version.size).all(|index| {
-            self.cache.contains(&BlockId {
-                object: version.object,
-                index,
-            })
-        })
+        self.cache.cached_bytes(version.object, version.size) == version.size
     }
 
     /// Eager import of a small file: its bytes into the cache and its headers (the POSIX
@@ -196,16 +191,10 @@ impl BlockFetcher {
         if data.len() as u64 != version.size {
             return Err(StoreError::PreconditionFailed);
         }
-        for index in blocks {
-            let range = block_range(index, version.size);
-            self.metrics.cache_misses.fetch_add(1, Ordering::Relaxed);
-            let id = BlockId {
-                object: version.object,
-                index,
-            };
-            self.cache
-                .insert(id, data.slice(range.start as usize..range.end as usize));
-        }
+        self.metrics
+            .cache_misses
+            .fetch_add(blocks.len() as u64, Ordering::Relaxed);
+        self.cache.insert_object(version.object, data);
         Ok((Some(head), true))
     }
 }

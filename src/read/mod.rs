@@ -56,10 +56,6 @@ impl ObjectReader {
         }
     }
 
-    pub fn size(&self) -> u64 {
-        self.version.size
-    }
-
     /// The read, if the cache has all of it in memory or the page cache, or the stream
     /// has it: never waits on the network or the disk, so the FUSE adapter can answer it
     /// without a task hop.
