@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+
+use crate::lock_order::{Level, OrderedMutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -52,6 +53,11 @@ pub struct PendingExport {
     /// For `Copy`: the source key.
     #[serde(default)]
     pub copy_from: Option<String>,
+    /// For `Copy`: the source's version (the copy only reads that version). Kept apart
+    /// from `base_etag`, which is always about `key` itself: a conflict is only ever
+    /// judged against what this mount last saw or wrote at the same key.
+    #[serde(default)]
+    pub copy_etag: Option<String>,
     /// Export only after record `after` has been exported (a rename's delete of the old
     /// key waits for the copy to the new one).
     #[serde(default)]
@@ -71,15 +77,17 @@ const COMPACT_AFTER_LINES: u64 = 200_000;
 #[derive(Debug)]
 pub struct ExportJournal {
     dir: PathBuf,
-    log: Mutex<LogFile>,
+    log: OrderedMutex<LogFile>,
 }
 
 #[derive(Debug)]
 struct LogFile {
     file: File,
-    /// Lines appended since the last compaction, and records live now.
+    /// Lines appended since the last compaction, and records live now with the
+    /// sequence number of their last `record`.
     lines: u64,
-    live: BTreeMap<u64, PendingExport>,
+    live: BTreeMap<u64, (PendingExport, u64)>,
+    next_seq: u64,
 }
 
 impl ExportJournal {
@@ -87,54 +95,91 @@ impl ExportJournal {
     pub fn open(cache_dir: &Path) -> std::io::Result<Self> {
         let dir = cache_dir.join("journal");
         fs::create_dir_all(&dir)?;
-        let (live, _) = replay(&dir.join("log"))?;
-        let file = write_compacted(&dir, &live)?;
+        let (replayed, _) = replay(&dir.join("log"))?;
+        let file = write_compacted(&dir, &replayed)?;
+        let live: BTreeMap<u64, (PendingExport, u64)> =
+            replayed.into_iter().map(|(id, r)| (id, (r, 0))).collect();
         Ok(ExportJournal {
             dir,
-            log: Mutex::new(LogFile {
-                file,
-                lines: live.len() as u64,
-                live,
-            }),
+            log: OrderedMutex::new(
+                Level::Journal,
+                LogFile {
+                    file,
+                    lines: live.len() as u64,
+                    live,
+                    next_seq: 1,
+                },
+            ),
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, LogFile> {
-        // Appends are single writes; a panic elsewhere cannot leave the state half-done.
-        self.log.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Writes (or replaces) a record. With `durable`, the log is also flushed to the
-    /// disk, so it survives power loss, not only a killed daemon.
-    pub fn record(&self, entry: &PendingExport, durable: bool) -> std::io::Result<()> {
-        let mut log = self.lock();
+    /// Writes (or replaces) a record; returns its sequence number, which `remove_if`
+    /// checks. With `durable`, the log is also flushed to the disk, so it survives
+    /// power loss, not only a killed daemon. Never compacts: this runs on the FUSE
+    /// thread for every change, and compaction (rewrite, fsync, rename) is slow.
+    pub fn record(&self, entry: &PendingExport, durable: bool) -> std::io::Result<u64> {
+        let mut log = self.log.lock();
+        crate::lock_order::assert_only("a journal append", Level::Journal);
         append(&mut log.file, &Line::Put(entry.clone()))?;
         if durable {
             log.file.sync_data()?;
         }
-        log.live.insert(entry.id, entry.clone());
+        let seq = log.next_seq;
+        log.next_seq += 1;
+        log.live.insert(entry.id, (entry.clone(), seq));
         log.lines += 1;
+        Ok(seq)
+    }
+
+    /// Removes record `id` (exported, or no longer needed).
+    pub fn remove(&self, id: u64) -> std::io::Result<()> {
+        self.remove_matching(id, None)
+    }
+
+    /// Removes record `id` only if it was not recorded again since `seq`: an export
+    /// that finished must not erase a change made while it ran.
+    pub fn remove_if(&self, id: u64, seq: u64) -> std::io::Result<()> {
+        self.remove_matching(id, Some(seq))
+    }
+
+    fn remove_matching(&self, id: u64, seq: Option<u64>) -> std::io::Result<()> {
+        let mut log = self.log.lock();
+        crate::lock_order::assert_only("a journal append", Level::Journal);
+        match log.live.get(&id) {
+            None => return Ok(()),
+            Some((_, current)) if seq.is_some_and(|s| s != *current) => return Ok(()),
+            Some(_) => {}
+        }
+        log.live.remove(&id);
+        append(&mut log.file, &Line::Done(id))?;
+        log.lines += 1;
+        // Removals run on export tasks, never on the FUSE thread: compaction goes here.
         self.maybe_compact(&mut log)
     }
 
-    pub fn remove(&self, id: u64) -> std::io::Result<()> {
-        let mut log = self.lock();
-        if log.live.remove(&id).is_none() {
-            return Ok(());
-        }
-        append(&mut log.file, &Line::Done(id))?;
-        log.lines += 1;
-        self.maybe_compact(&mut log)
+    /// The sequence number of record `id`'s last `record`, if it is live.
+    pub fn seq(&self, id: u64) -> Option<u64> {
+        self.log.lock().live.get(&id).map(|(_, seq)| *seq)
     }
 
     /// Every live record, oldest id first.
     pub fn load_all(&self) -> Vec<PendingExport> {
-        self.lock().live.values().cloned().collect()
+        self.log
+            .lock()
+            .live
+            .values()
+            .map(|(r, _)| r.clone())
+            .collect()
     }
 
     fn maybe_compact(&self, log: &mut LogFile) -> std::io::Result<()> {
         if log.lines > log.live.len() as u64 + COMPACT_AFTER_LINES {
-            log.file = write_compacted(&self.dir, &log.live)?;
+            let live: BTreeMap<u64, PendingExport> = log
+                .live
+                .iter()
+                .map(|(id, (r, _))| (*id, r.clone()))
+                .collect();
+            log.file = write_compacted(&self.dir, &live)?;
             log.lines = log.live.len() as u64;
         }
         Ok(())
@@ -164,7 +209,11 @@ fn replay(path: &Path) -> std::io::Result<(BTreeMap<u64, PendingExport>, usize)>
             continue;
         }
         match serde_json::from_slice::<Line>(&line) {
-            Ok(Line::Put(record)) => {
+            Ok(Line::Put(mut record)) => {
+                if record.kind == ExportKind::Copy && record.copy_etag.is_none() {
+                    // Written before copy_etag existed: base_etag was the source's.
+                    record.copy_etag = record.base_etag.take();
+                }
                 live.insert(record.id, record);
             }
             Ok(Line::Done(id)) => {
@@ -212,6 +261,7 @@ mod tests {
                 mtime_ns: 1_700_000_000_000_000_001,
             },
             copy_from: None,
+            copy_etag: None,
             after: None,
         }
     }
@@ -240,6 +290,13 @@ mod tests {
         // Compaction at open leaves one line per live record.
         let log = std::fs::read_to_string(dir.path().join("journal/log")).unwrap();
         assert_eq!(log.lines().count(), 1);
+        // A removal conditional on a sequence number spares a record written since.
+        let first = again.record(&record(7, "g"), false).unwrap();
+        let second = again.record(&record(7, "g"), false).unwrap();
+        again.remove_if(7, first).unwrap();
+        assert_eq!(again.seq(7), Some(second));
+        again.remove_if(7, second).unwrap();
+        assert_eq!(again.seq(7), None);
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! Export: file system -> S3 (lazy write-back). Local changes are recorded in the
 //! journal and staged on disk; each record is exported once it has been quiet for the
-//! write-back delay. This module does the S3 side of one export and keeps the timers;
-//! `fs::write` ties it to the namespace.
+//! write-back delay. This module does the S3 side of one export; `queue` keeps the
+//! records, timers and the export loop; `crate::fs::sync` ties results to the namespace.
 
 pub mod journal;
 pub mod lost_found;
+pub mod queue;
 pub mod schedule;
 pub mod staging;
 
@@ -51,15 +52,31 @@ pub fn user_metadata(meta: &ExportMeta, token: &str) -> UserMetadata {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// The bucket now holds the exported state; the new ETag (None for deletes).
-    Done {
-        etag: Option<String>,
-        size: u64,
-    },
+    Done { etag: Option<String>, size: u64 },
     /// The staged data changed while it was read; try again soon.
     Raced,
     /// The object changed in S3 since the local copy was based on it.
     Conflict,
+    /// The key holds an earlier export of this same record (written before a crash, or
+    /// before the last changes): ours, not a conflict. Export again on top of `etag`.
+    Rebase { etag: Option<String> },
+    /// The store refused or failed; `retryable` in the queue decides what next.
     Failed(StoreError),
+    /// A fault on this machine (staged bytes missing or unreadable, a record that makes
+    /// no sense): retrying cannot fix it, so the record is held and reported.
+    LocalFault(String),
+}
+
+/// What went wrong in an upload: the store, or reading the staged bytes.
+enum UploadError {
+    Store(StoreError),
+    Local(String),
+}
+
+impl From<StoreError> for UploadError {
+    fn from(e: StoreError) -> Self {
+        UploadError::Store(e)
+    }
 }
 
 /// Performs one export of `record` (whose body, for uploads, is `staged`).
@@ -77,9 +94,13 @@ pub async fn export_once(
     let result = match record.kind {
         ExportKind::Upload => {
             let Some(staged) = staged else {
-                return Outcome::Failed(StoreError::Other("staged data missing".into()));
+                return Outcome::LocalFault("staged data missing".into());
             };
-            upload(store, &record.key, staged, &metadata, &condition).await
+            match upload(store, &record.key, staged, &metadata, &condition).await {
+                Ok(done) => Ok(done),
+                Err(UploadError::Store(e)) => Err(e),
+                Err(UploadError::Local(e)) => return Outcome::LocalFault(e),
+            }
         }
         ExportKind::Metadata => store
             .replace_metadata(&record.key, &metadata, record.base_etag.as_deref())
@@ -92,30 +113,51 @@ pub async fn export_once(
         ExportKind::Delete => store.delete(&record.key).await.map(|()| Some((None, 0))),
         ExportKind::Copy => match &record.copy_from {
             Some(from) => store
-                .copy_object(from, &record.key, &metadata, record.base_etag.as_deref())
+                .copy_object(from, &record.key, &metadata, record.copy_etag.as_deref())
                 .await
                 .map(|etag| Some((Some(etag), 0))),
-            None => return Outcome::Failed(StoreError::Other("copy without a source".into())),
+            None => return Outcome::LocalFault("copy without a source".into()),
         },
     };
     match result {
         Ok(Some((etag, size))) => Outcome::Done { etag, size },
         Ok(None) => Outcome::Raced,
         Err(StoreError::PreconditionFailed) => match store.head(&record.key).await {
-            // Our own write from before a crash: it is done.
-            Ok(head) if head.metadata.get(META_EXPORT_TOKEN).map(String::as_str) == Some(token) => {
-                Outcome::Done {
-                    etag: head.etag,
-                    size: head.size,
+            Ok(head) => {
+                let found = head.metadata.get(META_EXPORT_TOKEN).map(String::as_str);
+                if found == Some(token) {
+                    // Our own write of this very content, from before a crash: done.
+                    Outcome::Done {
+                        etag: head.etag,
+                        size: head.size,
+                    }
+                } else if found.is_some_and(|t| same_record(t, token)) {
+                    Outcome::Rebase { etag: head.etag }
+                } else {
+                    Outcome::Conflict
                 }
             }
-            Ok(_) | Err(StoreError::NotFound) => Outcome::Conflict,
+            Err(StoreError::NotFound) => Outcome::Conflict,
             Err(e) => Outcome::Failed(e),
         },
         // The object the change was based on is gone (some stores answer a conditional
-        // write on a deleted key with 404 rather than 412): also a conflict.
-        Err(StoreError::NotFound) if record.base_etag.is_some() => Outcome::Conflict,
+        // write on a deleted key with 404 rather than 412): also a conflict. For a copy
+        // it is the source that is gone (someone else deleted it): also the bucket's say.
+        Err(StoreError::NotFound)
+            if record.base_etag.is_some() || record.kind == ExportKind::Copy =>
+        {
+            Outcome::Conflict
+        }
         Err(e) => Outcome::Failed(e),
+    }
+}
+
+/// Whether two export tokens (`<mount>-r<id>/<fingerprint>`, see
+/// `queue::export_token`) name the same record of the same mount.
+fn same_record(a: &str, b: &str) -> bool {
+    match (a.split_once('/'), b.split_once('/')) {
+        (Some((ra, _)), Some((rb, _))) => ra == rb,
+        _ => false,
     }
 }
 
@@ -126,14 +168,14 @@ async fn upload(
     staged: &StagedFile,
     metadata: &UserMetadata,
     condition: &WriteCondition,
-) -> Result<Option<(Option<String>, u64)>, StoreError> {
+) -> Result<Option<(Option<String>, u64)>, UploadError> {
     let token = staged.begin_read();
     let size = staged.size();
     if size <= MULTIPART_THRESHOLD {
         let mut body = vec![0u8; size as usize];
         let n = staged
             .read_at(&mut body, 0)
-            .map_err(|e| StoreError::Other(format!("reading staged data: {e}")))?;
+            .map_err(|e| UploadError::Local(format!("reading staged data: {e}")))?;
         body.truncate(n);
         if !staged.end_read(token) {
             return Ok(None);
@@ -154,7 +196,7 @@ async fn upload(
             let mut body = vec![0u8; len as usize];
             staged
                 .read_at(&mut body, offset)
-                .map_err(|e| StoreError::Other(format!("reading staged data: {e}")))?;
+                .map_err(|e| UploadError::Local(format!("reading staged data: {e}")))?;
             let etag = store
                 .upload_part(key, &upload_id, number, Bytes::from(body))
                 .await?;
@@ -225,6 +267,7 @@ mod tests {
                 mtime_ns: 0,
             },
             copy_from: None,
+            copy_etag: None,
             after: None,
         }
     }

@@ -1,4 +1,6 @@
-//! The core's error type and its one mapping to errno (DESIGN.md "Errors").
+//! The core's error type and its one mapping to errno (docs/SEMANTICS.md "Errors").
+//! Every errno the daemon returns comes from `FsError::errno`; tests/docs.rs checks
+//! each one is documented.
 
 use crate::store::StoreError;
 
@@ -32,8 +34,14 @@ pub enum FsError {
     NotEmpty,
     #[error("name or key too long")]
     NameTooLong,
-    #[error("local I/O error (errno {0})")]
-    Os(i32),
+    #[error("local I/O error")]
+    Io,
+    #[error("no space left on the cache disk")]
+    NoSpace,
+    #[error("file too large")]
+    TooBig,
+    #[error("timed out")]
+    TimedOut,
     #[error("S3: {0}")]
     Store(#[from] StoreError),
 }
@@ -55,7 +63,10 @@ impl FsError {
             FsError::Exists => libc::EEXIST,
             FsError::NotEmpty => libc::ENOTEMPTY,
             FsError::NameTooLong => libc::ENAMETOOLONG,
-            FsError::Os(code) => *code,
+            FsError::Io => libc::EIO,
+            FsError::NoSpace => libc::ENOSPC,
+            FsError::TooBig => libc::EFBIG,
+            FsError::TimedOut => libc::ETIMEDOUT,
             FsError::Store(e) => store_errno(e),
         }
     }
@@ -68,6 +79,19 @@ fn store_errno(error: &StoreError) -> i32 {
         // Everything else (throttling and 5xx after retries, an unreachable endpoint, a
         // vanished bucket, an object that changed under an open handle) is an I/O error.
         _ => libc::EIO,
+    }
+}
+
+impl FsError {
+    /// A local I/O error (the staging area, the journal, the cache disk): a full disk
+    /// stays ENOSPC (a quota counts as full), a file past the local file system's
+    /// limit EFBIG; anything else is EIO.
+    pub fn from_io(e: &std::io::Error) -> FsError {
+        match e.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => FsError::NoSpace,
+            Some(libc::EFBIG) => FsError::TooBig,
+            _ => FsError::Io,
+        }
     }
 }
 

@@ -8,22 +8,30 @@
 //!   kernel has forgotten every lookup of it; never before, so a kernel-held ino resolves;
 //! - inode numbers are never reused.
 //!
-//! Locking: the table's map lock protects only the map. Each node's `state` mutex
-//! protects that node's fields. Order: a parent's state, then a child's state, then the
-//! map lock; nothing takes a parent's lock while holding a child's. No lock is held
-//! across an S3 request; `load_lock` only serialises loads of one node (single flight).
+//! Locking (the order for the whole daemon; `crate::lock_order` checks it in debug
+//! builds and every test):
+//!   1. node states (`Node::state`), a parent's before a child's, never one twice;
+//!   2. the table's map (`InodeTable::nodes`), which protects only the map;
+//!   3. the export queue's records, then 4. its schedule (`export::queue`);
+//!   5. the journal's log file (held only across its own append).
+//!
+//! A thread may only take a lock of a later level than every lock it holds. No lock is
+//! held across a request to S3, a kernel notification or a disk write (those call sites
+//! assert it). `load_lock` and `stage_lock` are async mutexes that only make concurrent
+//! loads (listing, HEAD) or stagings of one node share one request (single flight);
+//! they are outside the order because nothing waits on them while holding a lock.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use bytes::Bytes;
 
+use super::life::SyncLife;
 use super::metadata::PosixMeta;
 use super::namespace::DirEntries;
-use crate::export::journal::ExportMeta;
-use crate::export::staging::StagedFile;
+use crate::lock_order::{self, Level, OrderedGuard, OrderedMutex};
 
 pub type Ino = u64;
 pub const ROOT_INO: Ino = 1;
@@ -44,7 +52,8 @@ pub struct NodeState {
     /// directory.
     pub key: String,
     pub is_dir: bool,
-    /// The object (files) or marker (dirs; None when implicit or not yet checked).
+    /// The object (files) or marker (dirs; None when implicit or not yet checked) at
+    /// this node's own key, as this mount last saw or wrote it (see `life`).
     pub remote: Option<RemoteObject>,
     /// Decoded metadata; None until fetched (HEAD), and again after the object changed.
     pub meta: Option<PosixMeta>,
@@ -54,33 +63,14 @@ pub struct NodeState {
     pub symlink_target: Option<Bytes>,
     /// False once the entry has gone from its parent.
     pub linked: bool,
-    /// Local state of an entry changed on this mount; None when it is exactly as in S3.
-    pub local: Option<LocalFile>,
+    /// How the entry stands with S3: remote only, changed here, clean local bytes, or
+    /// in lost+found.
+    pub sync: SyncLife,
     /// Open file handles (staged data is kept while any is open).
     pub handles: u32,
     /// ETag of the object version whose pages the kernel may still cache from an
     /// earlier open: reopening the same version keeps them (FOPEN_KEEP_CACHE).
     pub page_cache_etag: Option<String>,
-}
-
-/// An entry with local changes or local bytes.
-#[derive(Debug, Clone)]
-pub struct LocalFile {
-    /// Journal record id (also the staging file's name).
-    pub export_id: u64,
-    /// Local bytes, for files and symlinks that were written; None for a metadata-only
-    /// change or a directory.
-    pub staged: Option<Arc<StagedFile>>,
-    /// The attributes the mount shows, and the next export writes.
-    pub meta: ExportMeta,
-    /// A journal record is pending for this entry.
-    pub dirty: bool,
-    /// Where the entry's bytes are in S3 while a rename's copy is pending (its own key
-    /// otherwise).
-    pub source_key: Option<String>,
-    /// For a file in lost+found: the path it had when its export met a conflict. Such a
-    /// file is never exported and its bytes stay until it is deleted.
-    pub lost_from: Option<String>,
 }
 
 impl NodeState {
@@ -102,23 +92,9 @@ impl NodeState {
             children: None,
             symlink_target: None,
             linked: true,
-            local: None,
+            sync: SyncLife::Remote,
             handles: 0,
             page_cache_etag: None,
-        }
-    }
-}
-
-impl LocalFile {
-    /// A local entry with a pending journal record `id`.
-    pub fn pending(export_id: u64, staged: Option<Arc<StagedFile>>, meta: ExportMeta) -> Self {
-        LocalFile {
-            export_id,
-            staged,
-            meta,
-            dirty: true,
-            source_key: None,
-            lost_from: None,
         }
     }
 }
@@ -126,26 +102,30 @@ impl LocalFile {
 #[derive(Debug)]
 pub struct Node {
     pub ino: Ino,
-    state: Mutex<NodeState>,
+    state: OrderedMutex<NodeState>,
     lookups: AtomicU64,
     /// Serialises loads (listing, HEAD) of this node so concurrent requests share one.
     pub load_lock: tokio::sync::Mutex<()>,
+    /// Serialises copying the node's object into staging, apart from `load_lock` so a
+    /// long download never holds up lookups of the node.
+    pub stage_lock: tokio::sync::Mutex<()>,
 }
 
 impl Node {
     fn new(ino: Ino, state: NodeState) -> Self {
         Node {
             ino,
-            state: Mutex::new(state),
+            state: OrderedMutex::new(Level::Node, state),
             lookups: AtomicU64::new(0),
             load_lock: tokio::sync::Mutex::new(()),
+            stage_lock: tokio::sync::Mutex::new(()),
         }
     }
 
-    pub fn state(&self) -> MutexGuard<'_, NodeState> {
-        // Every mutation of NodeState is a plain field assignment that cannot panic
-        // half-way, so a poisoned lock still guards consistent data.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    /// The node's state. Every mutation of it is a plain field assignment that cannot
+    /// panic half-way, so a poisoned lock still guards consistent data.
+    pub fn state(&self) -> OrderedGuard<'_, NodeState> {
+        self.state.lock()
     }
 
     pub fn lookups(&self) -> u64 {
@@ -163,6 +143,8 @@ pub struct MergeReport {
     /// Object versions no longer on any path (changed or deleted): key and old version,
     /// so their cached data can go.
     pub stale: Vec<(String, RemoteObject)>,
+    /// Staging files of clean local copies made stale by a change in S3 (to delete).
+    pub dropped_staged: Vec<u64>,
 }
 
 #[derive(Debug)]
@@ -307,8 +289,9 @@ impl InodeTable {
             .collect()
     }
 
-    /// Applies a fresh listing of an already listed directory. Entries for which `keep`
-    /// is true (local changes not exported yet) are left alone; so are entries whose
+    /// Applies a fresh listing of an already listed directory. Entries with local state
+    /// (`SyncLife::keeps_local_state`) or named in `keep` (something below them has
+    /// changes not exported yet) are left alone; so are entries whose
     /// last known change is newer than the listing (`listed_at`: our own export may not
     /// be in it yet). Names in `hidden` (deletes still to be exported) do not come back.
     pub fn merge_listing(
@@ -316,7 +299,7 @@ impl InodeTable {
         dir: &Node,
         listing: &DirEntries<RemoteObject>,
         hidden: &HashSet<String>,
-        keep: &dyn Fn(&Node) -> bool,
+        keep: &HashSet<String>,
         listed_at: SystemTime,
     ) -> MergeReport {
         let mut report = MergeReport::default();
@@ -332,10 +315,13 @@ impl InodeTable {
                 children.remove(&name);
                 continue;
             };
-            if keep(&node) {
+            if keep.contains(&name) {
                 continue;
             }
             let mut child = node.state();
+            if child.sync.keeps_local_state() {
+                continue;
+            }
             let newer_than_listing = child
                 .remote
                 .as_ref()
@@ -355,8 +341,11 @@ impl InodeTable {
                         }
                         child.meta = None;
                         child.symlink_target = None;
-                        // Clean local bytes (kept for open handles) are now stale.
-                        child.local = None;
+                        // Clean local bytes (kept for open handles) are now stale:
+                        // the handles' source is gone (they fail with EIO).
+                        if let SyncLife::Clean { id, .. } = std::mem::take(&mut child.sync) {
+                            report.dropped_staged.push(id);
+                        }
                         report.changed.push(ino);
                     }
                 }
@@ -365,6 +354,9 @@ impl InodeTable {
                 _ => {
                     if let Some(old) = child.remote.clone() {
                         report.stale.push((child.key.clone(), old));
+                    }
+                    if let SyncLife::Clean { id, .. } = std::mem::take(&mut child.sync) {
+                        report.dropped_staged.push(id);
                     }
                     drop(child);
                     children.remove(&name);
@@ -402,7 +394,7 @@ impl InodeTable {
     }
 
     /// Adds a locally created entry `name` to listed directory `dir`.
-    pub fn add_child(&self, dir: &Node, name: &str, is_dir: bool, local: LocalFile) -> Arc<Node> {
+    pub fn add_child(&self, dir: &Node, name: &str, is_dir: bool, life: SyncLife) -> Arc<Node> {
         let mut state = dir.state();
         let key = if is_dir {
             format!("{}{name}/", state.key)
@@ -410,8 +402,8 @@ impl InodeTable {
             format!("{}{name}", state.key)
         };
         let mut child = NodeState::new(dir.ino, name, key, is_dir, None);
-        child.meta = Some(PosixMeta::from_export(&local.meta));
-        child.local = Some(local);
+        child.meta = life.local_meta().map(|m| PosixMeta::from_export(&m));
+        child.sync = life;
         if is_dir {
             child.children = Some(BTreeMap::new());
         }
@@ -527,13 +519,40 @@ impl InodeTable {
         }
     }
 
-    fn map_read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Ino, Arc<Node>>> {
+    fn map_read(&self) -> MapGuard<std::sync::RwLockReadGuard<'_, HashMap<Ino, Arc<Node>>>> {
+        let held = lock_order::acquire(Level::InodeMap, self as *const Self as usize);
         // The map is only ever inserted into or removed from, never left half-updated.
-        self.nodes.read().unwrap_or_else(|e| e.into_inner())
+        MapGuard {
+            guard: self.nodes.read().unwrap_or_else(|e| e.into_inner()),
+            _held: held,
+        }
     }
 
-    fn map_write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Ino, Arc<Node>>> {
-        self.nodes.write().unwrap_or_else(|e| e.into_inner())
+    fn map_write(&self) -> MapGuard<std::sync::RwLockWriteGuard<'_, HashMap<Ino, Arc<Node>>>> {
+        let held = lock_order::acquire(Level::InodeMap, self as *const Self as usize);
+        MapGuard {
+            guard: self.nodes.write().unwrap_or_else(|e| e.into_inner()),
+            _held: held,
+        }
+    }
+}
+
+/// A map guard registered with the lock-order checker.
+struct MapGuard<G> {
+    guard: G,
+    _held: lock_order::Held,
+}
+
+impl<G: std::ops::Deref> std::ops::Deref for MapGuard<G> {
+    type Target = G::Target;
+    fn deref(&self) -> &G::Target {
+        &self.guard
+    }
+}
+
+impl<G: std::ops::DerefMut> std::ops::DerefMut for MapGuard<G> {
+    fn deref_mut(&mut self) -> &mut G::Target {
+        &mut self.guard
     }
 }
 

@@ -3,15 +3,25 @@
 //!
 //! Directories are listed on first access (every page of ListObjectsV2), file metadata is
 //! read with HeadObject on lookup, and file data is read with ranged GETs through
-//! `crate::read::ObjectReader`. Write operations answer EROFS until the write path lands.
+//! `crate::read::ObjectReader`. Local changes are in `change`, their export state in
+//! `sync` (the one place that touches both nodes and export records), import in `poll`.
 
 pub mod access;
+mod change;
 pub mod error;
 pub mod inode;
+pub mod life;
 pub mod metadata;
 pub mod namespace;
 mod poll;
-pub mod write;
+mod sync;
+
+/// The write side's types under their historic names: `Writer` is the export queue,
+/// `WriteOptions` its options.
+pub mod write {
+    pub use super::change::SetAttr;
+    pub use crate::export::queue::{ExportQueue as Writer, QueueOptions as WriteOptions};
+}
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,12 +34,15 @@ use futures::stream::{self, StreamExt};
 use tracing::{debug, info, warn};
 
 use crate::cache::DataCache;
+use crate::export::queue::ExportQueue;
+use crate::export::staging::StagedFile;
 use crate::metrics::Metrics;
 use crate::read::{BlockFetcher, ObjectReader, StreamBudget, Version};
 use crate::store::{ObjectStore, StoreError};
 use access::{Identity, Owner};
 pub use error::{FsError, FsResult};
 use inode::{Ino, InodeTable, Node, RemoteObject, ROOT_INO};
+use life::SyncLife;
 use metadata::{EntryKind, PosixMeta};
 use namespace::{build_entries, check_segment};
 
@@ -103,11 +116,33 @@ pub struct StatFs {
     pub namelen: u32,
 }
 
+/// An open file handle. It owns its data source: the staged bytes it was opened on, or
+/// the object version. Local bytes of the node win over the source for every reader
+/// (read-your-writes across handles); a handle whose staged source went away (its
+/// change lost a conflict, or S3 changed under clean bytes) fails with EIO.
 struct OpenFile {
     node: Arc<Node>,
-    /// Reader of the S3 object, for a file with no local bytes at open.
-    reader: Option<ObjectReader>,
+    source: HandleSource,
     writable: bool,
+}
+
+enum HandleSource {
+    /// Local bytes (a file being written, clean bytes, a lost+found file).
+    Staged(Arc<StagedFile>),
+    /// An object version in S3.
+    Object(ObjectReader),
+    /// Nothing to read (an entry with no object, e.g. deleted meanwhile).
+    Empty,
+}
+
+impl OpenFile {
+    /// The staged bytes a write on this handle goes to.
+    fn write_target(&self) -> FsResult<Arc<StagedFile>> {
+        match (&self.source, self.writable) {
+            (HandleSource::Staged(staged), true) => Ok(staged.clone()),
+            _ => Err(FsError::BadHandle),
+        }
+    }
 }
 
 pub struct FsCore {
@@ -122,8 +157,10 @@ pub struct FsCore {
     mounted_at: SystemTime,
     /// Keys already reported as skipped or hidden, so a re-listing does not count twice.
     reported: Mutex<HashSet<String>>,
-    /// The write side; None on a read-only mount (every write is EROFS).
-    writer: Option<write::Writer>,
+    /// The export queue; None on a read-only mount (every write is EROFS).
+    queue: Option<Arc<ExportQueue>>,
+    /// Inode of the lost+found directory once it shows (0 before).
+    lost_dir: AtomicU64,
     /// Set once the mount is live.
     kernel: std::sync::OnceLock<Box<dyn KernelCache>>,
     /// Cache fills (and through it the data cache).
@@ -152,7 +189,8 @@ impl FsCore {
             metrics,
             mounted_at: SystemTime::now(),
             reported: Mutex::new(HashSet::new()),
-            writer: None,
+            queue: None,
+            lost_dir: AtomicU64::new(0),
             kernel: std::sync::OnceLock::new(),
         }
     }
@@ -163,21 +201,28 @@ impl FsCore {
     }
 
     fn invalidate_entry(&self, parent: Ino, name: &str) {
+        crate::lock_order::assert_unlocked("a kernel notification");
         if let Some(kernel) = self.kernel.get() {
             kernel.invalidate_entry(parent, name);
         }
     }
 
     fn invalidate_inode(&self, ino: Ino) {
+        crate::lock_order::assert_unlocked("a kernel notification");
         if let Some(kernel) = self.kernel.get() {
             kernel.invalidate_inode(ino);
         }
     }
 
-    /// Enables writes: local changes go through `writer` to S3.
-    pub fn with_writer(mut self, writer: write::Writer) -> Self {
-        self.writer = Some(writer);
+    /// Enables writes: local changes go through the export queue to S3.
+    pub fn with_writer(mut self, queue: write::Writer) -> Self {
+        self.queue = Some(Arc::new(queue));
         self
+    }
+
+    /// The export queue, if writes are enabled.
+    pub fn export_queue(&self) -> Option<&Arc<ExportQueue>> {
+        self.queue.as_ref()
     }
 
     pub fn cache(&self) -> &Arc<DataCache> {
@@ -270,16 +315,19 @@ impl FsCore {
             if let Some(target) = &state.symlink_target {
                 return Ok(target.clone());
             }
-            if let Some(staged) = state.local.as_ref().and_then(|l| l.staged.as_ref()) {
+            if let Some(staged) = state.sync.staged() {
                 let mut buf = vec![0u8; staged.size().min(MAX_SYMLINK_SIZE) as usize];
-                let n = staged
-                    .read_at(&mut buf, 0)
-                    .map_err(|_| FsError::Os(libc::EIO))?;
+                let n = staged.read_at(&mut buf, 0).map_err(sync::io_error)?;
                 buf.truncate(n);
                 return Ok(Bytes::from(buf));
             }
-            let remote = state.remote.clone().ok_or(FsError::NotFound)?;
-            (state.key.clone(), remote.etag, remote.size)
+            match state.sync.pending().and_then(|c| c.source.clone()) {
+                Some(source) => (source.key, source.etag, source.size),
+                None => {
+                    let remote = state.remote.clone().ok_or(FsError::NotFound)?;
+                    (state.key.clone(), remote.etag, remote.size)
+                }
+            }
         };
         let target = self
             .store
@@ -386,16 +434,16 @@ impl FsCore {
             return Err(FsError::IsDir);
         }
         if write || truncate {
-            if self.writer.is_none() {
+            if self.queue.is_none() {
                 return Err(self.refuse_write());
             }
             self.check(caller, &node, access::WRITE).await?;
             if !write {
                 self.check(caller, &node, access::READ).await?;
             }
-            self.open_for_write(&node, truncate).await?;
+            let staged = self.open_for_write(&node, truncate).await?;
             node.state().page_cache_etag = None;
-            return Ok((self.add_handle(node, write), false));
+            return Ok((self.add_write_handle(node, staged, write), false));
         }
         self.check(caller, &node, access::READ).await?;
         self.ensure_meta(&node).await?;
@@ -423,7 +471,7 @@ impl FsCore {
             if state.is_dir {
                 return Some(Err(FsError::IsDir));
             }
-            if state.local.is_some() {
+            if state.sync.is_local() {
                 return None;
             }
             state.meta?
@@ -439,8 +487,8 @@ impl FsCore {
     fn open_for_read(&self, node: Arc<Node>) -> (u64, bool) {
         let keep_cache = {
             let mut state = node.state();
-            let etag = match (&state.local, &state.remote) {
-                (None, Some(remote)) => remote.etag.clone(),
+            let etag = match (&state.sync, &state.remote) {
+                (SyncLife::Remote, Some(remote)) => remote.etag.clone(),
                 _ => None,
             };
             let keep = etag.is_some() && state.page_cache_etag == etag;
@@ -450,34 +498,48 @@ impl FsCore {
         (self.add_handle(node, false), keep_cache)
     }
 
-    /// Registers an open handle on a node.
+    /// Registers a handle on a node, reading from the node's local bytes if it has
+    /// them, else from its object version (a pending copy's source, or `remote`).
     fn add_handle(&self, node: Arc<Node>, writable: bool) -> u64 {
-        let reader = {
+        let source = {
             let mut state = node.state();
             state.handles += 1;
-            match (&state.local, &state.remote) {
-                (Some(local), _) if local.staged.is_some() => None,
-                (local, Some(remote)) => Some(ObjectReader::new(
-                    self.fetcher.clone(),
-                    self.budget.clone(),
-                    Version::new(
-                        local
-                            .as_ref()
-                            .and_then(|l| l.source_key.clone())
-                            .unwrap_or_else(|| state.key.clone()),
-                        remote.etag.clone(),
-                        remote.size,
-                    ),
-                )),
-                _ => None,
+            if let Some(staged) = state.sync.staged() {
+                HandleSource::Staged(staged.clone())
+            } else {
+                let version = match state.sync.pending().and_then(|c| c.source.clone()) {
+                    Some(source) => Some(Version::new(source.key, source.etag, source.size)),
+                    None => state
+                        .remote
+                        .as_ref()
+                        .map(|r| Version::new(state.key.clone(), r.etag.clone(), r.size)),
+                };
+                match version {
+                    Some(version) => HandleSource::Object(ObjectReader::new(
+                        self.fetcher.clone(),
+                        self.budget.clone(),
+                        version,
+                    )),
+                    None => HandleSource::Empty,
+                }
             }
         };
+        self.insert_handle(node, source, writable)
+    }
+
+    /// Registers a handle that writes to (and reads from) `staged`.
+    fn add_write_handle(&self, node: Arc<Node>, staged: Arc<StagedFile>, writable: bool) -> u64 {
+        node.state().handles += 1;
+        self.insert_handle(node, HandleSource::Staged(staged), writable)
+    }
+
+    fn insert_handle(&self, node: Arc<Node>, source: HandleSource, writable: bool) -> u64 {
         let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
         self.files.insert(
             handle,
             Arc::new(OpenFile {
                 node,
-                reader,
+                source,
                 writable,
             }),
         );
@@ -501,7 +563,10 @@ impl FsCore {
         if let Some(result) = self.read_local(&file, offset, len) {
             return Some(result);
         }
-        let data = file.reader.as_ref()?.read_cached(offset, len)?;
+        let HandleSource::Object(reader) = &file.source else {
+            return None;
+        };
+        let data = reader.read_cached(offset, len)?;
         self.metrics
             .bytes_read
             .fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -509,18 +574,27 @@ impl FsCore {
     }
 
     /// Reads local bytes, if the file has them: they win over S3 (read-your-writes, across
-    /// handles too).
+    /// handles too). A handle opened on staged bytes that are gone gets EIO.
     fn read_local(&self, file: &OpenFile, offset: u64, len: u32) -> Option<FsResult<Bytes>> {
-        let staged = file
-            .node
-            .state()
-            .local
-            .as_ref()
-            .and_then(|l| l.staged.clone())?;
+        let (current, linked) = {
+            let state = file.node.state();
+            (state.sync.staged().cloned(), state.linked)
+        };
+        let staged = match (current, &file.source) {
+            (Some(staged), _) => staged,
+            (None, HandleSource::Staged(_)) if linked => {
+                // The bytes this handle read and wrote lost a conflict or were replaced
+                // by a change in S3: never serve another version through it.
+                return Some(Err(FsError::Io));
+            }
+            // Unlinked while open: the handle keeps its bytes.
+            (None, HandleSource::Staged(own)) => own.clone(),
+            (None, _) => return None,
+        };
         let mut buf = vec![0u8; len as usize];
         let n = match staged.read_at(&mut buf, offset) {
             Ok(n) => n,
-            Err(e) => return Some(Err(FsError::Os(e.raw_os_error().unwrap_or(libc::EIO)))),
+            Err(e) => return Some(Err(sync::io_error(e))),
         };
         buf.truncate(n);
         self.metrics
@@ -534,7 +608,7 @@ impl FsCore {
         if let Some(result) = self.read_local(&file, offset, len) {
             return result;
         }
-        let Some(reader) = &file.reader else {
+        let HandleSource::Object(reader) = &file.source else {
             return Ok(Bytes::new());
         };
         match reader.read(offset, len).await {
@@ -565,22 +639,31 @@ impl FsCore {
         let Some((_, file)) = self.files.remove(&handle) else {
             return;
         };
-        let mut state = file.node.state();
-        state.handles = state.handles.saturating_sub(1);
-        // Clean local bytes (already exported) are dropped with the last handle.
-        let clean = state
-            .local
-            .as_ref()
-            .is_some_and(|l| !l.dirty && l.lost_from.is_none());
-        if state.handles == 0 && clean {
-            if let (Some(local), Some(writer)) = (state.local.take(), self.writer.as_ref()) {
-                writer.forget_staged(local.export_id);
+        let forget = {
+            let mut state = file.node.state();
+            state.handles = state.handles.saturating_sub(1);
+            if state.handles > 0 {
+                None
+            } else {
+                match &state.sync {
+                    // Clean local bytes (already exported) go with the last handle.
+                    SyncLife::Clean { id, .. } => {
+                        let id = *id;
+                        state.sync = SyncLife::Remote;
+                        Some(id)
+                    }
+                    _ => {
+                        // Waiting for export: keep the bytes, not the descriptor.
+                        if let Some(staged) = state.sync.staged() {
+                            staged.close_idle();
+                        }
+                        None
+                    }
+                }
             }
-        } else if state.handles == 0 {
-            // Waiting for export: keep the bytes, not the descriptor.
-            if let Some(staged) = state.local.as_ref().and_then(|l| l.staged.as_ref()) {
-                staged.close_idle();
-            }
+        };
+        if let (Some(id), Some(queue)) = (forget, self.queue.as_ref()) {
+            queue.forget_staged(id);
         }
     }
 
@@ -602,7 +685,7 @@ impl FsCore {
     /// checked the mode bits and only the read-only refusal is left.
     pub async fn access(&self, caller: Identity, ino: Ino, mask: u32) -> FsResult<()> {
         let node = self.node(ino)?;
-        if mask & access::WRITE != 0 && self.writer.is_none() {
+        if mask & access::WRITE != 0 && self.queue.is_none() {
             return Err(self.refuse_write());
         }
         self.check(caller, &node, mask).await
@@ -627,7 +710,7 @@ impl FsCore {
         }
         // The status is virtual and read-only. ENOTSUP (not EPERM) lets `cp -a` and `mv`
         // carry on quietly when they copy attributes between files of this mount.
-        if self.writer.is_none() && name != STATUS_XATTR.as_bytes() {
+        if self.queue.is_none() && name != STATUS_XATTR.as_bytes() {
             return Err(self.refuse_write());
         }
         Err(FsError::NotSupported)
@@ -635,7 +718,7 @@ impl FsCore {
 
     pub fn removexattr(&self, ino: Ino, name: &[u8]) -> FsResult<()> {
         self.node(ino)?;
-        if self.writer.is_none() && name != STATUS_XATTR.as_bytes() {
+        if self.queue.is_none() && name != STATUS_XATTR.as_bytes() {
             return Err(self.refuse_write());
         }
         Err(FsError::NotSupported)
@@ -678,7 +761,7 @@ impl FsCore {
     fn cached_bytes(&self, node: &Node) -> Option<(u64, u64)> {
         let (key, remote) = {
             let state = node.state();
-            if state.is_dir || state.local.is_some() {
+            if state.is_dir || state.sync.is_local() {
                 return None;
             }
             (state.key.clone(), state.remote.clone()?)
@@ -837,7 +920,7 @@ impl FsCore {
         let state = node.state();
         let remote = state.remote.as_ref()?;
         let small = remote.size > 0 && remote.size < self.options.import_size_threshold;
-        if state.is_dir || state.local.is_some() || !small {
+        if state.is_dir || state.sync.is_local() || !small {
             return None;
         }
         Some(Version::new(
@@ -946,19 +1029,23 @@ impl FsCore {
 
     fn attr(&self, node: &Node) -> Attr {
         let state = node.state();
-        let meta = match &state.local {
-            Some(local) => PosixMeta::from_export(&local.meta),
+        let meta = match state.sync.local_meta() {
+            Some(meta) => PosixMeta::from_export(&meta),
             None => state
                 .meta
                 .unwrap_or_else(|| PosixMeta::default_for(state.is_dir)),
         };
         let kind = kind_of(&state);
         let last_modified = state.remote.as_ref().and_then(|r| r.last_modified);
-        let staged_size = state
-            .local
-            .as_ref()
-            .and_then(|l| l.staged.as_ref())
-            .map(|s| s.size());
+        // Local bytes, else where the bytes are in S3 while a rename's copy is pending.
+        let staged_size = match state.sync.staged() {
+            Some(staged) => Some(staged.size()),
+            None => state
+                .sync
+                .pending()
+                .and_then(|c| c.source.as_ref())
+                .map(|s| s.size),
+        };
         Attr {
             ino: node.ino,
             size: if state.is_dir {
@@ -1009,7 +1096,7 @@ async fn import_node(
     if let Some(head) = head {
         let mut state = node.state();
         let same = state.remote.as_ref().map(|r| &r.etag) == Some(&head.etag);
-        if same && state.meta.is_none() && state.local.is_none() {
+        if same && state.meta.is_none() && !state.sync.is_local() {
             state.meta = Some(PosixMeta::from_user_metadata(&head.metadata, false));
         }
     }
@@ -1024,9 +1111,9 @@ async fn import_node(
 
 fn kind_of(state: &inode::NodeState) -> EntryKind {
     let local_symlink = state
-        .local
-        .as_ref()
-        .map(|l| l.meta.mode & metadata::S_IFMT == metadata::S_IFLNK);
+        .sync
+        .local_meta()
+        .map(|m| m.mode & metadata::S_IFMT == metadata::S_IFLNK);
     if state.is_dir {
         EntryKind::Dir
     } else if local_symlink.unwrap_or_else(|| state.meta.is_some_and(|m| m.symlink)) {
@@ -1036,5 +1123,7 @@ fn kind_of(state: &inode::NodeState) -> EntryKind {
     }
 }
 
+#[cfg(test)]
+mod sync_tests;
 #[cfg(test)]
 mod tests;

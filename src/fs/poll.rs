@@ -3,18 +3,17 @@
 //! changed objects get new attributes, and the kernel's caches of them are invalidated.
 //! Local changes not yet exported win over the listing, except in a conflict (the object
 //! changed in S3 since the local copy was based on it), where the bucket wins exactly as
-//! at export time. DESIGN.md section 1 "Import" and "Conflicts" is the contract.
+//! at export time (`sync::poll_conflicts`). docs/SEMANTICS.md "Import" and "Conflicts"
+//! is the contract.
 
-use crate::cache::ObjectId;
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tracing::{debug, info};
 
-use super::inode::{Ino, Node, RemoteObject};
-use super::namespace::DirEntries;
+use super::inode::Node;
 use super::{FsCore, FsResult};
+use crate::cache::ObjectId;
 use crate::store::ObjectStore;
 
 /// Directories refreshed at once by one poll round.
@@ -45,24 +44,39 @@ impl FsCore {
         }
     }
 
+    /// One poll round now: every listed directory is refreshed once (what the poll loop
+    /// does every interval; tests drive it directly).
+    pub async fn poll_once(&self, store: &Arc<dyn ObjectStore>) {
+        for dir in self.inodes.listed_dirs() {
+            if let Err(e) = self.refresh_dir(&dir, store).await {
+                debug!(ino = dir.ino, error = %e, "poll: listing failed; next round retries");
+            }
+        }
+    }
+
     /// Lists a directory again and applies what changed in S3.
     pub async fn refresh_dir(&self, dir: &Arc<Node>, store: &Arc<dyn ObjectStore>) -> FsResult<()> {
         let started = SystemTime::now();
+        // `in_lost_found` locks the node's state itself: ask before taking the lock.
+        if self.in_lost_found(dir) {
+            return Ok(());
+        }
         let prefix = {
             let state = dir.state();
-            if !state.linked || state.children.is_none() || self.in_lost_found(dir) {
+            if !state.linked || state.children.is_none() {
                 return Ok(());
             }
             state.key.clone()
         };
         let entries = self.list_entries(store, &prefix).await?;
         self.report_skipped(&entries);
-        self.poll_conflicts(dir, &entries, started, store).await;
-        let hidden = self.pending_deletes_in(&prefix);
-        let keep = |node: &Node| self.keeps_local_state(node);
-        let report = self
-            .inodes
-            .merge_listing(dir, &entries, &hidden, &keep, started);
+        self.poll_conflicts(&prefix, &entries, started, store).await;
+        // Computed from the export queue's records before the directory's lock is
+        // taken: nothing walks a subtree under that lock.
+        let pending = self.pending_in_dir(&prefix);
+        let report =
+            self.inodes
+                .merge_listing(dir, &entries, &pending.hidden, &pending.keep, started);
         for name in &report.added {
             self.invalidate_entry(dir.ino, name);
         }
@@ -78,6 +92,11 @@ impl FsCore {
                     .forget_object(ObjectId::new(key, etag), old.size);
             }
         }
+        if let Some(queue) = self.queue.as_ref() {
+            for id in &report.dropped_staged {
+                queue.forget_staged(*id);
+            }
+        }
         if !(report.added.is_empty() && report.removed.is_empty() && report.changed.is_empty()) {
             info!(
                 prefix,
@@ -88,81 +107,5 @@ impl FsCore {
             );
         }
         Ok(())
-    }
-
-    /// Whether a node's local state must survive a listing that disagrees with it: it
-    /// (or something below it) has changes not exported yet, or exists only here.
-    fn keeps_local_state(&self, node: &Node) -> bool {
-        let mut stack = vec![node.ino];
-        while let Some(ino) = stack.pop() {
-            let Some(n) = self.inodes.get(ino) else {
-                continue;
-            };
-            let state = n.state();
-            if let Some(local) = &state.local {
-                if local.dirty || local.lost_from.is_some() {
-                    return true;
-                }
-            }
-            stack.extend(state.children.iter().flatten().map(|(_, c)| *c));
-        }
-        false
-    }
-
-    /// Names in directory `prefix` whose deletion (or move away) is still to be exported:
-    /// the listing still has them, the mount must not show them again.
-    fn pending_deletes_in(&self, prefix: &str) -> HashSet<String> {
-        self.writer
-            .as_ref()
-            .map(|w| w.pending_delete_names(prefix))
-            .unwrap_or_default()
-    }
-
-    /// Poll-time conflicts: an entry with unexported changes whose object changed (or
-    /// was deleted, or created) in S3 since the local copy was based on it.
-    async fn poll_conflicts(
-        &self,
-        dir: &Node,
-        entries: &DirEntries<RemoteObject>,
-        listed_at: SystemTime,
-        store: &Arc<dyn ObjectStore>,
-    ) {
-        let Some(writer) = self.writer.as_ref() else {
-            return;
-        };
-        let children: Vec<(String, Ino)> = dir
-            .state()
-            .children
-            .iter()
-            .flatten()
-            .map(|(n, i)| (n.clone(), *i))
-            .collect();
-        for (name, ino) in children {
-            let Some(node) = self.inodes.get(ino) else {
-                continue;
-            };
-            let (is_dir, local) = {
-                let s = node.state();
-                (s.is_dir, s.local.clone())
-            };
-            let Some(local) = local.filter(|l| l.dirty && l.lost_from.is_none()) else {
-                continue;
-            };
-            if is_dir {
-                continue;
-            }
-            let remote_etag = entries.files.get(&name).map(|r| r.etag.clone());
-            if let Some(entry) = writer.conflict_candidate(local.export_id, remote_etag, listed_at)
-            {
-                info!(
-                    key = entry.record.key,
-                    "poll: the object changed in S3 while the local copy has unexported changes"
-                );
-                self.metrics
-                    .conflicts
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                self.resolve_conflict(writer, &entry, store).await;
-            }
-        }
     }
 }

@@ -47,6 +47,8 @@ pub struct MemoryStore {
     /// Page size used when the caller does not ask for one (S3's is 1,000).
     pub default_page_size: usize,
     pub requests: RequestCounts,
+    /// While set, HeadObject answers 503 (a store that is failing).
+    failing_heads: std::sync::atomic::AtomicBool,
 }
 
 impl MemoryStore {
@@ -55,6 +57,11 @@ impl MemoryStore {
             default_page_size: 1000,
             ..Default::default()
         }
+    }
+
+    /// Makes HeadObject fail with a 503 (or work again).
+    pub fn fail_heads(&self, fail: bool) {
+        self.failing_heads.store(fail, Ordering::Relaxed);
     }
 
     /// Stores an object (replacing any), giving it a fresh ETag.
@@ -184,6 +191,13 @@ impl ObjectStore for MemoryStore {
 
     async fn head(&self, key: &str) -> Result<ObjectHead, StoreError> {
         self.requests.head.fetch_add(1, Ordering::Relaxed);
+        if self.failing_heads.load(Ordering::Relaxed) {
+            return Err(StoreError::Service {
+                status: 503,
+                code: "ServiceUnavailable".into(),
+                message: String::new(),
+            });
+        }
         let objects = self.lock();
         let obj = objects.get(key).ok_or(StoreError::NotFound)?;
         Ok(ObjectHead {

@@ -519,6 +519,9 @@ where
                 StoreError::Other(reason)
             }
         }
+        // A response cut off or unreadable mid-way: the server or the path failed, and
+        // another try may well succeed.
+        SdkError::ResponseError(_) => StoreError::Unreachable(innermost_cause(&err)),
         _ => {
             let reason = innermost_cause(&err);
             debug!(error = %DisplayErrorContext(&err), "S3 request failed");

@@ -1,0 +1,872 @@
+//! Local changes: create, write, truncate, setattr, mkdir, rmdir, unlink, symlink,
+//! rename, fsync. Each lands in the staging area and the export queue at once (through
+//! `sync::commit`), and the queue sends it to S3 once quiet for the write-back delay.
+//! docs/SEMANTICS.md "Export" is the contract.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::access::{self, Identity};
+use super::inode::{Ino, Node, NodeState, ROOT_INO};
+use super::life::{Change, Source, SyncLife};
+use super::metadata::{nanos_since_epoch, PosixMeta, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
+use super::namespace::{check_segment, MAX_KEY_LEN};
+use super::sync::io_error;
+use super::{Attr, FsCore, FsError, FsResult};
+use crate::export::journal::{ExportKind, ExportMeta, PendingExport};
+use crate::export::staging::StagedFile;
+
+/// Chunk size when a file's current object is copied into staging for writing.
+const MATERIALIZE_CHUNK: u64 = 8 << 20;
+/// Longest symlink target accepted (PATH_MAX).
+const MAX_SYMLINK_TARGET: usize = 4096;
+
+/// What a setattr asks to change.
+#[derive(Debug, Clone, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub mtime: Option<SystemTime>,
+}
+
+impl SetAttr {
+    fn changes_metadata(&self) -> bool {
+        self.mode.is_some() || self.uid.is_some() || self.gid.is_some() || self.mtime.is_some()
+    }
+}
+
+/// A record for `key` of `kind`, based on `base`.
+fn record(
+    id: u64,
+    key: String,
+    kind: ExportKind,
+    base: Option<String>,
+    meta: ExportMeta,
+) -> PendingExport {
+    PendingExport {
+        id,
+        key,
+        kind,
+        base_etag: base,
+        meta,
+        copy_from: None,
+        copy_etag: None,
+        after: None,
+    }
+}
+
+impl FsCore {
+    /// The identity new entries are owned by.
+    fn owner_for(&self, caller: Identity) -> Identity {
+        self.options.access_point.unwrap_or(caller)
+    }
+
+    /// The attributes an entry shows now, as an export would write them.
+    pub(super) fn current_meta(&self, state: &NodeState) -> ExportMeta {
+        if let Some(meta) = state.sync.local_meta() {
+            return meta;
+        }
+        let fallback = state
+            .remote
+            .as_ref()
+            .and_then(|r| r.last_modified)
+            .unwrap_or(self.mounted_at);
+        state
+            .meta
+            .unwrap_or_else(|| PosixMeta::default_for(state.is_dir))
+            .to_export(state.is_dir, fallback)
+    }
+
+    /// Checks a new entry's name and the parent's write permission; returns the name.
+    async fn prepare_new_entry<'a>(
+        &self,
+        caller: Identity,
+        dir: &Arc<Node>,
+        name: &'a [u8],
+        is_dir: bool,
+    ) -> FsResult<&'a str> {
+        self.queue()?;
+        let name = std::str::from_utf8(name).map_err(|_| FsError::Invalid)?;
+        check_segment(name).map_err(|_| FsError::Invalid)?;
+        self.require_dir(dir)?;
+        if self.in_lost_found(dir) {
+            return Err(FsError::Perm);
+        }
+        self.check(caller, dir, access::WRITE | access::EXEC)
+            .await?;
+        self.load_dir(dir).await?;
+        let key_len = dir.state().key.len() + name.len() + usize::from(is_dir);
+        if key_len > MAX_KEY_LEN {
+            // S3 cannot hold the key: refuse now, not minutes later at export.
+            return Err(FsError::NameTooLong);
+        }
+        if self.inodes.child(dir, name).is_some() {
+            return Err(FsError::Exists);
+        }
+        Ok(name)
+    }
+
+    fn new_meta(&self, caller: Identity, mode: u32) -> ExportMeta {
+        let owner = self.owner_for(caller);
+        ExportMeta {
+            uid: owner.uid,
+            gid: owner.gid,
+            mode,
+            mtime_ns: nanos_since_epoch(SystemTime::now()),
+        }
+    }
+
+    /// Adds a new local entry to `dir` with its record (an upload for a file or symlink
+    /// with `staged` bytes, a marker for a directory) and counts the lookup. The journal
+    /// line comes first: if it cannot be written, the entry never shows.
+    fn add_local_entry(
+        &self,
+        dir: &Arc<Node>,
+        name: &str,
+        meta: ExportMeta,
+        staged: Option<Arc<StagedFile>>,
+        id: u64,
+    ) -> FsResult<Arc<Node>> {
+        let queue = self.queue()?;
+        let is_dir = meta.mode & S_IFMT == S_IFDIR;
+        let prefix = dir.state().key.clone();
+        let (key, kind) = if is_dir {
+            (format!("{prefix}{name}/"), ExportKind::Marker)
+        } else {
+            (format!("{prefix}{name}"), ExportKind::Upload)
+        };
+        let rec = record(id, key, kind, None, meta);
+        queue.journal(&rec).map_err(io_error)?;
+        let change = Change {
+            id,
+            meta,
+            staged: staged.clone(),
+            source: None,
+        };
+        let node = self
+            .inodes
+            .add_child(dir, name, is_dir, SyncLife::Pending(change));
+        queue.enqueue(rec, staged, Some(node.ino));
+        self.inodes.remember(dir, name, &node);
+        Ok(node)
+    }
+
+    /// create(2): a new, empty, staged file; returns its attributes and an open handle.
+    pub async fn create(
+        &self,
+        caller: Identity,
+        parent: Ino,
+        name: &[u8],
+        mode: u32,
+    ) -> FsResult<(Attr, u64)> {
+        let dir = self.node(parent)?;
+        let name = self.prepare_new_entry(caller, &dir, name, false).await?;
+        let queue = self.queue()?;
+        let id = queue.new_id();
+        let staged = Arc::new(queue.staging().create(id).map_err(io_error)?);
+        let meta = self.new_meta(caller, S_IFREG | (mode & 0o7777));
+        let node = self.add_local_entry(&dir, name, meta, Some(staged.clone()), id)?;
+        let handle = self.add_write_handle(node.clone(), staged, true);
+        Ok((self.attr(&node), handle))
+    }
+
+    /// mkdir(2): a local directory, exported as a `dir/` marker with its metadata.
+    pub async fn mkdir(
+        &self,
+        caller: Identity,
+        parent: Ino,
+        name: &[u8],
+        mode: u32,
+    ) -> FsResult<Attr> {
+        let dir = self.node(parent)?;
+        let name = self.prepare_new_entry(caller, &dir, name, true).await?;
+        let id = self.queue()?.new_id();
+        let meta = self.new_meta(caller, S_IFDIR | (mode & 0o7777));
+        let node = self.add_local_entry(&dir, name, meta, None, id)?;
+        Ok(self.attr(&node))
+    }
+
+    /// symlink(2): an object whose body is the target, mode 0120777.
+    pub async fn symlink(
+        &self,
+        caller: Identity,
+        parent: Ino,
+        name: &[u8],
+        target: &[u8],
+    ) -> FsResult<Attr> {
+        let dir = self.node(parent)?;
+        let name = self.prepare_new_entry(caller, &dir, name, false).await?;
+        if target.is_empty() {
+            return Err(FsError::Invalid);
+        }
+        if target.len() > MAX_SYMLINK_TARGET {
+            return Err(FsError::NameTooLong);
+        }
+        let queue = self.queue()?;
+        let id = queue.new_id();
+        let staged = Arc::new(queue.staging().create(id).map_err(io_error)?);
+        staged.write_at(target, 0).map_err(io_error)?;
+        let meta = self.new_meta(caller, S_IFLNK | 0o777);
+        let node = self.add_local_entry(&dir, name, meta, Some(staged), id)?;
+        Ok(self.attr(&node))
+    }
+
+    /// unlink(2) of a file or symlink.
+    pub async fn unlink(&self, caller: Identity, parent: Ino, name: &[u8]) -> FsResult<()> {
+        self.remove_entry(caller, parent, name, false).await
+    }
+
+    /// rmdir(2): only an empty directory.
+    pub async fn rmdir(&self, caller: Identity, parent: Ino, name: &[u8]) -> FsResult<()> {
+        self.remove_entry(caller, parent, name, true).await
+    }
+
+    async fn remove_entry(
+        &self,
+        caller: Identity,
+        parent: Ino,
+        name: &[u8],
+        want_dir: bool,
+    ) -> FsResult<()> {
+        let queue = self.queue()?;
+        let dir = self.node(parent)?;
+        self.require_dir(&dir)?;
+        let name = std::str::from_utf8(name).map_err(|_| FsError::NotFound)?;
+        self.check(caller, &dir, access::WRITE | access::EXEC)
+            .await?;
+        self.load_dir(&dir).await?;
+        let child = self.inodes.child(&dir, name).ok_or(FsError::NotFound)?;
+        let is_dir = child.state().is_dir;
+        match (want_dir, is_dir) {
+            (true, false) => return Err(FsError::NotDir),
+            (false, true) => return Err(FsError::IsDir),
+            _ => {}
+        }
+        if is_dir {
+            self.require_empty_dir(&child).await?;
+        }
+        if self.in_lost_found(&child) {
+            // Local only: delete the kept copy (or the empty lost+found directory).
+            self.remove_lost(&dir, name, is_dir);
+            return Ok(());
+        }
+        let (key, life, in_s3) = {
+            let state = child.state();
+            (
+                state.key.clone(),
+                state.sync.clone(),
+                state.remote.is_some(),
+            )
+        };
+        // Drop a pending change; if it never reached S3 (nor is on its way) there is
+        // nothing to delete. A pending rename copy has its own delete of the old key.
+        let mut needs_delete = in_s3;
+        match &life {
+            SyncLife::Pending(change) => {
+                let never_exported = queue.get(change.id).is_some_and(|p| {
+                    p.record.base_etag.is_none() && p.record.kind != ExportKind::Copy
+                });
+                let dropped = queue.cancel(change.id);
+                if !dropped || !never_exported {
+                    needs_delete = true;
+                }
+            }
+            SyncLife::Clean { id, .. } => queue.staging().remove(*id),
+            SyncLife::Remote | SyncLife::Lost { .. } => {}
+        }
+        // An implicit directory has no marker to delete.
+        if is_dir && !in_s3 && !life.is_local() {
+            needs_delete = false;
+        }
+        self.inodes.remove_child(&dir, name);
+        if needs_delete {
+            self.record_delete(key, None)?;
+        }
+        Ok(())
+    }
+
+    /// rename(2), of files and whole directories. Instant on the mount; in S3 a pending
+    /// upload simply goes to the new key, and an entry already in S3 is copied
+    /// server-side to the new key, then deleted at the old one (the delete waits for the
+    /// copy). `RENAME_NOREPLACE` is honoured; `RENAME_EXCHANGE` is not supported.
+    pub async fn rename(
+        &self,
+        caller: Identity,
+        parent: Ino,
+        name: &[u8],
+        new_parent: Ino,
+        new_name: &[u8],
+        flags: u32,
+    ) -> FsResult<()> {
+        let queue = self.queue()?;
+        if flags & libc::RENAME_EXCHANGE != 0 {
+            return Err(FsError::Invalid);
+        }
+        let from = self.node(parent)?;
+        let to = self.node(new_parent)?;
+        self.require_dir(&from)?;
+        self.require_dir(&to)?;
+        let name = std::str::from_utf8(name).map_err(|_| FsError::NotFound)?;
+        let new_name = std::str::from_utf8(new_name).map_err(|_| FsError::Invalid)?;
+        check_segment(new_name).map_err(|_| FsError::Invalid)?;
+        self.check(caller, &from, access::WRITE | access::EXEC)
+            .await?;
+        self.check(caller, &to, access::WRITE | access::EXEC)
+            .await?;
+        self.load_dir(&from).await?;
+        self.load_dir(&to).await?;
+        let src = self.inodes.child(&from, name).ok_or(FsError::NotFound)?;
+        if self.in_lost_found(&from) || self.in_lost_found(&to) || self.in_lost_found(&src) {
+            // lost+found is local only: nothing moves in or out of it.
+            return Err(FsError::Perm);
+        }
+        let target = self.inodes.child(&to, new_name);
+        if target.as_ref().is_some_and(|t| t.ino == src.ino) {
+            return Ok(());
+        }
+        let src_is_dir = src.state().is_dir;
+        if let Some(target) = &target {
+            if flags & libc::RENAME_NOREPLACE != 0 {
+                return Err(FsError::Exists);
+            }
+            let target_is_dir = target.state().is_dir;
+            match (src_is_dir, target_is_dir) {
+                (true, false) => return Err(FsError::NotDir),
+                (false, true) => return Err(FsError::IsDir),
+                (true, true) => self.require_empty_dir(target).await?,
+                (false, false) => {}
+            }
+        }
+        if src_is_dir {
+            // A directory cannot move below itself.
+            let mut cursor = to.ino;
+            loop {
+                if cursor == src.ino {
+                    return Err(FsError::Invalid);
+                }
+                if cursor == ROOT_INO {
+                    break;
+                }
+                cursor = self.node(cursor)?.state().parent;
+            }
+        }
+        // Everything that moves must be known: list the whole subtree, and read the
+        // metadata a server-side copy has to carry.
+        let subtree = self.load_subtree(&src).await?;
+        let new_prefix_len = to.state().key.len() + new_name.len() + 1;
+        let old_prefix_len = src.state().key.len();
+        for node in &subtree {
+            let (key_len, is_dir) = {
+                let s = node.state();
+                (s.key.len(), s.is_dir)
+            };
+            if key_len - old_prefix_len + new_prefix_len > MAX_KEY_LEN {
+                return Err(FsError::NameTooLong);
+            }
+            if !is_dir {
+                self.ensure_meta(node).await?;
+            }
+        }
+        // Exports of what moves (or is replaced) must not be running while their
+        // records change keys.
+        let mut ids: Vec<u64> = subtree
+            .iter()
+            .chain(target.iter())
+            .filter_map(|n| n.state().sync.pending().map(|c| c.id))
+            .collect();
+        ids.sort_unstable();
+        queue.wait_not_running(&ids).await;
+
+        // The replaced target: its pending change is dropped; what is at its key now
+        // (`remote`: what this mount last saw or wrote there) is what the source's
+        // export replaces, or deletes if the source never reaches S3.
+        let mut target_remote = None;
+        if let Some(target) = &target {
+            let (key, remote, life) = {
+                let s = target.state();
+                (s.key.clone(), s.remote.clone(), s.sync.clone())
+            };
+            match &life {
+                SyncLife::Pending(change) => {
+                    queue.cancel(change.id);
+                }
+                SyncLife::Clean { id, .. } => queue.staging().remove(*id),
+                _ => {}
+            }
+            let src_reaches_s3 = {
+                let s = src.state();
+                s.remote.is_some() || s.sync.pending().is_some()
+            };
+            match remote {
+                Some(remote) if src_reaches_s3 => target_remote = Some(remote),
+                Some(_) => {
+                    self.record_delete(key, None)?;
+                }
+                None => {}
+            }
+        }
+
+        let moved = self.inodes.move_child(&from, name, &to, new_name);
+        for (i, (node, old_key)) in moved.iter().enumerate() {
+            // The moved node takes the target's place at its key; nodes below it move to
+            // keys that hold nothing yet.
+            let at_new_key = if i == 0 { target_remote.clone() } else { None };
+            self.rekey(node, old_key, at_new_key)?;
+        }
+        Ok(())
+    }
+
+    /// ENOTEMPTY unless directory `dir` has no entries (listing it first if needed).
+    async fn require_empty_dir(&self, dir: &Node) -> FsResult<()> {
+        self.load_dir(dir).await?;
+        let empty = dir.state().children.as_ref().is_none_or(|c| c.is_empty());
+        if empty {
+            Ok(())
+        } else {
+            Err(FsError::NotEmpty)
+        }
+    }
+
+    /// Lists `node` and every directory below it; returns the subtree, `node` first.
+    async fn load_subtree(&self, node: &Arc<Node>) -> FsResult<Vec<Arc<Node>>> {
+        let mut out = vec![node.clone()];
+        let mut i = 0;
+        while i < out.len() {
+            let current = out[i].clone();
+            i += 1;
+            if !current.state().is_dir {
+                continue;
+            }
+            self.load_dir(&current).await?;
+            let children: Vec<Ino> = current
+                .state()
+                .children
+                .iter()
+                .flatten()
+                .map(|(_, c)| *c)
+                .collect();
+            out.extend(children.into_iter().filter_map(|c| self.inodes.get(c)));
+        }
+        Ok(out)
+    }
+
+    /// After a move, points a node's export at its new key. Its `remote` becomes what is
+    /// at the new key (`at_new_key`), the base of every export there; a pending record is
+    /// re-keyed; an entry already in S3 is copied from its old key (the bytes' source)
+    /// and deleted there once the copy is done.
+    fn rekey(
+        &self,
+        node: &Arc<Node>,
+        old_key: &str,
+        at_new_key: Option<super::inode::RemoteObject>,
+    ) -> FsResult<()> {
+        let queue = self.queue()?;
+        let (new_key, is_dir, old_remote, life, meta) = {
+            let s = node.state();
+            (
+                s.key.clone(),
+                s.is_dir,
+                s.remote.clone(),
+                s.sync.clone(),
+                self.current_meta(&s),
+            )
+        };
+        if new_key == old_key {
+            return Ok(());
+        }
+        let base = at_new_key.as_ref().and_then(|r| r.etag.clone());
+        // Where the bytes are in S3 for a node without local bytes: a pending copy's
+        // source, or the object at the old key.
+        let old_source = match life.pending().and_then(|c| c.source.clone()) {
+            Some(source) => Some(source),
+            None => old_remote.as_ref().map(|r| Source {
+                key: old_key.to_string(),
+                etag: r.etag.clone(),
+                size: r.size,
+            }),
+        };
+        if let SyncLife::Pending(change) = &life {
+            let Some(queued) = queue.get(change.id) else {
+                return Ok(());
+            };
+            let mut rec = queued.record.clone();
+            rec.key = new_key.clone();
+            rec.base_etag = base.clone();
+            let mut source = None;
+            if change.staged.is_none() && !is_dir {
+                // No local bytes: the body is copied server-side from where it is.
+                if let Some(src) = &old_source {
+                    rec.kind = ExportKind::Copy;
+                    rec.copy_from = Some(src.key.clone());
+                    rec.copy_etag = src.etag.clone();
+                    source = Some(src.clone());
+                }
+            }
+            let copy_id = (rec.kind == ExportKind::Copy).then_some(rec.id);
+            // The old key is deleted once the new one is written, if anything is there:
+            // the entry's object, or (a copy still pending from an earlier rename) that
+            // rename's own delete covers its source.
+            let old_in_s3 = old_remote.is_some();
+            let staged = change.staged.clone();
+            self.commit(node, rec, staged, |state| {
+                state.remote = at_new_key.clone();
+                if let SyncLife::Pending(c) = &mut state.sync {
+                    c.source = source.clone();
+                }
+                true
+            })?;
+            if old_in_s3 {
+                self.record_delete(old_key.to_string(), copy_id)?;
+            }
+            return Ok(());
+        }
+        // Clean or remote: nothing local to send but the entry is in S3 at the old key.
+        let Some(old) = old_remote else {
+            // An implicit directory, or nothing in S3 yet: only its children's keys move.
+            node.state().remote = at_new_key;
+            return Ok(());
+        };
+        // Clean bytes (open handles) stay for reading, under the same record id (the
+        // staging file's name), so a later write turns the copy into an upload of them.
+        let staged = life.staged().cloned();
+        let id = match &life {
+            SyncLife::Clean { id, .. } => *id,
+            _ => queue.new_id(),
+        };
+        let rec = if is_dir {
+            record(id, new_key, ExportKind::Marker, base, meta)
+        } else {
+            PendingExport {
+                copy_from: Some(old_key.to_string()),
+                copy_etag: old.etag.clone(),
+                ..record(id, new_key, ExportKind::Copy, base, meta)
+            }
+        };
+        self.commit(node, rec, None, |state| {
+            state.remote = at_new_key.clone();
+            state.sync = SyncLife::Pending(Change {
+                id,
+                meta,
+                staged,
+                source: (!is_dir).then(|| Source {
+                    key: old_key.to_string(),
+                    etag: old.etag.clone(),
+                    size: old.size,
+                }),
+            });
+            true
+        })?;
+        self.record_delete(old_key.to_string(), Some(id))?;
+        Ok(())
+    }
+
+    /// Makes sure a file has local bytes to write to: the current object is copied into
+    /// staging (unless `truncate`), and a pending upload is recorded. Returns the staged
+    /// file, which the caller's handle owns as its data source.
+    pub(super) async fn ensure_staged(
+        &self,
+        node: &Arc<Node>,
+        truncate: bool,
+    ) -> FsResult<Arc<StagedFile>> {
+        if let Some(staged) = self.staged_for_write(node)? {
+            if truncate && staged.size() > 0 {
+                staged.set_len(0).map_err(io_error)?;
+            }
+            self.mark_data_dirty(node, &staged)?;
+            return Ok(staged);
+        }
+        // One download per node at a time, apart from `load_lock` so lookups of the
+        // node are not held up by it.
+        let _staging = node.stage_lock.lock().await;
+        if let Some(staged) = self.staged_for_write(node)? {
+            // Another open staged it meanwhile: this open's O_TRUNC still applies.
+            if truncate && staged.size() > 0 {
+                staged.set_len(0).map_err(io_error)?;
+            }
+            self.mark_data_dirty(node, &staged)?;
+            return Ok(staged);
+        }
+        let queue = self.queue()?;
+        let (key, source, meta, existing_id) = {
+            let state = node.state();
+            // While a rename's copy is pending, the bytes are still at the old key.
+            let source = match state.sync.pending().and_then(|c| c.source.clone()) {
+                Some(source) => Some(source),
+                None => state.remote.as_ref().map(|r| Source {
+                    key: state.key.clone(),
+                    etag: r.etag.clone(),
+                    size: r.size,
+                }),
+            };
+            (
+                state.key.clone(),
+                source,
+                self.current_meta(&state),
+                state.sync.pending().map(|c| c.id),
+            )
+        };
+        let id = existing_id.unwrap_or_else(|| queue.new_id());
+        let staged = Arc::new(queue.staging().create(id).map_err(io_error)?);
+        if let (false, Some(source)) = (truncate, &source) {
+            let mut offset = 0;
+            while offset < source.size {
+                let end = source.size.min(offset + MATERIALIZE_CHUNK);
+                let data = self
+                    .store
+                    .get_range(&source.key, offset..end, source.etag.as_deref())
+                    .await
+                    .map_err(|e| self.store_error(&source.key, e))?;
+                if data.is_empty() {
+                    break;
+                }
+                staged.write_at(&data, offset).map_err(io_error)?;
+                offset += data.len() as u64;
+            }
+        }
+        let base = node.state().remote.as_ref().and_then(|r| r.etag.clone());
+        let rec = record(id, key, ExportKind::Upload, base, meta);
+        // A pending copy (an earlier rename) becomes this upload: same id, so the
+        // delete of the old key still waits for it.
+        let for_node = staged.clone();
+        self.commit(node, rec, Some(staged.clone()), move |state| {
+            state.sync = SyncLife::Pending(Change {
+                id,
+                meta,
+                staged: Some(for_node),
+                source: None,
+            });
+            true
+        })?;
+        Ok(staged)
+    }
+
+    /// The staged bytes a write may go to; EPERM for lost+found files (read and delete
+    /// only).
+    fn staged_for_write(&self, node: &Node) -> FsResult<Option<Arc<StagedFile>>> {
+        let state = node.state();
+        if state.sync.is_lost() {
+            return Err(FsError::Perm);
+        }
+        Ok(state.sync.staged().cloned())
+    }
+
+    /// After a change to staged bytes `staged`: mtime now, the record is an upload, its
+    /// timer restarts. EIO if the node's bytes are no longer `staged` (a conflict moved
+    /// them to lost+found, or a change in S3 replaced them).
+    fn mark_data_dirty(&self, node: &Node, staged: &Arc<StagedFile>) -> FsResult<()> {
+        let queue = self.queue()?;
+        let now = nanos_since_epoch(SystemTime::now());
+        let rec = {
+            let mut state = node.state();
+            if !state.linked {
+                // Unlinked while open: writes still land in the bytes the handles
+                // share, and nothing is exported.
+                return Ok(());
+            }
+            if !state.sync.staged().is_some_and(|s| Arc::ptr_eq(s, staged)) {
+                return Err(FsError::Io);
+            }
+            let key = state.key.clone();
+            let base = state.remote.as_ref().and_then(|r| r.etag.clone());
+            let (id, meta) = match &mut state.sync {
+                SyncLife::Pending(change) => {
+                    change.meta.mtime_ns = now;
+                    if queue.touch_upload(change.id, change.meta) {
+                        return Ok(());
+                    }
+                    (change.id, change.meta)
+                }
+                SyncLife::Clean { id, meta, .. } => {
+                    meta.mtime_ns = now;
+                    (*id, *meta)
+                }
+                SyncLife::Remote | SyncLife::Lost { .. } => return Err(FsError::Io),
+            };
+            record(id, key, ExportKind::Upload, base, meta)
+        };
+        let (id, meta) = (rec.id, rec.meta);
+        let ours = staged.clone();
+        self.commit(node, rec, Some(staged.clone()), move |state| {
+            if !state.sync.staged().is_some_and(|s| Arc::ptr_eq(s, &ours)) {
+                return false;
+            }
+            state.sync = SyncLife::Pending(Change {
+                id,
+                meta,
+                staged: Some(ours),
+                source: None,
+            });
+            true
+        })
+    }
+
+    /// The bytes a write on `file` goes to, if they are still the node's (EIO once a
+    /// conflict moved them to lost+found or S3 replaced them).
+    fn live_write_target(&self, file: &super::OpenFile) -> FsResult<Arc<StagedFile>> {
+        let staged = file.write_target()?;
+        let state = file.node.state();
+        if state.linked && !state.sync.staged().is_some_and(|s| Arc::ptr_eq(s, &staged)) {
+            return Err(FsError::Io);
+        }
+        Ok(staged)
+    }
+
+    /// write(2) to an open handle: straight into the staging file the handle owns.
+    pub fn write(&self, handle: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        let file = self.handle(handle)?;
+        let staged = self.live_write_target(&file)?;
+        staged.write_at(data, offset).map_err(io_error)?;
+        self.mark_data_dirty(&file.node, &staged)?;
+        Ok(data.len() as u32)
+    }
+
+    /// fallocate(2) mode 0 (extend with zeros); other modes are not supported.
+    pub fn fallocate(&self, handle: u64, offset: u64, length: u64, mode: i32) -> FsResult<()> {
+        if mode != 0 {
+            return Err(FsError::NotSupported);
+        }
+        let file = self.handle(handle)?;
+        let staged = self.live_write_target(&file)?;
+        let end = offset.saturating_add(length);
+        if end > staged.size() {
+            staged.set_len(end).map_err(io_error)?;
+            self.mark_data_dirty(&file.node, &staged)?;
+        }
+        Ok(())
+    }
+
+    /// `setattr` when it needs no I/O: a metadata change without an access point to
+    /// check. None means "use `setattr`".
+    pub fn setattr_cached(&self, ino: Ino, change: &SetAttr) -> Option<FsResult<Attr>> {
+        if change.size.is_some() || self.options.access_point.is_some() || self.queue.is_none() {
+            return None;
+        }
+        let node = self.inodes.get(ino)?;
+        Some(
+            self.change_metadata(&node, change)
+                .map(|()| self.attr(&node)),
+        )
+    }
+
+    /// setattr: truncate, chmod, chown, utimens.
+    pub async fn setattr(&self, caller: Identity, ino: Ino, change: SetAttr) -> FsResult<Attr> {
+        let node = self.node(ino)?;
+        self.queue()?;
+        if let Some(who) = self.options.access_point {
+            let meta = self.attr(&node);
+            let owner = who.uid == 0 || who.uid == meta.uid;
+            if (change.mode.is_some() || change.mtime.is_some()) && !owner {
+                return Err(FsError::Perm);
+            }
+            if change.uid.is_some_and(|u| u != meta.uid) && who.uid != 0 {
+                return Err(FsError::Perm);
+            }
+            if change.size.is_some() {
+                self.check(caller, &node, access::WRITE).await?;
+            }
+        }
+        let is_dir = node.state().is_dir;
+        if let Some(size) = change.size {
+            if is_dir {
+                return Err(FsError::IsDir);
+            }
+            let staged = self.ensure_staged(&node, size == 0).await?;
+            staged.set_len(size).map_err(io_error)?;
+            self.mark_data_dirty(&node, &staged)?;
+        }
+        if change.changes_metadata() {
+            self.change_metadata(&node, &change)?;
+        }
+        Ok(self.attr(&node))
+    }
+
+    fn change_metadata(&self, node: &Arc<Node>, change: &SetAttr) -> FsResult<()> {
+        let queue = self.queue()?;
+        let (rec, staged) = {
+            let state = node.state();
+            if state.sync.is_lost() {
+                return Err(FsError::Perm);
+            }
+            let mut meta = self.current_meta(&state);
+            if let Some(mode) = change.mode {
+                meta.mode = (meta.mode & !0o7777) | (mode & 0o7777);
+            }
+            meta.uid = change.uid.unwrap_or(meta.uid);
+            meta.gid = change.gid.unwrap_or(meta.gid);
+            if let Some(mtime) = change.mtime {
+                meta.mtime_ns = nanos_since_epoch(mtime);
+            }
+            let key = state.key.clone();
+            let base = state.remote.as_ref().and_then(|r| r.etag.clone());
+            match &state.sync {
+                SyncLife::Pending(c) => {
+                    let kind = match (&c.staged, state.is_dir) {
+                        (Some(_), _) => ExportKind::Upload,
+                        (None, true) => ExportKind::Marker,
+                        (None, false) => ExportKind::Metadata,
+                    };
+                    let mut rec = queue
+                        .get(c.id)
+                        .map(|q| q.record)
+                        .unwrap_or_else(|| record(c.id, key, kind, base, meta));
+                    rec.meta = meta;
+                    (rec, c.staged.clone())
+                }
+                SyncLife::Clean { id, staged, .. } => (
+                    record(*id, key, ExportKind::Metadata, base, meta),
+                    Some(staged.clone()),
+                ),
+                _ if state.is_dir => (
+                    record(queue.new_id(), key, ExportKind::Marker, None, meta),
+                    None,
+                ),
+                _ => (
+                    record(queue.new_id(), key, ExportKind::Metadata, base, meta),
+                    None,
+                ),
+            }
+        };
+        let (id, meta) = (rec.id, rec.meta);
+        let source = node.state().sync.pending().and_then(|c| c.source.clone());
+        self.commit(node, rec, staged.clone(), move |state| {
+            state.meta = Some(PosixMeta::from_export(&meta));
+            state.sync = SyncLife::Pending(Change {
+                id,
+                meta,
+                staged,
+                source,
+            });
+            true
+        })
+    }
+
+    /// fsync(2): the staged bytes and the journal record reach the disk.
+    pub async fn fsync(&self, ino: Ino) -> FsResult<()> {
+        let Some(queue) = self.queue.as_ref() else {
+            return Ok(());
+        };
+        let node = self.node(ino)?;
+        let pending = node.state().sync.pending().cloned();
+        if let Some(change) = pending {
+            if let Some(staged) = &change.staged {
+                staged.sync().map_err(io_error)?;
+            }
+            queue.make_durable(change.id).map_err(io_error)?;
+        }
+        Ok(())
+    }
+
+    /// Opened for writing: `open` calls this for O_WRONLY/O_RDWR/O_TRUNC.
+    pub(super) async fn open_for_write(
+        &self,
+        node: &Arc<Node>,
+        truncate: bool,
+    ) -> FsResult<Arc<StagedFile>> {
+        if node.state().is_dir {
+            return Err(FsError::IsDir);
+        }
+        self.ensure_staged(node, truncate).await
+    }
+}

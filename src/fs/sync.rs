@@ -1,0 +1,621 @@
+//! Where node state meets export records: the only module of the core that touches
+//! both. Recording a change (journal first, then the record and the node's life under
+//! the node's lock), an export's result (the node mirrors the new object), conflicts
+//! (the bucket wins; local bytes go to lost+found), the lost+found directory, recovered
+//! records overlaid on listings, what the poller must keep, poll-time conflicts, the
+//! status xattr's state, and `sync`. docs/SEMANTICS.md "Export" and "Conflicts" is the
+//! contract.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tracing::{error, info, warn};
+
+use super::inode::{Ino, Node, NodeState, RemoteObject, ROOT_INO};
+use super::life::{Change, SyncLife};
+use super::metadata::{nanos_since_epoch, PosixMeta, S_IFDIR, S_IFREG};
+use super::namespace::DirEntries;
+use super::{FsCore, FsError, FsResult};
+use crate::export::journal::{ExportKind, ExportMeta, PendingExport};
+use crate::export::lost_found;
+use crate::export::queue::{ExportQueue, ExportSink, Queued, WaitOutcome};
+use crate::export::schedule::Hold;
+use crate::export::staging::StagedFile;
+use crate::store::{ObjectStore, StoreError};
+
+/// A local I/O error as the core reports it.
+pub(super) fn io_error(e: std::io::Error) -> FsError {
+    FsError::from_io(&e)
+}
+
+/// What a directory's pending records say about its entries.
+#[derive(Debug, Default)]
+pub(super) struct PendingInDir {
+    /// Direct children with changes not exported yet at or below them.
+    pub keep: HashSet<String>,
+    /// Direct children whose removal (or move away) is still to be exported: the
+    /// listing still has them, the mount must not show them again.
+    pub hidden: HashSet<String>,
+}
+
+impl FsCore {
+    pub(super) fn queue(&self) -> FsResult<&Arc<ExportQueue>> {
+        self.queue.as_ref().ok_or(FsError::ReadOnly)
+    }
+
+    /// Records a change of `node`: the journal line first, with no lock held (if it
+    /// cannot be written, e.g. a full disk, the change is refused rather than left
+    /// unexported); then, under the node's lock, `apply` updates the node and the record
+    /// joins the queue, so a finishing export sees the node and the record agree.
+    /// `apply` returns false if the node moved on meanwhile (its bytes went to
+    /// lost+found): the change is then dropped and the caller gets EIO.
+    pub(super) fn commit(
+        &self,
+        node: &Node,
+        record: PendingExport,
+        staged: Option<Arc<StagedFile>>,
+        apply: impl FnOnce(&mut NodeState) -> bool,
+    ) -> FsResult<()> {
+        let queue = self.queue()?;
+        queue.journal(&record).map_err(io_error)?;
+        let id = record.id;
+        let applied = {
+            let mut state = node.state();
+            let applied = apply(&mut state);
+            if applied {
+                queue.enqueue(record, staged, Some(node.ino));
+            }
+            applied
+        };
+        if applied {
+            Ok(())
+        } else {
+            if queue.get(id).is_none() {
+                let _ = queue.cancel(id);
+            }
+            Err(FsError::Io)
+        }
+    }
+
+    /// Records a change that belongs to no node (a delete of a key).
+    pub(super) fn record_delete(&self, key: String, after: Option<u64>) -> FsResult<u64> {
+        let queue = self.queue()?;
+        let id = queue.new_id();
+        queue
+            .record(PendingExport {
+                id,
+                key,
+                kind: ExportKind::Delete,
+                base_etag: None,
+                meta: ExportMeta {
+                    uid: 0,
+                    gid: 0,
+                    mode: 0,
+                    mtime_ns: 0,
+                },
+                copy_from: None,
+                copy_etag: None,
+                after,
+            })
+            .map_err(io_error)?;
+        Ok(id)
+    }
+
+    /// Puts the bytes of a small file just exported into the data cache under its new
+    /// version, so reading back what was written costs no GET once the staged copy goes.
+    /// Larger files are left to the cache's usual fills: copying them here would hold up
+    /// the export loop.
+    fn cache_exported(&self, key: &str, etag: &str, staged: &StagedFile) {
+        const MAX: u64 = 1 << 20;
+        let size = staged.size();
+        if size == 0 || size > MAX {
+            return;
+        }
+        let token = staged.begin_read();
+        let mut data = vec![0u8; size as usize];
+        if !matches!(staged.read_at(&mut data, 0), Ok(n) if n as u64 == size) {
+            return;
+        }
+        // Written again meanwhile: these bytes are not the exported version's.
+        if !staged.end_read(token) {
+            return;
+        }
+        self.cache().insert_object(
+            crate::cache::ObjectId::new(key, etag),
+            bytes::Bytes::from(data),
+        );
+    }
+
+    /// The bucket wins a conflict: a local copy with bytes goes to lost+found, and the
+    /// path shows the bucket's version (or disappears, if the object was deleted).
+    /// Conflicts without local bytes (a metadata change) just give way; a conflicting
+    /// rename copy is held, so its old key is never deleted.
+    pub(super) async fn resolve_conflict(&self, entry: &Queued, store: &Arc<dyn ObjectStore>) {
+        let Ok(queue) = self.queue() else { return };
+        let record = &entry.record;
+        let id = record.id;
+        self.metrics.conflicts.fetch_add(1, Ordering::Relaxed);
+        let movable = matches!(record.kind, ExportKind::Upload | ExportKind::Metadata);
+        if !movable || entry.obsolete {
+            error!(
+                key = record.key,
+                "export refused: the object changed in S3; the change is held"
+            );
+            queue.hold(id, Hold::Conflict);
+            return;
+        }
+        // What S3 holds now decides what the path shows. Only "no such key" means the
+        // object was deleted; any other answer (a 5xx, a timeout) decides nothing, so
+        // the record waits and the conflict is looked at again later.
+        let head = match store.head(&record.key).await {
+            Ok(head) => Some(head),
+            Err(StoreError::NotFound) => None,
+            Err(e) => {
+                warn!(key = record.key, error = %e, "conflict: cannot read the bucket's version; will retry");
+                queue.retry_later(id, Duration::from_secs(2), e.to_string());
+                return;
+            }
+        };
+        let origin = format!(
+            "/{}",
+            record
+                .key
+                .strip_prefix(&self.options.root_prefix)
+                .unwrap_or(&record.key)
+        );
+        let name = record
+            .key
+            .rsplit('/')
+            .next()
+            .unwrap_or(&record.key)
+            .to_string();
+        let kept = match (&record.kind, &entry.staged) {
+            (ExportKind::Upload, Some(_)) => {
+                match queue
+                    .lost()
+                    .keep(&queue.staging().path(id), id, &name, &origin)
+                {
+                    Ok(file_name) => Some(file_name),
+                    Err(e) => {
+                        error!(key = record.key, error = %e, "cannot move a conflicting local copy to lost+found; held");
+                        queue.hold(id, Hold::Conflict);
+                        return;
+                    }
+                }
+            }
+            _ => None,
+        };
+        queue.remove_conflicted(id);
+        // The path now shows the bucket's version, if the node still carries this change
+        // (a node that moved on has its own record).
+        let node = entry.ino.and_then(|ino| self.inodes.get(ino));
+        let mut unlink = None;
+        if let Some(node) = &node {
+            let mut state = node.state();
+            if state.sync.pending().map(|c| c.id) == Some(id) {
+                state.sync = SyncLife::Remote;
+                state.symlink_target = None;
+                match &head {
+                    Some(head) => {
+                        state.meta = Some(PosixMeta::from_user_metadata(&head.metadata, false));
+                        state.remote = Some(RemoteObject {
+                            size: head.size,
+                            etag: head.etag.clone(),
+                            last_modified: head.last_modified,
+                        });
+                    }
+                    None => unlink = Some((state.parent, state.name.clone())),
+                }
+            }
+        }
+        if let Some(node) = &node {
+            match unlink {
+                // Deleted in S3: the delete wins.
+                Some((parent, node_name)) => {
+                    if let Some(dir) = self.inodes.get(parent) {
+                        if self
+                            .inodes
+                            .child(&dir, &node_name)
+                            .is_some_and(|c| c.ino == node.ino)
+                        {
+                            self.inodes.remove_child(&dir, &node_name);
+                            self.invalidate_entry(parent, &node_name);
+                        }
+                    }
+                }
+                None => self.invalidate_inode(node.ino),
+            }
+        }
+        match kept {
+            Some(file_name) => {
+                error!(
+                    key = record.key,
+                    lost_found = %format!("/{}{}/{file_name}", lost_found::DIR_PREFIX, queue.mount_id()),
+                    "conflict: the object changed in S3; the bucket wins and the local copy is in lost+found"
+                );
+                self.show_lost(queue, &file_name, &origin, record.meta);
+            }
+            None => error!(
+                key = record.key,
+                "conflict: the object changed in S3; the local metadata change is dropped"
+            ),
+        }
+    }
+
+    /// The lost+found directory's node, created at the mount root if needed (None until
+    /// the root is listed: it shows then).
+    fn lost_dir(&self, queue: &ExportQueue) -> Option<Arc<Node>> {
+        let root = self.inodes.get(ROOT_INO)?;
+        // Shown only once the root is listed (listing it shows lost+found too).
+        root.state().children.as_ref()?;
+        let dir_name = format!("{}{}", lost_found::DIR_PREFIX, queue.mount_id());
+        if let Some(dir) = self.inodes.child(&root, &dir_name) {
+            return Some(dir);
+        }
+        let owner = self.options.access_point.map_or((0, 0), |a| (a.uid, a.gid));
+        let dir = self.inodes.add_child(
+            &root,
+            &dir_name,
+            true,
+            SyncLife::Lost {
+                origin: None,
+                meta: ExportMeta {
+                    uid: owner.0,
+                    gid: owner.1,
+                    mode: S_IFDIR | 0o700,
+                    mtime_ns: nanos_since_epoch(SystemTime::now()),
+                },
+                staged: None,
+            },
+        );
+        self.lost_dir.store(dir.ino, Ordering::Relaxed);
+        Some(dir)
+    }
+
+    /// Adds a kept file to the lost+found directory.
+    fn show_lost(&self, queue: &ExportQueue, file_name: &str, origin: &str, meta: ExportMeta) {
+        let Some(dir) = self.lost_dir(queue) else {
+            return;
+        };
+        let staged = match StagedFile::open_path(&queue.lost().path(file_name)) {
+            Ok(file) => Arc::new(file),
+            Err(e) => {
+                error!(file_name, error = %e, "cannot open a lost+found file");
+                return;
+            }
+        };
+        self.inodes.add_child(
+            &dir,
+            file_name,
+            false,
+            SyncLife::Lost {
+                origin: Some(origin.to_string()),
+                meta,
+                staged: Some(staged),
+            },
+        );
+        self.invalidate_entry(dir.ino, file_name);
+    }
+
+    /// Whether a node is the lost+found directory or inside it. Takes the node's lock:
+    /// never call it while holding it.
+    pub(super) fn in_lost_found(&self, node: &Node) -> bool {
+        node.state().sync.is_lost()
+    }
+
+    /// Deletes a local-only entry of lost+found (a kept file, or the directory itself
+    /// once empty).
+    pub(super) fn remove_lost(&self, dir: &Node, name: &str, is_dir: bool) {
+        if let Ok(queue) = self.queue() {
+            if is_dir {
+                self.lost_dir.store(0, Ordering::Relaxed);
+            } else {
+                queue.lost().remove(name);
+            }
+        }
+        self.inodes.remove_child(dir, name);
+    }
+
+    /// What the pending records say about directory `prefix`'s direct entries.
+    pub(super) fn pending_in_dir(&self, prefix: &str) -> PendingInDir {
+        let mut out = PendingInDir::default();
+        let Some(queue) = self.queue.as_ref() else {
+            return out;
+        };
+        for queued in queue.under(prefix) {
+            let rest = &queued.record.key[prefix.len()..];
+            let Some(name) = rest.split('/').next().filter(|n| !n.is_empty()) else {
+                continue;
+            };
+            if queued.record.kind == ExportKind::Delete {
+                if direct_child(prefix, &queued.record.key).is_some() {
+                    out.hidden.insert(name.to_string());
+                }
+            } else {
+                out.keep.insert(name.to_string());
+            }
+        }
+        out
+    }
+
+    /// Attaches recovered records (after a restart) to the entries of a directory just
+    /// listed: pending uploads and markers show with their local state, pending deletes
+    /// hide. The root also shows lost+found.
+    pub(super) fn overlay_pending(&self, dir: &Node) {
+        let Some(queue) = self.queue.as_ref() else {
+            return;
+        };
+        if dir.ino == ROOT_INO {
+            let owner = self.options.access_point.map_or((0, 0), |a| (a.uid, a.gid));
+            for (file_name, origin) in queue.lost().entries().unwrap_or_default() {
+                let mtime_ns = std::fs::metadata(queue.lost().path(&file_name))
+                    .ok()
+                    .and_then(|m| m.modified().ok())
+                    .map_or(0, nanos_since_epoch);
+                let meta = ExportMeta {
+                    uid: owner.0,
+                    gid: owner.1,
+                    mode: S_IFREG | 0o600,
+                    mtime_ns,
+                };
+                self.show_lost(queue, &file_name, &origin, meta);
+            }
+        }
+        let prefix = dir.state().key.clone();
+        let mut mine: Vec<Queued> = queue
+            .under(&prefix)
+            .into_iter()
+            .filter(|p| p.ino.is_none() && direct_child(&prefix, &p.record.key).is_some())
+            .collect();
+        mine.sort_by_key(|p| p.record.id);
+        for p in mine {
+            let Some((name, is_dir)) = direct_child(&prefix, &p.record.key) else {
+                continue;
+            };
+            if p.record.kind == ExportKind::Delete {
+                self.inodes.remove_child(dir, name);
+                continue;
+            }
+            let change = Change {
+                id: p.record.id,
+                meta: p.record.meta,
+                staged: p.staged.clone(),
+                source: None,
+            };
+            let node = match self.inodes.child(dir, name) {
+                Some(node) => {
+                    let mut state = node.state();
+                    state.meta = Some(PosixMeta::from_export(&change.meta));
+                    state.sync = SyncLife::Pending(change);
+                    drop(state);
+                    node
+                }
+                None => self
+                    .inodes
+                    .add_child(dir, name, is_dir, SyncLife::Pending(change)),
+            };
+            if let Some(from) = &p.record.copy_from {
+                // A recovered rename copy: until it runs, the bytes are at the old key.
+                let mut state = node.state();
+                if let SyncLife::Pending(change) = &mut state.sync {
+                    change.source = Some(super::life::Source {
+                        key: from.clone(),
+                        etag: p.record.copy_etag.clone(),
+                        size: 0,
+                    });
+                }
+            }
+            queue.attach(p.record.id, node.ino);
+        }
+    }
+
+    /// Poll-time conflicts in one directory: an entry with unexported changes whose
+    /// object changed (or was deleted, or created) in S3 since the change was based on
+    /// it. Judged against the record's base, which is always about the record's own key.
+    pub(super) async fn poll_conflicts(
+        &self,
+        prefix: &str,
+        entries: &DirEntries<RemoteObject>,
+        listed_at: SystemTime,
+        store: &Arc<dyn ObjectStore>,
+    ) {
+        let Some(queue) = self.queue.as_ref() else {
+            return;
+        };
+        let candidates: Vec<Queued> = queue
+            .under(prefix)
+            .into_iter()
+            .filter(|p| {
+                matches!(p.record.kind, ExportKind::Upload | ExportKind::Metadata)
+                    && !p.obsolete
+                    && p.based_at <= listed_at
+                    && direct_child(prefix, &p.record.key).is_some_and(|(_, dir)| !dir)
+            })
+            .collect();
+        for entry in candidates {
+            if queue.is_running(entry.record.id) {
+                continue;
+            }
+            let Some((name, _)) = direct_child(prefix, &entry.record.key) else {
+                continue;
+            };
+            let remote = entries.files.get(name).map(|r| r.etag.clone());
+            let conflict = match (&entry.record.base_etag, &remote) {
+                (Some(_), None) => true,
+                (Some(base), Some(etag)) => etag.as_deref() != Some(base.as_str()),
+                (None, Some(_)) => true,
+                (None, None) => false,
+            };
+            // The record may have changed since `under` copied it (a rename re-keyed
+            // or rebased it): judge only the record as it is now.
+            let current = queue.get(entry.record.id);
+            let still = current.as_ref().is_some_and(|c| {
+                c.record.key == entry.record.key
+                    && c.record.base_etag == entry.record.base_etag
+                    && c.based_at <= listed_at
+            });
+            if conflict && still {
+                info!(
+                    key = entry.record.key,
+                    "poll: the object changed in S3 while the local copy has unexported changes"
+                );
+                if let Some(current) = current {
+                    self.resolve_conflict(&current, store).await;
+                }
+            }
+        }
+    }
+
+    /// The state part of `user.s3files.status` for a node.
+    pub(super) fn sync_state(&self, node: &Node) -> (String, String) {
+        let life = node.state().sync.clone();
+        match life {
+            SyncLife::Lost {
+                origin: Some(origin),
+                ..
+            } => (
+                "conflict".into(),
+                format!("the object changed in S3; this local copy of {origin} is never exported\noriginal-path: {origin}"),
+            ),
+            SyncLife::Pending(change) => {
+                match self.queue.as_ref().and_then(|q| q.status(change.id)) {
+                    Some((state, err)) => (state, err.unwrap_or_else(|| "none".into())),
+                    None => ("synced".into(), "none".into()),
+                }
+            }
+            _ => ("synced".into(), "none".into()),
+        }
+    }
+
+    /// `s3files sync`: exports every pending record at or under `ino` now and waits for
+    /// them. Fails with EIO if any of them failed or is in conflict.
+    pub async fn sync_tree(&self, ino: Ino) -> FsResult<()> {
+        let Some(queue) = self.queue.as_ref() else {
+            return Ok(());
+        };
+        let node = self.node(ino)?;
+        let (prefix, is_dir) = {
+            let s = node.state();
+            (s.key.clone(), s.is_dir)
+        };
+        let ids = queue.ids_under(&prefix, !is_dir);
+        match queue.wait(&ids, None).await {
+            WaitOutcome::Exported => Ok(()),
+            WaitOutcome::Failed | WaitOutcome::TimedOut => Err(FsError::Io),
+        }
+    }
+
+    /// Exports everything pending now; waits at most `limit`. Returns how many records
+    /// are left in the journal.
+    pub async fn flush_all(&self, limit: Duration) -> usize {
+        let Some(queue) = self.queue.as_ref() else {
+            return 0;
+        };
+        let ids = queue.all_ids();
+        let _ = queue.wait(&ids, Some(limit)).await;
+        queue.backlog()
+    }
+
+    /// The export loop: starts due exports (bounded), forever. Spawn once per mount.
+    pub async fn run_exports(self: Arc<Self>) {
+        let Some(queue) = self.queue.clone() else {
+            return;
+        };
+        let store = self.store.clone();
+        queue.run(store, self).await;
+    }
+}
+
+#[async_trait::async_trait]
+impl ExportSink for FsCore {
+    /// Applies a finished export: the node (if it is still at that key) mirrors the
+    /// new object, and the record settles unless the entry changed while it ran.
+    fn exported(&self, entry: &Queued, etag: Option<String>, size: u64) {
+        self.metrics.exports.fetch_add(1, Ordering::Relaxed);
+        let Ok(queue) = self.queue() else { return };
+        let id = entry.record.id;
+        let node = entry.ino.and_then(|ino| self.inodes.get(ino));
+        let mut drop_staged = true;
+        let settled = match &node {
+            Some(node) => {
+                let mut state = node.state();
+                if entry.record.kind != ExportKind::Delete && state.key == entry.record.key {
+                    // Uploads set the body; a copy brings its source's; metadata
+                    // updates and markers keep what is there.
+                    let source = state.sync.pending().and_then(|c| c.source.as_ref());
+                    let size = match (&entry.record.kind, source, &state.remote) {
+                        (ExportKind::Upload, _, _) => size,
+                        (ExportKind::Copy, Some(source), _) => source.size,
+                        (_, _, Some(remote)) => remote.size,
+                        (_, _, None) => size,
+                    };
+                    state.remote = Some(RemoteObject {
+                        size,
+                        etag: etag.clone(),
+                        last_modified: Some(SystemTime::now()),
+                    });
+                }
+                let settled = queue.settle(entry, etag.clone());
+                if settled && state.sync.pending().map(|c| c.id) == Some(id) {
+                    state.meta = Some(PosixMeta::from_export(&entry.record.meta));
+                    state.symlink_target = None;
+                    let life = std::mem::take(&mut state.sync);
+                    state.sync = match life {
+                        SyncLife::Pending(Change {
+                            id,
+                            meta,
+                            staged: Some(staged),
+                            ..
+                        }) if state.handles > 0 => {
+                            drop_staged = false;
+                            SyncLife::Clean { id, meta, staged }
+                        }
+                        _ => SyncLife::Remote,
+                    };
+                } else if !settled {
+                    drop_staged = false;
+                }
+                settled
+            }
+            None => queue.settle(entry, etag.clone()),
+        };
+        if settled && entry.record.kind == ExportKind::Upload {
+            if let (Some(etag), Some(staged)) = (&etag, &entry.staged) {
+                self.cache_exported(&entry.record.key, etag, staged);
+            }
+        }
+        queue.after_settle(id, settled, drop_staged);
+    }
+
+    async fn conflict(&self, entry: &Queued) {
+        let store = self.store.clone();
+        self.resolve_conflict(entry, &store).await;
+    }
+}
+
+/// `(name, is_dir)` when `key` is an entry directly inside directory `prefix`.
+pub(super) fn direct_child<'a>(prefix: &str, key: &'a str) -> Option<(&'a str, bool)> {
+    let rest = key.strip_prefix(prefix)?;
+    match rest.strip_suffix('/') {
+        Some(dir) if !dir.is_empty() && !dir.contains('/') => Some((dir, true)),
+        _ if !rest.is_empty() && !rest.contains('/') => Some((rest, false)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn direct_children() {
+        assert_eq!(direct_child("", "a"), Some(("a", false)));
+        assert_eq!(direct_child("", "d/"), Some(("d", true)));
+        assert_eq!(direct_child("p/", "p/a"), Some(("a", false)));
+        assert_eq!(direct_child("p/", "p/a/b"), None);
+        assert_eq!(direct_child("p/", "p/"), None);
+        assert_eq!(direct_child("p/", "q/a"), None);
+    }
+}
