@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{parse_duration, parse_size};
+use crate::units::{parse_duration, parse_size};
 
 #[derive(Debug, Parser)]
 #[command(

@@ -117,7 +117,7 @@ fn reply_opened(reply: ReplyOpen, result: Result<(u64, bool), FsError>) {
 fn reply_xattr(reply: ReplyXattr, size: u32, result: Result<Vec<u8>, FsError>) {
     match result {
         Ok(value) if size == 0 => reply.size(value.len() as u32),
-        Ok(value) if value.len() > size as usize => reply.error(Errno::from_i32(libc::ERANGE)),
+        Ok(value) if value.len() > size as usize => reply.error(errno(&FsError::Range)),
         Ok(value) => reply.data(&value),
         Err(e) => reply.error(errno(&e)),
     }
@@ -233,7 +233,7 @@ impl Filesystem for FuseAdapter {
     ) {
         // Only regular files exist in S3 Files; devices, FIFOs and sockets do not.
         if mode & libc::S_IFMT != libc::S_IFREG {
-            reply.error(Errno::EPERM);
+            reply.error(errno(&FsError::Perm));
             return;
         }
         let (core, who, name) = (self.core.clone(), caller(req), name.to_owned());
@@ -373,7 +373,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEntry,
     ) {
         // S3 Files has no hard links.
-        reply.error(Errno::EPERM);
+        reply.error(errno(&FsError::Perm));
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -453,7 +453,7 @@ impl Filesystem for FuseAdapter {
     ) {
         // Nothing to do at close (writes are staged as they come; export is lazy):
         // ENOSYS tells the kernel to stop sending FLUSH, one round trip less per close.
-        reply.error(Errno::ENOSYS);
+        reply.error(errno(&FsError::Unimplemented));
     }
 
     fn release(
@@ -642,7 +642,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyWrite,
     ) {
         // The kernel falls back to read + write (and stops asking).
-        reply.error(Errno::ENOSYS);
+        reply.error(errno(&FsError::Unimplemented));
     }
 
     fn fallocate(

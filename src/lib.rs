@@ -14,3 +14,4 @@ pub mod metrics;
 pub mod mounts;
 pub mod read;
 pub mod store;
+pub mod units;

@@ -328,10 +328,10 @@ impl DataCache {
         let (bytes, blocks, memory) = self.usage();
         format!(
             "cache: disk {} in {} blocks (bound {}), memory {}",
-            crate::config::format_size(bytes),
+            crate::units::format_size(bytes),
             blocks,
-            crate::config::format_size(self.disk.bound()),
-            crate::config::format_size(memory),
+            crate::units::format_size(self.disk.bound()),
+            crate::units::format_size(memory),
         )
     }
 

@@ -704,7 +704,7 @@ impl FsCore {
 
     /// The bytes a write on `file` goes to, if they are still the node's (EIO once a
     /// conflict moved them to lost+found or S3 replaced them).
-    fn live_write_target(&self, file: &super::OpenFile) -> FsResult<Arc<StagedFile>> {
+    fn live_write_target(&self, file: &super::handle::OpenFile) -> FsResult<Arc<StagedFile>> {
         let staged = file.write_target()?;
         let state = file.node.state();
         if state.linked && !state.sync.staged().is_some_and(|s| Arc::ptr_eq(s, &staged)) {

@@ -40,8 +40,9 @@ pub enum FsError {
     NoSpace,
     #[error("file too large")]
     TooBig,
-    #[error("timed out")]
-    TimedOut,
+    /// A request the kernel may stop sending (FLUSH, copy_file_range): it falls back.
+    #[error("not implemented")]
+    Unimplemented,
     #[error("S3: {0}")]
     Store(#[from] StoreError),
 }
@@ -66,7 +67,7 @@ impl FsError {
             FsError::Io => libc::EIO,
             FsError::NoSpace => libc::ENOSPC,
             FsError::TooBig => libc::EFBIG,
-            FsError::TimedOut => libc::ETIMEDOUT,
+            FsError::Unimplemented => libc::ENOSYS,
             FsError::Store(e) => store_errno(e),
         }
     }

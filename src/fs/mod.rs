@@ -9,8 +9,10 @@
 pub mod access;
 mod change;
 pub mod error;
+mod handle;
 pub mod inode;
 pub mod life;
+mod load;
 pub mod metadata;
 pub mod namespace;
 mod poll;
@@ -31,20 +33,18 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use dashmap::DashMap;
 use futures::stream::{self, StreamExt};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::cache::DataCache;
 use crate::export::queue::ExportQueue;
-use crate::export::staging::StagedFile;
 use crate::metrics::Metrics;
-use crate::read::{BlockFetcher, ObjectReader, StreamBudget, Version};
+use crate::read::{BlockFetcher, StreamBudget};
 use crate::store::{ObjectStore, StoreError};
 use access::{Identity, Owner};
 pub use error::{FsError, FsResult};
-use inode::{Ino, InodeTable, Node, RemoteObject, ROOT_INO};
-use life::SyncLife;
+use inode::{Ino, InodeTable, Node, ROOT_INO};
 use metadata::{EntryKind, PosixMeta};
-use namespace::{build_entries, check_segment};
+use namespace::check_segment;
 
 /// The virtual, read-only extended attribute that reports an entry's sync state.
 pub const STATUS_XATTR: &str = "user.s3files.status";
@@ -116,39 +116,10 @@ pub struct StatFs {
     pub namelen: u32,
 }
 
-/// An open file handle. It owns its data source: the staged bytes it was opened on, or
-/// the object version. Local bytes of the node win over the source for every reader
-/// (read-your-writes across handles); a handle whose staged source went away (its
-/// change lost a conflict, or S3 changed under clean bytes) fails with EIO.
-struct OpenFile {
-    node: Arc<Node>,
-    source: HandleSource,
-    writable: bool,
-}
-
-enum HandleSource {
-    /// Local bytes (a file being written, clean bytes, a lost+found file).
-    Staged(Arc<StagedFile>),
-    /// An object version in S3.
-    Object(ObjectReader),
-    /// Nothing to read (an entry with no object, e.g. deleted meanwhile).
-    Empty,
-}
-
-impl OpenFile {
-    /// The staged bytes a write on this handle goes to.
-    fn write_target(&self) -> FsResult<Arc<StagedFile>> {
-        match (&self.source, self.writable) {
-            (HandleSource::Staged(staged), true) => Ok(staged.clone()),
-            _ => Err(FsError::BadHandle),
-        }
-    }
-}
-
 pub struct FsCore {
     store: Arc<dyn ObjectStore>,
     inodes: InodeTable,
-    files: DashMap<u64, Arc<OpenFile>>,
+    files: DashMap<u64, Arc<handle::OpenFile>>,
     dirs: DashMap<u64, Arc<Vec<DirEntry>>>,
     next_handle: AtomicU64,
     options: CoreOptions,
@@ -371,7 +342,9 @@ impl FsCore {
                 // A small file's import brings its metadata with its bytes, in one GET.
                 // A file deleted since the listing just keeps the regular-file type.
                 let imported = match self.import_version(&node) {
-                    Some(version) => import_node(&self.fetcher, &node, &version).await.is_ok(),
+                    Some(version) => load::import_node(&self.fetcher, &node, &version)
+                        .await
+                        .is_ok(),
                     None => false,
                 };
                 if !imported {
@@ -416,255 +389,6 @@ impl FsCore {
 
     pub fn releasedir(&self, handle: u64) {
         self.dirs.remove(&handle);
-    }
-
-    /// Opens a file. `write` and `truncate` say what the open asked for; a file opened
-    /// for writing gets local bytes in the staging area.
-    /// Returns the handle and whether the kernel may keep the pages it cached from an
-    /// earlier open (the same object version, no local bytes in between).
-    pub async fn open(
-        &self,
-        caller: Identity,
-        ino: Ino,
-        write: bool,
-        truncate: bool,
-    ) -> FsResult<(u64, bool)> {
-        let node = self.node(ino)?;
-        if node.state().is_dir {
-            return Err(FsError::IsDir);
-        }
-        if write || truncate {
-            if self.queue.is_none() {
-                return Err(self.refuse_write());
-            }
-            self.check(caller, &node, access::WRITE).await?;
-            if !write {
-                self.check(caller, &node, access::READ).await?;
-            }
-            let staged = self.open_for_write(&node, truncate).await?;
-            node.state().page_cache_etag = None;
-            return Ok((self.add_write_handle(node, staged, write), false));
-        }
-        self.check(caller, &node, access::READ).await?;
-        self.ensure_meta(&node).await?;
-        Ok(self.open_for_read(node))
-    }
-
-    /// A read-only open answered without waiting: the node's metadata is known, so the
-    /// permission check and the handle need no request to S3. None: use `open`.
-    pub fn open_cached(
-        &self,
-        caller: Identity,
-        ino: Ino,
-        write: bool,
-        truncate: bool,
-    ) -> Option<FsResult<(u64, bool)>> {
-        if write || truncate {
-            return None;
-        }
-        let node = match self.node(ino) {
-            Ok(node) => node,
-            Err(e) => return Some(Err(e)),
-        };
-        let meta = {
-            let state = node.state();
-            if state.is_dir {
-                return Some(Err(FsError::IsDir));
-            }
-            if state.sync.is_local() {
-                return None;
-            }
-            state.meta?
-        };
-        let _ = caller; // without an access point the kernel checked the caller
-        if let Err(e) = self.check_known(meta, false, access::READ) {
-            return Some(Err(e));
-        }
-        Some(Ok(self.open_for_read(node)))
-    }
-
-    /// Registers a read-only handle; says whether the kernel may keep cached pages.
-    fn open_for_read(&self, node: Arc<Node>) -> (u64, bool) {
-        let keep_cache = {
-            let mut state = node.state();
-            let etag = match (&state.sync, &state.remote) {
-                (SyncLife::Remote, Some(remote)) => remote.etag.clone(),
-                _ => None,
-            };
-            let keep = etag.is_some() && state.page_cache_etag == etag;
-            state.page_cache_etag = etag;
-            keep
-        };
-        (self.add_handle(node, false), keep_cache)
-    }
-
-    /// Registers a handle on a node, reading from the node's local bytes if it has
-    /// them, else from its object version (a pending copy's source, or `remote`).
-    fn add_handle(&self, node: Arc<Node>, writable: bool) -> u64 {
-        let source = {
-            let mut state = node.state();
-            state.handles += 1;
-            if let Some(staged) = state.sync.staged() {
-                HandleSource::Staged(staged.clone())
-            } else {
-                let version = match state.sync.pending().and_then(|c| c.source.clone()) {
-                    Some(source) => Some(Version::new(source.key, source.etag, source.size)),
-                    None => state
-                        .remote
-                        .as_ref()
-                        .map(|r| Version::new(state.key.clone(), r.etag.clone(), r.size)),
-                };
-                match version {
-                    Some(version) => HandleSource::Object(ObjectReader::new(
-                        self.fetcher.clone(),
-                        self.budget.clone(),
-                        version,
-                    )),
-                    None => HandleSource::Empty,
-                }
-            }
-        };
-        self.insert_handle(node, source, writable)
-    }
-
-    /// Registers a handle that writes to (and reads from) `staged`.
-    fn add_write_handle(&self, node: Arc<Node>, staged: Arc<StagedFile>, writable: bool) -> u64 {
-        node.state().handles += 1;
-        self.insert_handle(node, HandleSource::Staged(staged), writable)
-    }
-
-    fn insert_handle(&self, node: Arc<Node>, source: HandleSource, writable: bool) -> u64 {
-        let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        self.files.insert(
-            handle,
-            Arc::new(OpenFile {
-                node,
-                source,
-                writable,
-            }),
-        );
-        handle
-    }
-
-    fn handle(&self, handle: u64) -> FsResult<Arc<OpenFile>> {
-        self.files
-            .get(&handle)
-            .map(|f| f.value().clone())
-            .ok_or(FsError::BadHandle)
-    }
-
-    /// The read, if it can be answered without waiting on the network (local bytes, or
-    /// every block in the cache): the FUSE adapter answers these inline.
-    pub fn read_cached(&self, handle: u64, offset: u64, len: u32) -> Option<FsResult<Bytes>> {
-        let file = match self.handle(handle) {
-            Ok(file) => file,
-            Err(e) => return Some(Err(e)),
-        };
-        if let Some(result) = self.read_local(&file, offset, len) {
-            return Some(result);
-        }
-        let HandleSource::Object(reader) = &file.source else {
-            return None;
-        };
-        let data = reader.read_cached(offset, len)?;
-        self.metrics
-            .bytes_read
-            .fetch_add(data.len() as u64, Ordering::Relaxed);
-        Some(Ok(data))
-    }
-
-    /// Reads local bytes, if the file has them: they win over S3 (read-your-writes, across
-    /// handles too). A handle opened on staged bytes that are gone gets EIO.
-    fn read_local(&self, file: &OpenFile, offset: u64, len: u32) -> Option<FsResult<Bytes>> {
-        let (current, linked) = {
-            let state = file.node.state();
-            (state.sync.staged().cloned(), state.linked)
-        };
-        let staged = match (current, &file.source) {
-            (Some(staged), _) => staged,
-            (None, HandleSource::Staged(_)) if linked => {
-                // The bytes this handle read and wrote lost a conflict or were replaced
-                // by a change in S3: never serve another version through it.
-                return Some(Err(FsError::Io));
-            }
-            // Unlinked while open: the handle keeps its bytes.
-            (None, HandleSource::Staged(own)) => own.clone(),
-            (None, _) => return None,
-        };
-        let mut buf = vec![0u8; len as usize];
-        let n = match staged.read_at(&mut buf, offset) {
-            Ok(n) => n,
-            Err(e) => return Some(Err(sync::io_error(e))),
-        };
-        buf.truncate(n);
-        self.metrics
-            .bytes_read
-            .fetch_add(n as u64, Ordering::Relaxed);
-        Some(Ok(Bytes::from(buf)))
-    }
-
-    pub async fn read(&self, handle: u64, offset: u64, len: u32) -> FsResult<Bytes> {
-        let file = self.handle(handle)?;
-        if let Some(result) = self.read_local(&file, offset, len) {
-            return result;
-        }
-        let HandleSource::Object(reader) = &file.source else {
-            return Ok(Bytes::new());
-        };
-        match reader.read(offset, len).await {
-            Ok(data) => {
-                self.metrics
-                    .bytes_read
-                    .fetch_add(data.len() as u64, Ordering::Relaxed);
-                Ok(data)
-            }
-            Err(StoreError::PreconditionFailed) => {
-                let key = file.node.state().key.clone();
-                warn!(
-                    key,
-                    "object changed in S3 while open; reopen to read the new version"
-                );
-                // The next lookup or getattr fetches the new version's metadata.
-                file.node.state().meta = None;
-                Err(self.store_error(&key, StoreError::PreconditionFailed))
-            }
-            Err(e) => {
-                let key = file.node.state().key.clone();
-                Err(self.store_error(&key, e))
-            }
-        }
-    }
-
-    pub fn release(&self, handle: u64) {
-        let Some((_, file)) = self.files.remove(&handle) else {
-            return;
-        };
-        let forget = {
-            let mut state = file.node.state();
-            state.handles = state.handles.saturating_sub(1);
-            if state.handles > 0 {
-                None
-            } else {
-                match &state.sync {
-                    // Clean local bytes (already exported) go with the last handle.
-                    SyncLife::Clean { id, .. } => {
-                        let id = *id;
-                        state.sync = SyncLife::Remote;
-                        Some(id)
-                    }
-                    _ => {
-                        // Waiting for export: keep the bytes, not the descriptor.
-                        if let Some(staged) = state.sync.staged() {
-                            staged.close_idle();
-                        }
-                        None
-                    }
-                }
-            }
-        };
-        if let (Some(id), Some(queue)) = (forget, self.queue.as_ref()) {
-            queue.forget_staged(id);
-        }
     }
 
     pub fn statfs(&self) -> StatFs {
@@ -836,197 +560,6 @@ impl FsCore {
         access::check(who, owner, want)
     }
 
-    /// Lists a directory (all pages) the first time it is needed.
-    async fn load_dir(&self, dir: &Node) -> FsResult<()> {
-        if dir.state().children.is_some() {
-            return Ok(());
-        }
-        let _loading = dir.load_lock.lock().await;
-        if dir.state().children.is_some() {
-            return Ok(());
-        }
-        let prefix = dir.state().key.clone();
-        let entries = self.list_entries(&self.store, &prefix).await?;
-        info!(
-            prefix,
-            files = entries.files.len(),
-            dirs = entries.dirs.len(),
-            skipped = entries.skipped.len(),
-            "imported directory listing"
-        );
-        self.report_skipped(&entries);
-        self.inodes.apply_listing(dir, &entries);
-        self.overlay_pending(dir);
-        self.eager_import(dir, &entries);
-        if !entries.has_marker && !prefix.is_empty() {
-            // No `dir/` marker in its own listing: an implicit directory, no HEAD needed.
-            let mut state = dir.state();
-            if state.meta.is_none() {
-                state.meta = Some(PosixMeta::default_for(true));
-                state.remote = None;
-            }
-        }
-        Ok(())
-    }
-
-    /// Fetches, in the background, the data of a new listing's small files that the cache
-    /// does not have, with their metadata, so that looking them up and reading them right
-    /// after `ls` or `find` needs no request to S3.
-    fn eager_import(&self, dir: &Node, entries: &namespace::DirEntries<RemoteObject>) {
-        if self.options.import_size_threshold == 0 {
-            return;
-        }
-        // A directory of many small files imports at most a quarter of the cache's bound,
-        // so one listing cannot wash out everything else that is cached.
-        let mut budget = self.cache().disk_bound() / 4;
-        let imports: Vec<(Arc<Node>, Version)> = entries
-            .files
-            .keys()
-            .filter_map(|name| {
-                let node = self.inodes.child(dir, name)?;
-                let version = self.import_version(&node)?;
-                Some((node, version))
-            })
-            .take_while(|(_, version)| match budget.checked_sub(version.size) {
-                Some(left) => {
-                    budget = left;
-                    true
-                }
-                None => false,
-            })
-            .collect();
-        if imports.is_empty() {
-            return;
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        for (node, version) in imports {
-            let (fetcher, eager) = (self.fetcher.clone(), self.eager.clone());
-            runtime.spawn(async move {
-                let Ok(_permit) = eager.acquire().await else {
-                    return;
-                };
-                // Only a head start: a read fetches it again and reports any error.
-                if let Err(e) = import_node(&fetcher, &node, &version).await {
-                    debug!(key = version.key, error = %e, "eager import failed");
-                }
-            });
-        }
-    }
-
-    /// The version an eager import of this node would fetch, if it qualifies.
-    fn import_version(&self, node: &Node) -> Option<Version> {
-        let state = node.state();
-        let remote = state.remote.as_ref()?;
-        let small = remote.size > 0 && remote.size < self.options.import_size_threshold;
-        if state.is_dir || state.sync.is_local() || !small {
-            return None;
-        }
-        Some(Version::new(
-            state.key.clone(),
-            Some(remote.etag.clone()?),
-            remote.size,
-        ))
-    }
-
-    /// Lists a directory prefix (every page) and applies the namespace rules.
-    async fn list_entries(
-        &self,
-        store: &Arc<dyn ObjectStore>,
-        prefix: &str,
-    ) -> FsResult<namespace::DirEntries<RemoteObject>> {
-        let mut objects = Vec::new();
-        let mut common = Vec::new();
-        let mut token = None;
-        loop {
-            let page = store
-                .list_page(prefix, token, None)
-                .await
-                .map_err(|e| self.store_error(prefix, e))?;
-            objects.extend(page.objects.into_iter().map(|o| {
-                let remote = RemoteObject {
-                    size: o.size,
-                    etag: o.etag,
-                    last_modified: o.last_modified,
-                };
-                (o.key, remote)
-            }));
-            common.extend(page.common_prefixes);
-            match page.next_token {
-                Some(next) => token = Some(next),
-                None => break,
-            }
-        }
-        Ok(build_entries(prefix, objects, common))
-    }
-
-    /// Logs (once per key) and counts keys the namespace rules left out.
-    fn report_skipped(&self, entries: &namespace::DirEntries<RemoteObject>) {
-        let mut reported = self.reported.lock().unwrap_or_else(|e| e.into_inner());
-        for (key, reason) in &entries.skipped {
-            if reported.insert(key.clone()) {
-                self.metrics.keys_skipped.fetch_add(1, Ordering::Relaxed);
-                warn!(key = key.escape_debug().to_string(), %reason, "import failure: S3 key cannot be a file; skipped");
-            }
-        }
-        for key in &entries.hidden {
-            if reported.insert(key.clone()) {
-                self.metrics.keys_hidden.fetch_add(1, Ordering::Relaxed);
-                warn!(
-                    key = key.escape_debug().to_string(),
-                    "object hidden: a directory of the same name exists"
-                );
-            }
-        }
-    }
-
-    /// Fetches a node's metadata (HeadObject) if it is not known.
-    async fn ensure_meta(&self, node: &Node) -> FsResult<()> {
-        if node.state().meta.is_some() {
-            return Ok(());
-        }
-        let _loading = node.load_lock.lock().await;
-        let (key, is_dir) = {
-            let state = node.state();
-            if state.meta.is_some() {
-                return Ok(());
-            }
-            (state.key.clone(), state.is_dir)
-        };
-        if is_dir && key.is_empty() {
-            // The bucket root has no marker object.
-            node.state().meta = Some(PosixMeta::default_for(true));
-            return Ok(());
-        }
-        let head = match self.store.head(&key).await {
-            Ok(head) => Some(head),
-            // A directory without a marker is implicit: it takes the defaults.
-            Err(StoreError::NotFound) if is_dir => None,
-            Err(e) => return Err(self.store_error(&key, e)),
-        };
-        let mut state = node.state();
-        match head {
-            Some(head) => {
-                state.meta = Some(PosixMeta::from_user_metadata(&head.metadata, is_dir));
-                let changed = state.remote.as_ref().map(|r| &r.etag) != Some(&head.etag);
-                if changed {
-                    state.symlink_target = None;
-                }
-                state.remote = Some(RemoteObject {
-                    size: head.size,
-                    etag: head.etag,
-                    last_modified: head.last_modified,
-                });
-            }
-            None => {
-                state.meta = Some(PosixMeta::default_for(true));
-                state.remote = None;
-            }
-        }
-        Ok(())
-    }
-
     fn attr(&self, node: &Node) -> Attr {
         let state = node.state();
         let meta = match state.sync.local_meta() {
@@ -1076,37 +609,6 @@ impl FsCore {
         info!("{}", self.metrics.summary());
         info!("{}", self.cache().summary());
     }
-}
-
-/// Eager import of one small file: its bytes into the cache and its POSIX metadata onto
-/// the node, with one GET (or a HEAD if the bytes are cached already, nothing if both are
-/// known). Serialised per node with metadata loads, so a listing's background import and a
-/// readdir that needs the same metadata share one request.
-async fn import_node(
-    fetcher: &Arc<BlockFetcher>,
-    node: &Node,
-    version: &Version,
-) -> Result<(), StoreError> {
-    let _loading = node.load_lock.lock().await;
-    let known = node.state().meta.is_some();
-    if known && fetcher.is_cached(version) {
-        return Ok(());
-    }
-    let (head, fetched) = fetcher.import(version).await?;
-    if let Some(head) = head {
-        let mut state = node.state();
-        let same = state.remote.as_ref().map(|r| &r.etag) == Some(&head.etag);
-        if same && state.meta.is_none() && !state.sync.is_local() {
-            state.meta = Some(PosixMeta::from_user_metadata(&head.metadata, false));
-        }
-    }
-    if fetched {
-        fetcher
-            .metrics()
-            .eager_imports
-            .fetch_add(1, Ordering::Relaxed);
-    }
-    Ok(())
 }
 
 fn kind_of(state: &inode::NodeState) -> EntryKind {

@@ -1,0 +1,312 @@
+//! Open files: opening (read-only inline when possible, for writing through staging),
+//! reading (local bytes, then the cache, then S3) and releasing. Each handle owns its
+//! data source (docs/SEMANTICS.md "What an open file sees").
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tracing::warn;
+
+use super::access::{self, Identity};
+use super::inode::{Ino, Node};
+use super::life::SyncLife;
+use super::{sync, FsCore, FsError, FsResult};
+use crate::export::staging::StagedFile;
+use crate::read::{ObjectReader, Version};
+use crate::store::StoreError;
+
+/// An open file handle. It owns its data source: the staged bytes it was opened on, or
+/// the object version. Local bytes of the node win over the source for every reader
+/// (read-your-writes across handles); a handle whose staged source went away (its
+/// change lost a conflict, or S3 changed under clean bytes) fails with EIO.
+pub(super) struct OpenFile {
+    pub(super) node: Arc<Node>,
+    pub(super) source: HandleSource,
+    pub(super) writable: bool,
+}
+
+pub(super) enum HandleSource {
+    /// Local bytes (a file being written, clean bytes, a lost+found file).
+    Staged(Arc<StagedFile>),
+    /// An object version in S3.
+    Object(ObjectReader),
+    /// Nothing to read (an entry with no object, e.g. deleted meanwhile).
+    Empty,
+}
+
+impl OpenFile {
+    /// The staged bytes a write on this handle goes to.
+    pub(super) fn write_target(&self) -> FsResult<Arc<StagedFile>> {
+        match (&self.source, self.writable) {
+            (HandleSource::Staged(staged), true) => Ok(staged.clone()),
+            _ => Err(FsError::BadHandle),
+        }
+    }
+}
+
+impl FsCore {
+    /// Opens a file. `write` and `truncate` say what the open asked for; a file opened
+    /// for writing gets local bytes in the staging area.
+    /// Returns the handle and whether the kernel may keep the pages it cached from an
+    /// earlier open (the same object version, no local bytes in between).
+    pub async fn open(
+        &self,
+        caller: Identity,
+        ino: Ino,
+        write: bool,
+        truncate: bool,
+    ) -> FsResult<(u64, bool)> {
+        let node = self.node(ino)?;
+        if node.state().is_dir {
+            return Err(FsError::IsDir);
+        }
+        if write || truncate {
+            if self.queue.is_none() {
+                return Err(self.refuse_write());
+            }
+            self.check(caller, &node, access::WRITE).await?;
+            if !write {
+                self.check(caller, &node, access::READ).await?;
+            }
+            let staged = self.open_for_write(&node, truncate).await?;
+            node.state().page_cache_etag = None;
+            return Ok((self.add_write_handle(node, staged, write), false));
+        }
+        self.check(caller, &node, access::READ).await?;
+        self.ensure_meta(&node).await?;
+        Ok(self.open_for_read(node))
+    }
+
+    /// A read-only open answered without waiting: the node's metadata is known, so the
+    /// permission check and the handle need no request to S3. None: use `open`.
+    pub fn open_cached(
+        &self,
+        caller: Identity,
+        ino: Ino,
+        write: bool,
+        truncate: bool,
+    ) -> Option<FsResult<(u64, bool)>> {
+        if write || truncate {
+            return None;
+        }
+        let node = match self.node(ino) {
+            Ok(node) => node,
+            Err(e) => return Some(Err(e)),
+        };
+        let meta = {
+            let state = node.state();
+            if state.is_dir {
+                return Some(Err(FsError::IsDir));
+            }
+            if state.sync.is_local() {
+                return None;
+            }
+            state.meta?
+        };
+        let _ = caller; // without an access point the kernel checked the caller
+        if let Err(e) = self.check_known(meta, false, access::READ) {
+            return Some(Err(e));
+        }
+        Some(Ok(self.open_for_read(node)))
+    }
+
+    /// Registers a read-only handle; says whether the kernel may keep cached pages.
+    pub(super) fn open_for_read(&self, node: Arc<Node>) -> (u64, bool) {
+        let keep_cache = {
+            let mut state = node.state();
+            let etag = match (&state.sync, &state.remote) {
+                (SyncLife::Remote, Some(remote)) => remote.etag.clone(),
+                _ => None,
+            };
+            let keep = etag.is_some() && state.page_cache_etag == etag;
+            state.page_cache_etag = etag;
+            keep
+        };
+        (self.add_handle(node, false), keep_cache)
+    }
+
+    /// Registers a handle on a node, reading from the node's local bytes if it has
+    /// them, else from its object version (a pending copy's source, or `remote`).
+    pub(super) fn add_handle(&self, node: Arc<Node>, writable: bool) -> u64 {
+        let source = {
+            let mut state = node.state();
+            state.handles += 1;
+            if let Some(staged) = state.sync.staged() {
+                HandleSource::Staged(staged.clone())
+            } else {
+                let version = match state.sync.pending().and_then(|c| c.source.clone()) {
+                    Some(source) => Some(Version::new(source.key, source.etag, source.size)),
+                    None => state
+                        .remote
+                        .as_ref()
+                        .map(|r| Version::new(state.key.clone(), r.etag.clone(), r.size)),
+                };
+                match version {
+                    Some(version) => HandleSource::Object(ObjectReader::new(
+                        self.fetcher.clone(),
+                        self.budget.clone(),
+                        version,
+                    )),
+                    None => HandleSource::Empty,
+                }
+            }
+        };
+        self.insert_handle(node, source, writable)
+    }
+
+    /// Registers a handle that writes to (and reads from) `staged`.
+    pub(super) fn add_write_handle(
+        &self,
+        node: Arc<Node>,
+        staged: Arc<StagedFile>,
+        writable: bool,
+    ) -> u64 {
+        node.state().handles += 1;
+        self.insert_handle(node, HandleSource::Staged(staged), writable)
+    }
+
+    pub(super) fn insert_handle(
+        &self,
+        node: Arc<Node>,
+        source: HandleSource,
+        writable: bool,
+    ) -> u64 {
+        let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        self.files.insert(
+            handle,
+            Arc::new(OpenFile {
+                node,
+                source,
+                writable,
+            }),
+        );
+        handle
+    }
+
+    pub(super) fn handle(&self, handle: u64) -> FsResult<Arc<OpenFile>> {
+        self.files
+            .get(&handle)
+            .map(|f| f.value().clone())
+            .ok_or(FsError::BadHandle)
+    }
+
+    /// The read, if it can be answered without waiting on the network (local bytes, or
+    /// every block in the cache): the FUSE adapter answers these inline.
+    pub fn read_cached(&self, handle: u64, offset: u64, len: u32) -> Option<FsResult<Bytes>> {
+        let file = match self.handle(handle) {
+            Ok(file) => file,
+            Err(e) => return Some(Err(e)),
+        };
+        if let Some(result) = self.read_local(&file, offset, len) {
+            return Some(result);
+        }
+        let HandleSource::Object(reader) = &file.source else {
+            return None;
+        };
+        let data = reader.read_cached(offset, len)?;
+        self.metrics
+            .bytes_read
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        Some(Ok(data))
+    }
+
+    /// Reads local bytes, if the file has them: they win over S3 (read-your-writes, across
+    /// handles too). A handle opened on staged bytes that are gone gets EIO.
+    pub(super) fn read_local(
+        &self,
+        file: &OpenFile,
+        offset: u64,
+        len: u32,
+    ) -> Option<FsResult<Bytes>> {
+        let (current, linked) = {
+            let state = file.node.state();
+            (state.sync.staged().cloned(), state.linked)
+        };
+        let staged = match (current, &file.source) {
+            (Some(staged), _) => staged,
+            (None, HandleSource::Staged(_)) if linked => {
+                // The bytes this handle read and wrote lost a conflict or were replaced
+                // by a change in S3: never serve another version through it.
+                return Some(Err(FsError::Io));
+            }
+            // Unlinked while open: the handle keeps its bytes.
+            (None, HandleSource::Staged(own)) => own.clone(),
+            (None, _) => return None,
+        };
+        let mut buf = vec![0u8; len as usize];
+        let n = match staged.read_at(&mut buf, offset) {
+            Ok(n) => n,
+            Err(e) => return Some(Err(sync::io_error(e))),
+        };
+        buf.truncate(n);
+        self.metrics
+            .bytes_read
+            .fetch_add(n as u64, Ordering::Relaxed);
+        Some(Ok(Bytes::from(buf)))
+    }
+
+    pub async fn read(&self, handle: u64, offset: u64, len: u32) -> FsResult<Bytes> {
+        let file = self.handle(handle)?;
+        if let Some(result) = self.read_local(&file, offset, len) {
+            return result;
+        }
+        let HandleSource::Object(reader) = &file.source else {
+            return Ok(Bytes::new());
+        };
+        match reader.read(offset, len).await {
+            Ok(data) => {
+                self.metrics
+                    .bytes_read
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                Ok(data)
+            }
+            Err(StoreError::PreconditionFailed) => {
+                let key = file.node.state().key.clone();
+                warn!(
+                    key,
+                    "object changed in S3 while open; reopen to read the new version"
+                );
+                // The next lookup or getattr fetches the new version's metadata.
+                file.node.state().meta = None;
+                Err(self.store_error(&key, StoreError::PreconditionFailed))
+            }
+            Err(e) => {
+                let key = file.node.state().key.clone();
+                Err(self.store_error(&key, e))
+            }
+        }
+    }
+
+    pub fn release(&self, handle: u64) {
+        let Some((_, file)) = self.files.remove(&handle) else {
+            return;
+        };
+        let forget = {
+            let mut state = file.node.state();
+            state.handles = state.handles.saturating_sub(1);
+            if state.handles > 0 {
+                None
+            } else {
+                match &state.sync {
+                    // Clean local bytes (already exported) go with the last handle.
+                    SyncLife::Clean { id, .. } => {
+                        let id = *id;
+                        state.sync = SyncLife::Remote;
+                        Some(id)
+                    }
+                    _ => {
+                        // Waiting for export: keep the bytes, not the descriptor.
+                        if let Some(staged) = state.sync.staged() {
+                            staged.close_idle();
+                        }
+                        None
+                    }
+                }
+            }
+        };
+        if let (Some(id), Some(queue)) = (forget, self.queue.as_ref()) {
+            queue.forget_staged(id);
+        }
+    }
+}

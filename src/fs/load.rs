@@ -1,0 +1,238 @@
+//! Loading what S3 has: directory listings (every page, namespace rules applied, recovered
+//! changes overlaid), metadata (HeadObject) and the eager import of small files.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tracing::{debug, info, warn};
+
+use super::inode::{Node, RemoteObject};
+use super::metadata::PosixMeta;
+use super::namespace::{self, build_entries};
+use super::{FsCore, FsResult};
+use crate::read::{BlockFetcher, Version};
+use crate::store::{ObjectStore, StoreError};
+
+impl FsCore {
+    /// Lists a directory (all pages) the first time it is needed.
+    pub(super) async fn load_dir(&self, dir: &Node) -> FsResult<()> {
+        if dir.state().children.is_some() {
+            return Ok(());
+        }
+        let _loading = dir.load_lock.lock().await;
+        if dir.state().children.is_some() {
+            return Ok(());
+        }
+        let prefix = dir.state().key.clone();
+        let entries = self.list_entries(&self.store, &prefix).await?;
+        info!(
+            prefix,
+            files = entries.files.len(),
+            dirs = entries.dirs.len(),
+            skipped = entries.skipped.len(),
+            "imported directory listing"
+        );
+        self.report_skipped(&entries);
+        self.inodes.apply_listing(dir, &entries);
+        self.overlay_pending(dir);
+        self.eager_import(dir, &entries);
+        if !entries.has_marker && !prefix.is_empty() {
+            // No `dir/` marker in its own listing: an implicit directory, no HEAD needed.
+            let mut state = dir.state();
+            if state.meta.is_none() {
+                state.meta = Some(PosixMeta::default_for(true));
+                state.remote = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// Fetches, in the background, the data of a new listing's small files that the cache
+    /// does not have, with their metadata, so that looking them up and reading them right
+    /// after `ls` or `find` needs no request to S3.
+    pub(super) fn eager_import(&self, dir: &Node, entries: &namespace::DirEntries<RemoteObject>) {
+        if self.options.import_size_threshold == 0 {
+            return;
+        }
+        // A directory of many small files imports at most a quarter of the cache's bound,
+        // so one listing cannot wash out everything else that is cached.
+        let mut budget = self.cache().disk_bound() / 4;
+        let imports: Vec<(Arc<Node>, Version)> = entries
+            .files
+            .keys()
+            .filter_map(|name| {
+                let node = self.inodes.child(dir, name)?;
+                let version = self.import_version(&node)?;
+                Some((node, version))
+            })
+            .take_while(|(_, version)| match budget.checked_sub(version.size) {
+                Some(left) => {
+                    budget = left;
+                    true
+                }
+                None => false,
+            })
+            .collect();
+        if imports.is_empty() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        for (node, version) in imports {
+            let (fetcher, eager) = (self.fetcher.clone(), self.eager.clone());
+            runtime.spawn(async move {
+                let Ok(_permit) = eager.acquire().await else {
+                    return;
+                };
+                // Only a head start: a read fetches it again and reports any error.
+                if let Err(e) = import_node(&fetcher, &node, &version).await {
+                    debug!(key = version.key, error = %e, "eager import failed");
+                }
+            });
+        }
+    }
+
+    /// The version an eager import of this node would fetch, if it qualifies.
+    pub(super) fn import_version(&self, node: &Node) -> Option<Version> {
+        let state = node.state();
+        let remote = state.remote.as_ref()?;
+        let small = remote.size > 0 && remote.size < self.options.import_size_threshold;
+        if state.is_dir || state.sync.is_local() || !small {
+            return None;
+        }
+        Some(Version::new(
+            state.key.clone(),
+            Some(remote.etag.clone()?),
+            remote.size,
+        ))
+    }
+
+    /// Lists a directory prefix (every page) and applies the namespace rules.
+    pub(super) async fn list_entries(
+        &self,
+        store: &Arc<dyn ObjectStore>,
+        prefix: &str,
+    ) -> FsResult<namespace::DirEntries<RemoteObject>> {
+        let mut objects = Vec::new();
+        let mut common = Vec::new();
+        let mut token = None;
+        loop {
+            let page = store
+                .list_page(prefix, token, None)
+                .await
+                .map_err(|e| self.store_error(prefix, e))?;
+            objects.extend(page.objects.into_iter().map(|o| {
+                let remote = RemoteObject {
+                    size: o.size,
+                    etag: o.etag,
+                    last_modified: o.last_modified,
+                };
+                (o.key, remote)
+            }));
+            common.extend(page.common_prefixes);
+            match page.next_token {
+                Some(next) => token = Some(next),
+                None => break,
+            }
+        }
+        Ok(build_entries(prefix, objects, common))
+    }
+
+    /// Logs (once per key) and counts keys the namespace rules left out.
+    pub(super) fn report_skipped(&self, entries: &namespace::DirEntries<RemoteObject>) {
+        let mut reported = self.reported.lock().unwrap_or_else(|e| e.into_inner());
+        for (key, reason) in &entries.skipped {
+            if reported.insert(key.clone()) {
+                self.metrics.keys_skipped.fetch_add(1, Ordering::Relaxed);
+                warn!(key = key.escape_debug().to_string(), %reason, "import failure: S3 key cannot be a file; skipped");
+            }
+        }
+        for key in &entries.hidden {
+            if reported.insert(key.clone()) {
+                self.metrics.keys_hidden.fetch_add(1, Ordering::Relaxed);
+                warn!(
+                    key = key.escape_debug().to_string(),
+                    "object hidden: a directory of the same name exists"
+                );
+            }
+        }
+    }
+
+    /// Fetches a node's metadata (HeadObject) if it is not known.
+    pub(super) async fn ensure_meta(&self, node: &Node) -> FsResult<()> {
+        if node.state().meta.is_some() {
+            return Ok(());
+        }
+        let _loading = node.load_lock.lock().await;
+        let (key, is_dir) = {
+            let state = node.state();
+            if state.meta.is_some() {
+                return Ok(());
+            }
+            (state.key.clone(), state.is_dir)
+        };
+        if is_dir && key.is_empty() {
+            // The bucket root has no marker object.
+            node.state().meta = Some(PosixMeta::default_for(true));
+            return Ok(());
+        }
+        let head = match self.store.head(&key).await {
+            Ok(head) => Some(head),
+            // A directory without a marker is implicit: it takes the defaults.
+            Err(StoreError::NotFound) if is_dir => None,
+            Err(e) => return Err(self.store_error(&key, e)),
+        };
+        let mut state = node.state();
+        match head {
+            Some(head) => {
+                state.meta = Some(PosixMeta::from_user_metadata(&head.metadata, is_dir));
+                let changed = state.remote.as_ref().map(|r| &r.etag) != Some(&head.etag);
+                if changed {
+                    state.symlink_target = None;
+                }
+                state.remote = Some(RemoteObject {
+                    size: head.size,
+                    etag: head.etag,
+                    last_modified: head.last_modified,
+                });
+            }
+            None => {
+                state.meta = Some(PosixMeta::default_for(true));
+                state.remote = None;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Eager import of one small file: its bytes into the cache and its POSIX metadata onto
+/// the node, with one GET (or a HEAD if the bytes are cached already, nothing if both are
+/// known). Serialised per node with metadata loads, so a listing's background import and a
+/// readdir that needs the same metadata share one request.
+pub(super) async fn import_node(
+    fetcher: &Arc<BlockFetcher>,
+    node: &Node,
+    version: &Version,
+) -> Result<(), StoreError> {
+    let _loading = node.load_lock.lock().await;
+    let known = node.state().meta.is_some();
+    if known && fetcher.is_cached(version) {
+        return Ok(());
+    }
+    let (head, fetched) = fetcher.import(version).await?;
+    if let Some(head) = head {
+        let mut state = node.state();
+        let same = state.remote.as_ref().map(|r| &r.etag) == Some(&head.etag);
+        if same && state.meta.is_none() && !state.sync.is_local() {
+            state.meta = Some(PosixMeta::from_user_metadata(&head.metadata, false));
+        }
+    }
+    if fetched {
+        fetcher
+            .metrics()
+            .eager_imports
+            .fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(())
+}
