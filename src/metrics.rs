@@ -53,6 +53,9 @@ pub struct Metrics {
     pub memory_evictions: AtomicU64,
     /// Disk-tier blocks dropped after going unused for the expiry.
     pub cache_expired: AtomicU64,
+    /// Disk-tier blocks found damaged (bytes that do not match their checksums, or a file
+    /// cut short or extended) and dropped; their data was read from S3 instead.
+    pub cache_corrupt_blocks: AtomicU64,
     /// Disk-tier writes that failed (e.g. a full disk); the data was served anyway.
     pub cache_write_errors: AtomicU64,
     /// Small files fetched ahead of any read when their directory was first listed.
@@ -88,7 +91,7 @@ impl Metrics {
              exports={} failed={} conflicts={}; bytes fetched={} read={}; \
              keys skipped={} hidden={}; \
              cache hits memory={} disk={} misses={} evictions={} (memory {}) expired={} \
-             write-errors={}; eager imports={}; bytes from cache={} streamed={}; \
+             corrupt={} write-errors={}; eager imports={}; bytes from cache={} streamed={}; \
              streams={} max prefetch window={}",
             get(&self.s3_list),
             get(&self.s3_head),
@@ -110,6 +113,7 @@ impl Metrics {
             get(&self.cache_evictions),
             get(&self.memory_evictions),
             get(&self.cache_expired),
+            get(&self.cache_corrupt_blocks),
             get(&self.cache_write_errors),
             get(&self.eager_imports),
             get(&self.bytes_from_cache),

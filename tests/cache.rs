@@ -335,3 +335,161 @@ fn unused_data_expires() {
     assert!(text.contains("cached: 0 of 307200 bytes"), "{text}");
     assert!(!text.contains("expired=0 "), "{text}");
 }
+
+/// The block files of the disk tier, with their lengths (temporary files left out).
+fn block_files(cache_dir: &Path) -> Vec<(std::path::PathBuf, u64)> {
+    let mut files: Vec<_> = std::fs::read_dir(cache_dir.join("data"))
+        .map(|entries| {
+            entries
+                .filter_map(|e| {
+                    let e = e.ok()?;
+                    let len = e.metadata().ok().filter(|m| m.is_file())?.len();
+                    let name = e.file_name().into_string().ok()?;
+                    (!name.starts_with('.')).then(|| (e.path(), len))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+/// The mount still answers: a stat of its root within 5 s, from a thread, so that a hung
+/// mount fails the test instead of hanging it (dropping the Mount detaches it).
+fn assert_mount_answers(path: &Path) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let root = path.to_path_buf();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::fs::metadata(&root).map(|m| m.is_dir()));
+    });
+    match rx.recv_timeout(Duration::from_secs(5)) {
+        Ok(Ok(true)) => {}
+        other => panic!("the mount did not answer a stat within 5 s: {other:?}"),
+    }
+}
+
+#[test]
+fn damaged_cache_blocks_are_never_served() {
+    let server = S3Server::start();
+    server.create_bucket("damaged");
+    let key = |i: usize| format!("d/{i:02}.bin");
+    // Six files of three blocks (256 + 256 + 88 KiB; read in place) and two of one small
+    // block (20,000 bytes; read whole into the memory tier).
+    let sizes = [
+        600 << 10,
+        600 << 10,
+        600 << 10,
+        600 << 10,
+        600 << 10,
+        600 << 10,
+        20_000,
+        20_000,
+    ];
+    for (i, &size) in sizes.iter().enumerate() {
+        server.put("damaged", &key(i), body(i as u8 + 1, size), &[]);
+    }
+    let cache = tempfile::tempdir().unwrap();
+    // Eager import off, so the reads fill the cache; a small memory tier, so that reads
+    // after the remount come from the block files.
+    let flags = [
+        "--import-size-threshold",
+        "0",
+        "--memory-cache-size",
+        "256KiB",
+    ];
+    let mut mount = Mount::start_with_cache(&server, "s3://damaged", &flags, cache.path());
+    for (i, &size) in sizes.iter().enumerate() {
+        assert!(std::fs::read(mount.join(&key(i))).unwrap() == body(i as u8 + 1, size));
+    }
+    // Block files are written in the background: wait for all 20.
+    assert!(
+        wait_for(Duration::from_secs(10), || block_files(cache.path()).len()
+            == 20),
+        "{:?}",
+        block_files(cache.path())
+    );
+    assert!(mount.stop().success());
+
+    // While the daemon is down: 32 bytes flipped in the middle of one 256 KiB block,
+    // another cut short, a third extended, and 32 bytes flipped in a small block.
+    let files = block_files(cache.path());
+    let large: Vec<_> = files.iter().filter(|f| f.1 == 256 << 10).collect();
+    let small = files.iter().find(|f| f.1 == 20_000).unwrap();
+    assert!(large.len() >= 3, "{files:?}");
+    let flip = |path: &Path, len: u64| {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap();
+        let mut bytes = [0u8; 32];
+        file.read_exact_at(&mut bytes, len / 2 - 16).unwrap();
+        bytes.iter_mut().for_each(|b| *b = !*b);
+        file.write_all_at(&bytes, len / 2 - 16).unwrap();
+    };
+    flip(&large[0].0, large[0].1);
+    flip(&small.0, small.1);
+    let open = |path: &Path| std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    open(&large[1].0).set_len(100_000).unwrap();
+    open(&large[2].0).set_len((256 << 10) + 4096).unwrap();
+
+    // The bucket's bytes, read with an independent client (before counting GETs).
+    let expected: Vec<Vec<u8>> = (0..sizes.len())
+        .map(|i| server.get("damaged", &key(i)))
+        .collect();
+    for (i, &size) in sizes.iter().enumerate() {
+        assert!(
+            expected[i] == body(i as u8 + 1, size),
+            "{} in the bucket",
+            key(i)
+        );
+    }
+    let gets = || -> usize {
+        (0..sizes.len())
+            .map(|i| server.count_requests("GET", "damaged", &key(i)))
+            .sum()
+    };
+    let before = gets();
+
+    let mount = Mount::start_with_cache(&server, "s3://damaged", &flags, cache.path());
+    for (i, want) in expected.iter().enumerate() {
+        let data = std::fs::read(mount.join(&key(i))).unwrap();
+        assert!(
+            data == *want,
+            "{} differs from the bucket after the remount",
+            key(i)
+        );
+    }
+    // The four damaged blocks, and only they, were fetched again (one ranged GET each);
+    // the other 16 came from the disk tier.
+    assert_eq!(gets() - before, 4, "{}", server.request_log());
+    let text = status(&mount.path);
+    assert!(text.contains(" corrupt=4 "), "{text}");
+    let disk_hits: u64 = text
+        .split(" disk=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    assert!(disk_hits >= 16, "{text}");
+    let log = mount.log();
+    assert_eq!(
+        log.matches("damaged cache block dropped").count(),
+        4,
+        "{log}"
+    );
+    // Fetched again, the four blocks are cached again, whole.
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            let files = block_files(cache.path());
+            files.len() == 20
+                && files
+                    .iter()
+                    .all(|f| f.1 == 256 << 10 || f.1 == 88 << 10 || f.1 == 20_000)
+        }),
+        "{:?}",
+        block_files(cache.path())
+    );
+    assert_mount_answers(&mount.path);
+}

@@ -106,8 +106,12 @@ pub struct DataCache {
 
 impl DataCache {
     pub fn open(options: &CacheOptions, metrics: Arc<Metrics>) -> io::Result<(Self, ScanReport)> {
-        let (disk, report) =
-            disk::DiskTier::open(&options.dir, options.disk_bytes, options.expiry)?;
+        let (disk, report) = disk::DiskTier::open(
+            &options.dir,
+            options.disk_bytes,
+            options.expiry,
+            metrics.clone(),
+        )?;
         metrics
             .cache_expired
             .fetch_add(report.expired, Ordering::Relaxed);
@@ -428,5 +432,67 @@ mod tests {
         cache.forget_object(object, size);
         assert_eq!(cache.read(object, size, 0, 10), None);
         assert_eq!(cache.usage(), (0, 0, 0));
+    }
+
+    /// A damaged disk-tier block is a miss through every read the file system makes: the
+    /// inline ones (`read_nowait`, `get_block_mode` without waiting: RWF_NOWAIT on the
+    /// FUSE thread) and the blocking-pool ones (`read`, `get_block`), for a block read
+    /// whole into the memory tier and one read in place. The block is dropped and counted
+    /// (metrics and summary), the other block is still served, and the block fetched again
+    /// is cached again.
+    #[test]
+    fn damaged_disk_blocks_are_misses_on_every_read_path() {
+        use disk::tests::{block_file, harm, HARMS};
+        // Block 0 is read in place (256 KiB), block 1 whole (20,000 bytes).
+        let size = BLOCK_SIZE + 20_000;
+        let data = body(size as usize);
+        let object = ObjectId::new("k", "e");
+        let block = |index: u32| {
+            let r = block_range(index, size);
+            Bytes::copy_from_slice(&data[r.start as usize..r.end as usize])
+        };
+        for how in HARMS {
+            for index in [0u32, 1] {
+                for path in ["read", "read_nowait", "get_block", "get_block_mode nowait"] {
+                    let case = format!("{how:?} block {index} {path}");
+                    let dir = tempfile::tempdir().unwrap();
+                    // No memory tier: every read goes to the block files.
+                    let cache = cache(dir.path(), 1 << 30, 0);
+                    cache.insert_object(object, Bytes::from(data.clone()));
+                    let id = BlockId { object, index };
+                    harm(&block_file(dir.path(), &id).unwrap(), how);
+                    let range = block_range(index, size);
+                    let middle = (range.start + range.end) / 2 - 2048;
+                    let served = match path {
+                        "read" => cache.read(object, size, middle, 4096),
+                        "read_nowait" => {
+                            let got = cache.read_nowait(object, size, middle, 4096);
+                            assert_eq!(got.as_ref().err(), Some(&Missed::Absent), "{case}");
+                            got.ok()
+                        }
+                        "get_block" => cache.get_block(id, size),
+                        _ => {
+                            let got = cache.get_block_mode(id, size, false);
+                            assert_eq!(got.as_ref().err(), Some(&Missed::Absent), "{case}");
+                            got.ok()
+                        }
+                    };
+                    assert_eq!(served, None, "{case}");
+                    assert!(!cache.contains(&id), "{case}");
+                    let corrupt = cache.metrics.cache_corrupt_blocks.load(Ordering::Relaxed);
+                    assert_eq!(corrupt, 1, "{case}");
+                    let summary = cache.metrics.summary();
+                    assert!(summary.contains(" corrupt=1 "), "{case}: {summary}");
+                    // The other block is intact and served.
+                    let other = block_range(1 - index, size);
+                    let got = cache.read(object, size, other.start, 4096).unwrap();
+                    assert!(got[..] == data[other.start as usize..][..4096], "{case}");
+                    // Fetched again (from S3, in the file system), it is cached again.
+                    cache.insert(id, block(index));
+                    let got = cache.read_nowait(object, size, middle, 4096).unwrap();
+                    assert!(got[..] == data[middle as usize..][..4096], "{case}");
+                }
+            }
+        }
     }
 }
