@@ -440,3 +440,33 @@ fn a_mount_waits_for_the_daemon_still_exiting_from_its_cache_dir() {
     let (out, _) = mount.unmount();
     assert!(out.status.success());
 }
+
+#[test]
+fn unmount_says_what_is_still_pending_when_s3_is_gone() {
+    let mut server = S3Server::start();
+    server.create_bucket("gone");
+    let mount = BackgroundMount::start(&server, "s3://gone", &["--write-back-delay", "60s"], None);
+    for i in 0..3 {
+        std::fs::write(mount.join(&format!("stranded-{i}.txt")), "no S3 to go to").unwrap();
+    }
+    server.kill();
+
+    let (out, elapsed) = mount.unmount();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "after {elapsed:?}: {stderr}");
+    assert!(!is_mounted(&mount.path));
+    assert!(mount.daemon_pid().is_none(), "the daemon exited");
+    assert!(stderr.contains("waiting for the daemon (pid "), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("s3files: warning: ")
+            && last.contains("3 pending change(s)")
+            && last.contains(&*mount.cache_dir.to_string_lossy()),
+        "{stderr}"
+    );
+    // They wait in the journal for the next mount.
+    let journal = std::fs::read_to_string(mount.cache_dir.join("journal/log")).unwrap();
+    for i in 0..3 {
+        assert!(journal.contains(&format!("stranded-{i}.txt")), "{journal}");
+    }
+}
