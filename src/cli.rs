@@ -25,7 +25,9 @@ pub struct Cli {
 pub enum Command {
     /// Mount s3://BUCKET[/PREFIX] on MOUNTPOINT.
     Mount(MountArgs),
-    /// Unmount an s3files mount.
+    /// Unmount an s3files mount, and return once its daemon has exported what is pending
+    /// (at most 30 s), released its cache dir and exited. Exit status 3: unmounted, but
+    /// some changes are still not in S3 (they go out at the next mount).
     Unmount(UnmountArgs),
     /// Export every pending change under PATH (default: the current directory) now, and
     /// return once it is in S3.
@@ -59,8 +61,9 @@ pub struct MountArgs {
     #[arg(long)]
     pub force_path_style: bool,
 
-    /// Directory for the daemon's local state (log, staging, cache). Default:
-    /// $XDG_CACHE_HOME/s3files/<mount-id> (or ~/.cache/...), one per mount.
+    /// Directory for the daemon's local state (log, staging, cache), private to the
+    /// daemon's user (0700). Default: $XDG_CACHE_HOME/s3files/<mount-id> (or
+    /// ~/.cache/...), one per mount.
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
 

@@ -5,10 +5,15 @@
 //! Background mode re-executes this binary with `--foreground` in a new session; the child
 //! reports "ok" or "error: <reason>" on a pipe whose fd it gets in `S3FILES_NOTIFY_FD`,
 //! and logs to CACHE_DIR/s3files.log.
+//!
+//! Everything the daemon creates under CACHE_DIR is private to its user (see
+//! `local_state`); at exit it leaves a report there for `s3files unmount`, which waits for
+//! it.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
@@ -25,27 +30,33 @@ use crate::fs::access::Identity;
 use crate::fs::write::{WriteOptions, Writer};
 use crate::fs::{CoreOptions, FsCore};
 use crate::fuse::{FuseAdapter, FuseKernelCache};
+use crate::local_state::{self, LockBusy, LOG_FILE};
 use crate::metrics::Metrics;
 use crate::mounts;
 use crate::store::s3::{S3Options, S3Store};
 use crate::store::{ObjectStore, StoreError};
 
 const NOTIFY_ENV: &str = "S3FILES_NOTIFY_FD";
-const LOG_FILE: &str = "s3files.log";
 /// The bucket check at start-up gives up after this long, so a dead endpoint fails the
 /// mount in seconds rather than hanging.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(6);
-/// How long `s3files mount` waits for the background daemon to report.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// At unmount, how long pending exports may take before the daemon exits anyway (the
-/// rest stay in the journal for the next mount).
-const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
+/// rest stay in the journal for the next mount). `mounts::DAEMON_EXIT_WAIT` covers it.
+pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a new daemon waits for the previous daemon on its cache dir to finish
+/// exiting (its export at unmount, then its summary) before giving up.
+const LOCK_WAIT: Duration = Duration::from_secs(35);
+/// How long `s3files mount` waits for the background daemon to report: the wait for
+/// the cache dir, then the bucket check and the mount.
+const START_TIMEOUT: Duration = Duration::from_secs(30 + LOCK_WAIT.as_secs());
 /// After a lazy unmount, how long the daemon keeps serving files still open.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `s3files mount`: the exit code is 0 only once the mount is live (or, in the
 /// foreground, once it has been unmounted cleanly).
 pub fn mount_command(args: MountArgs) -> ExitCode {
+    // First, before anything exists: whatever the daemon creates is its user's only.
+    local_state::set_private_umask();
     let config = match MountConfig::from_args(&args) {
         Ok(config) => config,
         Err(e) => return fail(&e.to_string()),
@@ -59,7 +70,7 @@ pub fn mount_command(args: MountArgs) -> ExitCode {
             ));
         }
     }
-    if let Err(e) = prepare_cache_dir(&config.cache_dir) {
+    if let Err(e) = local_state::create(&config.cache_dir) {
         return fail(&e);
     }
     if config.foreground {
@@ -74,40 +85,48 @@ fn fail(reason: &str) -> ExitCode {
     ExitCode::FAILURE
 }
 
-/// Creates the cache dir and proves it writable.
-fn prepare_cache_dir(dir: &Path) -> Result<(), String> {
-    let unwritable =
-        |e: std::io::Error| format!("cache dir {} is not writable: {e}", dir.display());
-    std::fs::create_dir_all(dir).map_err(unwritable)?;
-    let probe = dir.join(".write-test");
-    std::fs::write(&probe, b"ok").map_err(unwritable)?;
-    std::fs::remove_file(&probe).map_err(unwritable)?;
-    Ok(())
-}
-
-/// Takes the cache dir's lock so two daemons never share one staging area.
-fn lock_cache_dir(dir: &Path) -> Result<File, String> {
-    let path = dir.join("lock");
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| format!("cache dir {} is not writable: {e}", dir.display()))?;
-    // SAFETY: flock on an fd we own; no memory is involved.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        return Err(format!(
-            "cache dir {} is in use by another s3files daemon",
-            dir.display()
-        ));
+/// Makes the cache dir private (logging what had to be tightened) and takes its lock,
+/// waiting for a daemon that is still exiting from it.
+fn claim_cache_dir(dir: &Path) -> Result<local_state::CacheDirLock, String> {
+    let tightened = local_state::make_private(dir)?;
+    if let Some(first) = tightened.first() {
+        info!(
+            cache_dir = %dir.display(),
+            count = tightened.len(),
+            first = %first.display(),
+            "cache dir was readable by other users: made it private (directories 0700, files 0600)"
+        );
     }
-    Ok(file)
+    let lock = local_state::lock(dir, LOCK_WAIT, mounts::mount_using_cache_dir, |pid| {
+        info!(
+            pid = ?pid,
+            "cache dir is still held by a daemon that is exiting; waiting for it"
+        )
+    })
+    .map_err(|e| format!("cache dir {} is not writable: {e}", dir.display()))?;
+    lock.map_err(|busy| match busy {
+        LockBusy::Mounted(mountpoint) => format!(
+            "cache dir {} is in use by the s3files mount on {}",
+            dir.display(),
+            mountpoint.display()
+        ),
+        LockBusy::Held(pid) => format!(
+            "cache dir {} is in use by another s3files daemon{} (still there after {}s)",
+            dir.display(),
+            pid.map(|p| format!(" (pid {p})")).unwrap_or_default(),
+            LOCK_WAIT.as_secs()
+        ),
+    })
 }
 
 fn start_background(config: &MountConfig) -> ExitCode {
     let log_path = config.cache_dir.join(LOG_FILE);
-    let log = match OpenOptions::new().create(true).append(true).open(&log_path) {
+    let log = match OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(local_state::FILE_MODE)
+        .open(&log_path)
+    {
         Ok(file) => file,
         Err(e) => return fail(&format!("cannot open log {}: {e}", log_path.display())),
     };
@@ -224,7 +243,7 @@ fn run_foreground(config: MountConfig) -> ExitCode {
 }
 
 fn serve(config: &MountConfig, notifier: &mut Notifier) -> Result<(), String> {
-    let _lock = lock_cache_dir(&config.cache_dir)?;
+    let lock = claim_cache_dir(&config.cache_dir)?;
     raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -309,6 +328,11 @@ fn serve(config: &MountConfig, notifier: &mut Notifier) -> Result<(), String> {
     // unmount it attempts fails quietly, where a plain drop would log a warning).
     let _ = session.umount_and_join();
     runtime.shutdown_timeout(Duration::from_secs(1));
+    // Last: `s3files unmount` reads the report as soon as the lock is free.
+    if let Err(e) = lock.write_exit_report(left) {
+        warn!(error = %e, "cannot write the exit report for `s3files unmount`");
+    }
+    lock.release();
     Ok(())
 }
 
@@ -459,12 +483,14 @@ fn wait_session_end(session: &fuser::BackgroundSession, limit: Duration) {
 }
 
 fn fuse_config(config: &MountConfig) -> fuser::Config {
+    // The source names the cache dir, so `s3files unmount` finds the daemon's lock.
+    let cache_dir =
+        std::fs::canonicalize(&config.cache_dir).unwrap_or_else(|_| config.cache_dir.clone());
     let mut options = vec![
-        MountOption::FSName(format!(
-            "{}{}/{}",
-            mounts::SOURCE_PREFIX,
-            config.location.bucket,
-            config.location.prefix
+        MountOption::FSName(mounts::source_name(
+            &config.location.bucket,
+            &config.location.prefix,
+            &cache_dir,
         )),
         MountOption::NoDev,
         MountOption::NoSuid,

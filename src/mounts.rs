@@ -1,12 +1,37 @@
 //! Reading the kernel's mount table (/proc/self/mountinfo) and unmounting.
+//!
+//! An s3files mount names its cache dir in its source field
+//! (`s3files:BUCKET/PREFIX?cache=CACHE_DIR`), so `s3files unmount MOUNTPOINT` can find the
+//! daemon's lock and exit report there and wait for the daemon to finish: the kernel
+//! keeps that link exactly as long as the mount exists, and nothing is left behind when a
+//! daemon dies.
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::local_state;
+
 /// Our mounts' source field in the mount table starts with this (`s3files:BUCKET/PREFIX`).
 pub const SOURCE_PREFIX: &str = "s3files:";
+/// Separates bucket and prefix from the cache dir in the source field. A `?` in the
+/// prefix is written `%3F` there, so the first `?` is always this separator.
+const CACHE_MARK: &str = "?cache=";
+/// How long `s3files unmount` waits for the daemon to export what is pending and exit:
+/// the daemon's own limit for that export, plus time to log its summary and stop.
+pub const DAEMON_EXIT_WAIT: Duration = Duration::from_secs(40);
+/// How long `s3files unmount` waits quietly before saying that it waits for the daemon.
+const QUIET_WAIT: Duration = Duration::from_secs(1);
+
+/// The source field an s3files mount gets: `s3files:BUCKET/PREFIX?cache=CACHE_DIR`.
+pub fn source_name(bucket: &str, prefix: &str, cache_dir: &Path) -> String {
+    format!(
+        "{SOURCE_PREFIX}{bucket}/{}{CACHE_MARK}{}",
+        prefix.replace('?', "%3F"),
+        cache_dir.display()
+    )
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountEntry {
@@ -20,6 +45,26 @@ impl MountEntry {
     pub fn is_s3files(&self) -> bool {
         self.fstype.starts_with("fuse") && self.source.starts_with(SOURCE_PREFIX)
     }
+
+    /// The cache dir named in the source field (None for another file system, or a
+    /// mount made by an s3files that did not name it).
+    pub fn cache_dir(&self) -> Option<PathBuf> {
+        if !self.is_s3files() {
+            return None;
+        }
+        let (_, dir) = self.source.split_once(CACHE_MARK)?;
+        Some(PathBuf::from(dir)).filter(|d| d.is_absolute())
+    }
+}
+
+/// The live s3files mount using `cache_dir`, if any.
+pub fn mount_using_cache_dir(cache_dir: &Path) -> Option<PathBuf> {
+    let table = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let wanted = std::fs::canonicalize(cache_dir).unwrap_or_else(|_| cache_dir.to_path_buf());
+    parse_mountinfo(&table)
+        .into_iter()
+        .find(|entry| entry.cache_dir().as_deref() == Some(wanted.as_path()))
+        .map(|entry| entry.mountpoint)
 }
 
 /// The mount table entry for `path`, if something is mounted exactly there.
@@ -91,20 +136,119 @@ pub enum UnmountError {
     Timeout(PathBuf, Duration),
 }
 
-/// Unmounts an s3files mount and waits until the kernel no longer lists it.
-pub fn unmount(path: &Path) -> Result<(), UnmountError> {
+/// How an unmount ended, once the mount was gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unmounted {
+    /// The daemon exported every pending change, released its cache dir and exited.
+    Complete,
+    /// The daemon exited with `pending` changes not exported; they wait in the journal
+    /// of `cache_dir` for the next mount with that cache dir.
+    Pending { pending: usize, cache_dir: PathBuf },
+    /// The mount is gone, but whether everything reached S3 is unknown: why.
+    Unconfirmed(String),
+}
+
+/// Unmounts an s3files mount, then waits (at most `DAEMON_EXIT_WAIT`) until its daemon
+/// has exported what it can, released the cache dir and exited. `progress` gets a line
+/// to show when the wait is long enough to mention.
+pub fn unmount(path: &Path, progress: &mut dyn FnMut(&str)) -> Result<Unmounted, UnmountError> {
     let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     let entry = find_mount(&path).ok_or_else(|| UnmountError::NotMounted(path.clone()))?;
     if !entry.is_s3files() {
         return Err(UnmountError::NotOurs(path, entry.fstype));
     }
+    let cache_dir = entry.cache_dir();
+    let pid = cache_dir.as_deref().and_then(local_state::read_pid);
     match umount2(&path, 0) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EBUSY) => return Err(UnmountError::Busy(path)),
         Err(e) if e.raw_os_error() == Some(libc::EPERM) => fusermount_unmount(&path)?,
         Err(e) => return Err(UnmountError::Failed(path, e.to_string())),
     }
-    wait_unmounted(&path, Duration::from_secs(10))
+    wait_unmounted(&path, Duration::from_secs(10))?;
+    let Some(cache_dir) = cache_dir else {
+        return Ok(Unmounted::Unconfirmed(
+            "its daemon (an older s3files) does not say where its cache dir is; it exports \
+             what is pending on its own"
+                .into(),
+        ));
+    };
+    Ok(wait_for_daemon(&cache_dir, pid, progress))
+}
+
+/// After the unmount: waits for the daemon's lock to be released, then for the process
+/// to be gone, and reads its exit report.
+fn wait_for_daemon(
+    cache_dir: &Path,
+    pid: Option<u32>,
+    progress: &mut dyn FnMut(&str),
+) -> Unmounted {
+    let daemon = pid.map_or_else(
+        || "the daemon".to_string(),
+        |pid| format!("the daemon (pid {pid})"),
+    );
+    let mut released = local_state::wait_released(cache_dir, QUIET_WAIT);
+    if matches!(released, Ok(false)) {
+        progress(&format!(
+            "waiting for {daemon} to export pending changes (at most {}s)",
+            DAEMON_EXIT_WAIT.as_secs()
+        ));
+        released = local_state::wait_released(cache_dir, DAEMON_EXIT_WAIT - QUIET_WAIT);
+    }
+    match released {
+        Ok(true) => {}
+        Ok(false) => {
+            return Unmounted::Unconfirmed(format!(
+                "{daemon} was still running after {}s; it goes on exporting in the \
+                 background (see {})",
+                DAEMON_EXIT_WAIT.as_secs(),
+                cache_dir.join(local_state::LOG_FILE).display()
+            ))
+        }
+        Err(e) => {
+            return Unmounted::Unconfirmed(format!(
+                "cannot watch the lock of {daemon} in {}: {e}",
+                cache_dir.display()
+            ))
+        }
+    }
+    if let Some(pid) = pid {
+        // The lock goes with the process's last steps; the process itself follows at once.
+        wait_exited(pid, Duration::from_secs(2));
+    }
+    match local_state::read_exit_report(cache_dir) {
+        Some(report) if report.pending == 0 => Unmounted::Complete,
+        Some(report) => Unmounted::Pending {
+            pending: report.pending,
+            cache_dir: cache_dir.to_path_buf(),
+        },
+        None => Unmounted::Unconfirmed(format!(
+            "{daemon} exited without its final report (was it killed?); changes it had not \
+             exported stay in the journal of {} for the next mount",
+            cache_dir.display()
+        )),
+    }
+}
+
+/// Polls until process `pid` has exited, at most `limit`.
+fn wait_exited(pid: u32, limit: Duration) {
+    let start = Instant::now();
+    while is_running(pid) && start.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Whether `pid` is a process that has not exited. A zombie has exited: the daemon is
+/// not our child, and whoever reaps it may take its time.
+pub fn is_running(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // `pid (comm) state ...`; comm may hold spaces and parentheses.
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next());
+    !matches!(state, Some("Z" | "X" | "x") | None)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -257,6 +401,21 @@ mod tests {
     }
 
     #[test]
+    fn the_source_names_the_cache_dir() {
+        let source = source_name("b", "odd?cache=/x/", Path::new("/var/cache/my dir"));
+        assert_eq!(source, "s3files:b/odd%3Fcache=/x/?cache=/var/cache/my dir");
+        // As the kernel lists it (spaces escaped), and parsed back.
+        let line = format!(
+            "90 22 0:50 / /mnt rw - fuse {} rw\n",
+            source.replace(' ', "\\040")
+        );
+        let entry = &parse_mountinfo(&line)[0];
+        assert_eq!(entry.cache_dir(), Some(PathBuf::from("/var/cache/my dir")));
+        let old = &parse_mountinfo("90 22 0:50 / /mnt rw - fuse s3files:b/p rw\n")[0];
+        assert_eq!(old.cache_dir(), None);
+    }
+
+    #[test]
     fn unescape_leaves_plain_text() {
         assert_eq!(unescape("plain"), "plain");
         assert_eq!(unescape("a\\011b"), "a\tb");
@@ -268,7 +427,7 @@ mod tests {
     fn unmounting_a_plain_directory_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         assert!(matches!(
-            unmount(dir.path()),
+            unmount(dir.path(), &mut |_| {}),
             Err(UnmountError::NotMounted(_))
         ));
     }

@@ -7,7 +7,7 @@ use std::net::TcpListener;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{is_mounted, run_s3files, S3Server};
+use common::{is_mounted, run_s3files, BackgroundMount, S3Server};
 
 /// Bad configuration must fail within this long (the acceptance limit is 10 s).
 const LIMIT: Duration = Duration::from_secs(10);
@@ -319,5 +319,154 @@ struct UnmountGuard(String);
 impl Drop for UnmountGuard {
     fn drop(&mut self) {
         common::force_unmount(Path::new(&self.0));
+    }
+}
+
+#[test]
+fn unmount_returns_once_pending_changes_are_exported_so_a_remount_succeeds() {
+    let server = S3Server::start();
+    server.create_bucket("remount");
+    let mount = BackgroundMount::start(
+        &server,
+        "s3://remount",
+        &["--write-back-delay", "60s"],
+        None,
+    );
+    for i in 0..50 {
+        let body = format!("pending change {i}\n");
+        std::fs::write(mount.join(&format!("file-{i:02}.txt")), body).unwrap();
+    }
+    assert!(
+        server.list_all("remount").is_empty(),
+        "nothing is exported before the unmount"
+    );
+    let pid = mount.daemon_pid().expect("the daemon's pid");
+
+    let (out, elapsed) = mount.unmount();
+    assert!(
+        out.status.success(),
+        "unmount: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!is_mounted(&mount.path));
+    assert!(
+        !s3files::mounts::is_running(pid),
+        "the daemon exited before unmount returned (after {elapsed:?})"
+    );
+    // Everything is in the bucket the moment unmount returns.
+    let listing = server.list_all("remount");
+    assert_eq!(listing.len(), 50, "{listing:?}");
+    for i in 0..50 {
+        assert_eq!(
+            server.get("remount", &format!("file-{i:02}.txt")),
+            format!("pending change {i}\n").into_bytes()
+        );
+    }
+
+    // The same mount again, at once: nothing to wait for.
+    let (out, elapsed) = mount.mount_again();
+    assert!(
+        out.status.success(),
+        "remount: {}\nlog:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        mount.log()
+    );
+    assert!(
+        elapsed < Duration::from_secs(10),
+        "remount took {elapsed:?}"
+    );
+    assert!(!mount.log().contains("waiting for it"), "{}", mount.log());
+    assert_eq!(
+        std::fs::read_to_string(mount.join("file-07.txt")).unwrap(),
+        "pending change 7\n"
+    );
+    let (out, _) = mount.unmount();
+    assert!(out.status.success());
+}
+
+#[test]
+fn a_mount_waits_for_the_daemon_still_exiting_from_its_cache_dir() {
+    let server = S3Server::start();
+    server.create_bucket("handover");
+    server.put("handover", "f.txt", "in the bucket", &[]);
+    let mount = BackgroundMount::start(
+        &server,
+        "s3://handover",
+        &["--write-back-delay", "60s"],
+        None,
+    );
+    std::fs::write(mount.join("late.txt"), "pending at the handover").unwrap();
+    // A lazy unmount frees the mount point at once, but the daemon serves the file held
+    // open until it is closed, and only then exports and exits: meanwhile it holds the
+    // cache dir with no mount listed for it.
+    let held = std::fs::File::open(mount.join("f.txt")).unwrap();
+    let detached = std::process::Command::new("umount")
+        .arg("-l")
+        .arg(&mount.path)
+        .status()
+        .unwrap();
+    assert!(detached.success());
+    assert!(!is_mounted(&mount.path));
+    assert!(mount.daemon_pid().is_some(), "the old daemon still runs");
+    let closer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(2));
+        drop(held);
+    });
+
+    let (out, elapsed) = mount.mount_again();
+    closer.join().unwrap();
+    assert!(
+        out.status.success(),
+        "mount while the old daemon exits: {}\nlog:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        mount.log()
+    );
+    assert!(elapsed >= Duration::from_millis(1500), "waited {elapsed:?}");
+    assert_eq!(
+        mount.log().matches("waiting for it").count(),
+        1,
+        "{}",
+        mount.log()
+    );
+    // The old daemon exported its pending file before it let go.
+    assert_eq!(
+        server.get("handover", "late.txt"),
+        b"pending at the handover"
+    );
+    assert_eq!(
+        std::fs::read_to_string(mount.join("late.txt")).unwrap(),
+        "pending at the handover"
+    );
+    let (out, _) = mount.unmount();
+    assert!(out.status.success());
+}
+
+#[test]
+fn unmount_says_what_is_still_pending_when_s3_is_gone() {
+    let mut server = S3Server::start();
+    server.create_bucket("gone");
+    let mount = BackgroundMount::start(&server, "s3://gone", &["--write-back-delay", "60s"], None);
+    for i in 0..3 {
+        std::fs::write(mount.join(&format!("stranded-{i}.txt")), "no S3 to go to").unwrap();
+    }
+    server.kill();
+
+    let (out, elapsed) = mount.unmount();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "after {elapsed:?}: {stderr}");
+    assert!(!is_mounted(&mount.path));
+    assert!(mount.daemon_pid().is_none(), "the daemon exited");
+    assert!(stderr.contains("waiting for the daemon (pid "), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("s3files: warning: ")
+            && last.contains("3 pending change(s)")
+            && last.contains(&*mount.cache_dir.to_string_lossy()),
+        "{stderr}"
+    );
+    // They wait in the journal for the next mount.
+    let journal = std::fs::read_to_string(mount.cache_dir.join("journal/log")).unwrap();
+    for i in 0..3 {
+        assert!(journal.contains(&format!("stranded-{i}.txt")), "{journal}");
     }
 }

@@ -8,11 +8,14 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::lock_order::{Level, OrderedMutex};
 
 use serde::{Deserialize, Serialize};
+
+use crate::local_state::{DIR_MODE, FILE_MODE};
 
 /// What an export writes to the bucket for one record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,7 +97,10 @@ impl ExportJournal {
     /// Opens the journal, replaying and compacting its log.
     pub fn open(cache_dir: &Path) -> std::io::Result<Self> {
         let dir = cache_dir.join("journal");
-        fs::create_dir_all(&dir)?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(DIR_MODE)
+            .create(&dir)?;
         let (replayed, _) = replay(&dir.join("log"))?;
         let file = write_compacted(&dir, &replayed)?;
         let live: BTreeMap<u64, (PendingExport, u64)> =
@@ -231,7 +237,12 @@ fn replay(path: &Path) -> std::io::Result<(BTreeMap<u64, PendingExport>, usize)>
 /// Writes the live records to a fresh log, durably, and opens it for appending.
 fn write_compacted(dir: &Path, live: &BTreeMap<u64, PendingExport>) -> std::io::Result<File> {
     let tmp = dir.join("log.tmp");
-    let mut file = File::create(&tmp)?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(FILE_MODE)
+        .open(&tmp)?;
     let mut buf = Vec::new();
     for record in live.values() {
         buf.extend(serde_json::to_vec(&Line::Put(record.clone())).map_err(std::io::Error::other)?);
@@ -297,6 +308,16 @@ mod tests {
         assert_eq!(again.seq(7), Some(second));
         again.remove_if(7, second).unwrap();
         assert_eq!(again.seq(7), None);
+        // Private whatever the process's umask (the test runner's is looser).
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &str| {
+            std::fs::metadata(dir.path().join(p))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        assert_eq!((mode("journal"), mode("journal/log")), (0o700, 0o600));
     }
 
     #[test]

@@ -4,7 +4,11 @@
 //! `/.s3files-lost+found-<mount-id>/`. They are never exported.
 
 use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+
+use crate::local_state::{DIR_MODE, FILE_MODE};
 
 /// Name of the mount-root directory showing lost+found, before the mount id.
 pub const DIR_PREFIX: &str = ".s3files-lost+found-";
@@ -20,7 +24,10 @@ pub struct LostFound {
 impl LostFound {
     pub fn open(cache_dir: &Path) -> std::io::Result<Self> {
         let dir = cache_dir.join("lost+found");
-        fs::create_dir_all(&dir)?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(DIR_MODE)
+            .create(&dir)?;
         Ok(LostFound { dir })
     }
 
@@ -43,7 +50,13 @@ impl LostFound {
         origin: &str,
     ) -> std::io::Result<String> {
         let file_name = Self::file_name(id, name);
-        fs::write(self.dir.join(format!("{file_name}{ORIGIN_SUFFIX}")), origin)?;
+        fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(FILE_MODE)
+            .open(self.dir.join(format!("{file_name}{ORIGIN_SUFFIX}")))?
+            .write_all(origin.as_bytes())?;
         fs::rename(staged, self.dir.join(&file_name))?;
         Ok(file_name)
     }
@@ -85,6 +98,11 @@ mod tests {
         assert_eq!(name, format!("2a_{}", "n".repeat(100)));
         assert!(!staged.exists());
         assert_eq!(fs::read_to_string(lost.path(&name)).unwrap(), "local bytes");
+        // Private whatever the process's umask (the test runner's is looser).
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: PathBuf| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(dir.path().join("lost+found")), 0o700);
+        assert_eq!(mode(lost.path(&format!("{name}{ORIGIN_SUFFIX}"))), 0o600);
         assert_eq!(
             lost.entries().unwrap(),
             vec![(name.clone(), "/dir/original".to_string())]

@@ -7,11 +7,13 @@
 //! in-flight counter (a seqlock for many writers) let an exporter prove that what it
 //! read is one consistent version, never a mix.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::fs::{DirBuilder, File, OpenOptions};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
+use crate::local_state::{DIR_MODE, FILE_MODE};
 
 #[derive(Debug)]
 pub struct Staging {
@@ -21,7 +23,11 @@ pub struct Staging {
 impl Staging {
     pub fn open(cache_dir: &Path) -> std::io::Result<Self> {
         let dir = cache_dir.join("staging");
-        std::fs::create_dir_all(&dir)?;
+        // Private whatever the mode of the file on the mount (docs/CONFIGURATION.md).
+        DirBuilder::new()
+            .recursive(true)
+            .mode(DIR_MODE)
+            .create(&dir)?;
         Ok(Staging { dir })
     }
 
@@ -37,6 +43,7 @@ impl Staging {
             .write(true)
             .create(true)
             .truncate(true)
+            .mode(FILE_MODE)
             .open(&path)?;
         Ok(StagedFile::new(path, Some(file), 0))
     }
@@ -199,6 +206,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let staging = Staging::open(dir.path()).unwrap();
         let f = staging.create(7).unwrap();
+        // Private whatever the process's umask (the test runner's is looser).
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&staging.path(7)), 0o600);
+        assert_eq!(mode(&dir.path().join("staging")), 0o700);
         f.write_at(b"hello", 0).unwrap();
         f.write_at(b"world", 10).unwrap(); // sparse gap
         assert_eq!(f.size(), 15);

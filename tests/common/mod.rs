@@ -359,8 +359,41 @@ pub fn is_mounted(path: &Path) -> bool {
         .any(|line| line.split(' ').nth(4) == Some(target.as_str()))
 }
 
-/// A running s3files daemon with a live mount; on drop it is stopped with SIGTERM (then
-/// SIGKILL) and the mount point is cleared even if the daemon died.
+/// How long a live mount may take to answer a stat and a listing of its root.
+pub const LIVENESS_LIMIT: Duration = Duration::from_secs(5);
+
+/// Checks that the mount at `path` still answers: a stat and a listing of its root, made
+/// on another thread, must come back within `limit`. An error is an answer too (an S3
+/// outage gives EIO), except ENOTCONN: a dead mount. A thread stuck in a hung request is
+/// left behind: killing the daemon (or `fusermount3 -uz`) fails its request, and a
+/// stuck thread never holds up the test process's exit.
+pub fn check_live(path: &Path, limit: Duration) -> Result<(), String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let root = path.to_path_buf();
+    std::thread::Builder::new()
+        .name("liveness-check".into())
+        .spawn(move || {
+            let answer = std::fs::metadata(&root)
+                .and_then(|_| std::fs::read_dir(&root)?.try_for_each(|e| e.map(drop)));
+            let _ = tx.send(answer);
+        })
+        .expect("spawn the liveness check");
+    match rx.recv_timeout(limit) {
+        Ok(Err(e)) if e.raw_os_error() == Some(libc::ENOTCONN) => Err(format!(
+            "{} is a dead mount while its daemon runs: {e}",
+            path.display()
+        )),
+        Ok(_) => Ok(()),
+        Err(_) => Err(format!(
+            "{} did not answer a stat and a listing of its root within {limit:?}: the mount hangs",
+            path.display()
+        )),
+    }
+}
+
+/// A running s3files daemon with a live mount; on drop the mount must still answer (see
+/// `check_live`; skipped when the test already failed), then the daemon is stopped with
+/// SIGTERM (then SIGKILL) and the mount point is cleared even if the daemon died or hung.
 pub struct Mount {
     child: Option<Child>,
     pub path: PathBuf,
@@ -456,8 +489,13 @@ impl Mount {
             .unwrap_or(0)
     }
 
-    /// Sends SIGTERM and waits for a clean exit; returns the exit status.
+    /// Checks that the mount still answers, then sends SIGTERM and waits for a clean
+    /// exit; returns the exit status. A hung mount fails the test (its daemon killed).
     pub fn stop(&mut self) -> std::process::ExitStatus {
+        if let Err(hang) = check_live(&self.path, LIVENESS_LIMIT) {
+            self.kill();
+            panic!("{hang}\ndaemon log:\n{}", self.log());
+        }
         let mut child = self.child.take().expect("daemon already stopped");
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -492,6 +530,23 @@ impl Mount {
 
 impl Drop for Mount {
     fn drop(&mut self) {
+        // Only for a daemon still running: one that was stopped or killed, or died on its
+        // own, has no mount to check.
+        let running = self
+            .child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+        let hang = if running && !std::thread::panicking() {
+            check_live(&self.path, LIVENESS_LIMIT).err()
+        } else {
+            None
+        };
+        if hang.is_some() {
+            // No point in a SIGTERM: a hung daemon cannot unmount itself.
+            if let Some(child) = self.child.as_mut() {
+                let _ = child.kill();
+            }
+        }
         if let Some(mut child) = self.child.take() {
             // SAFETY: kill(2) on our own child's pid.
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -506,6 +561,111 @@ impl Drop for Mount {
             let _ = child.wait();
         }
         force_unmount(&self.path);
+        if let Some(hang) = hang {
+            panic!("{hang}\ndaemon log:\n{}", self.log());
+        }
+    }
+}
+
+/// A mount made by `s3files mount` without `--foreground`, as a user or a script does:
+/// the daemon runs in its own session (not our child) and logs to CACHE_DIR/s3files.log.
+/// On drop the mount must still answer (unless the test already failed); then the daemon
+/// (found by the pid in its cache dir's lock file) is killed and the mount cleared.
+pub struct BackgroundMount {
+    pub path: PathBuf,
+    pub cache_dir: PathBuf,
+    args: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl BackgroundMount {
+    /// Mounts `source` with extra flags and a cache dir (a fresh one if None); panics
+    /// with the command's stderr if the mount fails.
+    pub fn start(server: &S3Server, source: &str, extra: &[&str], cache: Option<&Path>) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("mnt");
+        std::fs::create_dir(&path).expect("mountpoint");
+        let cache_dir = cache.map_or_else(|| dir.path().join("cache"), Path::to_path_buf);
+        let mut args: Vec<String> = vec![
+            "mount".into(),
+            source.into(),
+            path.to_string_lossy().into_owned(),
+            "--endpoint-url".into(),
+            server.endpoint.clone(),
+            "--force-path-style".into(),
+            "--cache-dir".into(),
+            cache_dir.to_string_lossy().into_owned(),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let mount = BackgroundMount {
+            path,
+            cache_dir,
+            args,
+            _dir: dir,
+        };
+        let (out, _) = mount.mount_again();
+        assert!(
+            out.status.success(),
+            "s3files mount failed: {}\nlog:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            mount.log()
+        );
+        mount
+    }
+
+    /// Runs the same `s3files mount` command again (at most 90 s).
+    pub fn mount_again(&self) -> (Output, Duration) {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        run_s3files(&args, &[], Duration::from_secs(90))
+    }
+
+    /// `s3files unmount` of this mount (at most 60 s).
+    pub fn unmount(&self) -> (Output, Duration) {
+        let path = self.path.to_str().expect("utf-8 path");
+        run_s3files(&["unmount", path], &[], Duration::from_secs(60))
+    }
+
+    /// The pid of the daemon holding (or last holding) the cache dir, if it still runs.
+    pub fn daemon_pid(&self) -> Option<u32> {
+        let pid: u32 = std::fs::read_to_string(self.cache_dir.join("lock"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        // Ours only if its command line names this cache dir (pids get reused).
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let wanted = self.cache_dir.to_string_lossy();
+        String::from_utf8_lossy(&cmdline)
+            .split('\0')
+            .any(|arg| arg == wanted)
+            .then_some(pid)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.cache_dir.join("s3files.log")).unwrap_or_default()
+    }
+
+    /// Path inside the mount.
+    pub fn join(&self, rel: &str) -> PathBuf {
+        self.path.join(rel)
+    }
+}
+
+impl Drop for BackgroundMount {
+    fn drop(&mut self) {
+        let hang = if is_mounted(&self.path) && !std::thread::panicking() {
+            check_live(&self.path, LIVENESS_LIMIT).err()
+        } else {
+            None
+        };
+        if let Some(pid) = self.daemon_pid() {
+            // SAFETY: kill(2) on the daemon this guard started (checked by its cmdline).
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        force_unmount(&self.path);
+        if let Some(hang) = hang {
+            panic!("{hang}\ndaemon log:\n{}", self.log());
+        }
     }
 }
 
