@@ -138,7 +138,15 @@ pub struct DiskTier {
     touch_interval: Duration,
     next_tmp: AtomicU64,
     metrics: Arc<Metrics>,
+    /// Last uses to persist in block files' mtimes, put off by callers that must not
+    /// wait for the disk (the FUSE thread answering inline); written by the next caller
+    /// that may (a blocking read, a block insert, the expiry sweep).
+    deferred_touches: Mutex<Vec<(PathBuf, SystemTime)>>,
 }
+
+/// Deferred touches kept at most; past it a use is not persisted (only its expiry after
+/// a restart is affected: the block may go a little early).
+const MAX_DEFERRED_TOUCHES: usize = 4096;
 
 impl DiskTier {
     /// Opens (creating if needed) the tier in `dir` and indexes what an earlier run left,
@@ -202,6 +210,7 @@ impl DiskTier {
             touch_interval: (expiry / 8).min(Duration::from_secs(3600)),
             next_tmp: AtomicU64::new(0),
             metrics,
+            deferred_touches: Mutex::new(Vec::new()),
         };
         let mut victims = Vec::new();
         {
@@ -253,7 +262,7 @@ impl DiskTier {
         let (sums, touch) = self.note_use(id, block_len).ok_or(Missed::Absent)?;
         let path = self.path(id, &sums);
         if let Some(when) = touch {
-            touch_file(&path, when);
+            self.touch_or_defer(path.clone(), when, wait);
         }
         match read_verified(&path, &sums, block_len, offset, buf, wait) {
             Ok(n) => Ok(n),
@@ -327,6 +336,7 @@ impl DiskTier {
 
     /// Stores a block (whole), then drops least-recently-used blocks past the bound.
     pub fn insert(&self, id: BlockId, data: &[u8]) -> io::Result<Dropped> {
+        self.flush_touches();
         let len = data.len() as u64;
         if len > self.bound {
             return Ok(Dropped::default());
@@ -433,6 +443,7 @@ impl DiskTier {
 
     /// Drops every block unused for longer than the expiry; returns them.
     pub fn sweep_expired(&self) -> Vec<BlockId> {
+        self.flush_touches();
         let mut victims = Vec::new();
         self.expire_locked(&mut self.lock(), SystemTime::now(), &mut victims);
         let ids = victims.iter().map(|(id, _)| *id).collect();
@@ -442,9 +453,39 @@ impl DiskTier {
 
     /// Records a use of a block served from elsewhere (the memory tier), so that its
     /// expiry and its place in the eviction order follow its real use.
+    /// Memory hits are answered inline, so the file's mtime is written later.
     pub fn note_hit(&self, id: &BlockId, block_len: u64) {
         if let Some((sums, Some(when))) = self.note_use(id, block_len) {
-            touch_file(&self.path(id, &sums), when);
+            self.touch_or_defer(self.path(id, &sums), when, false);
+        }
+    }
+
+    /// Persists a block's last use in its mtime now (`wait`), or later.
+    fn touch_or_defer(&self, path: PathBuf, when: SystemTime, wait: bool) {
+        if wait {
+            touch_file(&path, when);
+            self.flush_touches();
+        } else {
+            let mut deferred = self
+                .deferred_touches
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if deferred.len() < MAX_DEFERRED_TOUCHES {
+                deferred.push((path, when));
+            }
+        }
+    }
+
+    /// Writes the deferred touches (from a thread that may wait for the disk).
+    pub fn flush_touches(&self) {
+        let deferred = std::mem::take(
+            &mut *self
+                .deferred_touches
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for (path, when) in deferred {
+            touch_file(&path, when);
         }
     }
 
