@@ -13,6 +13,9 @@ use super::{FsCore, FsResult};
 use crate::read::{BlockFetcher, Version};
 use crate::store::{ObjectStore, StoreError};
 
+/// Skipped or hidden keys remembered so a re-listing does not report them again.
+const MAX_REPORTED_KEYS: usize = 100_000;
+
 impl FsCore {
     /// Lists a directory (all pages) the first time it is needed.
     pub(super) async fn load_dir(&self, dir: &Node) -> FsResult<()> {
@@ -141,21 +144,40 @@ impl FsCore {
 
     /// Logs (once per key) and counts keys the namespace rules left out.
     pub(super) fn report_skipped(&self, entries: &namespace::DirEntries<RemoteObject>) {
-        let mut reported = self.reported.lock().unwrap_or_else(|e| e.into_inner());
-        for (key, reason) in &entries.skipped {
-            if reported.insert(key.clone()) {
-                self.metrics.keys_skipped.fetch_add(1, Ordering::Relaxed);
-                warn!(key = key.escape_debug().to_string(), %reason, "import failure: S3 key cannot be a file; skipped");
-            }
+        if entries.skipped.is_empty() && entries.hidden.is_empty() {
+            return;
         }
-        for key in &entries.hidden {
-            if reported.insert(key.clone()) {
-                self.metrics.keys_hidden.fetch_add(1, Ordering::Relaxed);
-                warn!(
-                    key = key.escape_debug().to_string(),
-                    "object hidden: a directory of the same name exists"
-                );
+        let (skipped, hidden): (Vec<_>, Vec<_>) = {
+            let mut reported = self.reported.lock().unwrap_or_else(|e| e.into_inner());
+            if reported.len() > MAX_REPORTED_KEYS {
+                // Bounded: a bucket full of hostile keys cannot grow this forever; the
+                // price is that such keys may be logged and counted once more.
+                reported.clear();
             }
+            (
+                entries
+                    .skipped
+                    .iter()
+                    .filter(|(key, _)| reported.insert(key.clone()))
+                    .collect(),
+                entries
+                    .hidden
+                    .iter()
+                    .filter(|key| reported.insert((*key).clone()))
+                    .collect(),
+            )
+        };
+        // Logged after the lock is released: logging writes to the log file.
+        for (key, reason) in skipped {
+            self.metrics.keys_skipped.fetch_add(1, Ordering::Relaxed);
+            warn!(key = key.escape_debug().to_string(), %reason, "import failure: S3 key cannot be a file; skipped");
+        }
+        for key in hidden {
+            self.metrics.keys_hidden.fetch_add(1, Ordering::Relaxed);
+            warn!(
+                key = key.escape_debug().to_string(),
+                "object hidden: a directory of the same name exists"
+            );
         }
     }
 
