@@ -18,9 +18,9 @@ use tokio::runtime::Handle;
 use tracing::{debug_span, Instrument, Span};
 
 use crate::fs::access::Identity;
-use crate::fs::metadata::EntryKind;
 use crate::fs::write::SetAttr;
 use crate::fs::{Attr, FsCore, FsError};
+use crate::posix::EntryKind;
 
 /// How long the kernel may cache attributes and entries before asking again. Short, so
 /// that changes picked up from the bucket show promptly.

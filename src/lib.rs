@@ -13,6 +13,7 @@ pub mod lock_order;
 pub mod logging;
 pub mod metrics;
 pub mod mounts;
+pub mod posix;
 pub mod read;
 pub mod store;
 pub mod units;

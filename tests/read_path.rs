@@ -1,6 +1,6 @@
 //! Read path through a real FUSE mount against a real S3 server (moto): what `find`,
 //! `stat` and `sha256sum` show must be exactly what the bucket holds, under the
-//! namespace and metadata rules of DESIGN.md section 1.
+//! namespace and metadata rules of docs/SEMANTICS.md.
 
 mod common;
 

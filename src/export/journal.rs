@@ -15,6 +15,8 @@ use crate::lock_order::{Level, OrderedMutex};
 
 use serde::{Deserialize, Serialize};
 
+use crate::posix::PosixMeta;
+
 use crate::local_state::{DIR_MODE, FILE_MODE};
 
 /// What an export writes to the bucket for one record.
@@ -33,17 +35,6 @@ pub enum ExportKind {
     Copy,
 }
 
-/// POSIX attributes as exported in S3 Files metadata.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ExportMeta {
-    pub uid: u32,
-    pub gid: u32,
-    /// File type and permission bits, as in `st_mode`.
-    pub mode: u32,
-    /// Nanoseconds since the epoch.
-    pub mtime_ns: u128,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingExport {
     pub id: u64,
@@ -52,7 +43,8 @@ pub struct PendingExport {
     /// ETag the local change was based on (If-Match); None for a key that did not exist
     /// (If-None-Match: *) or for deletes.
     pub base_etag: Option<String>,
-    pub meta: ExportMeta,
+    /// The attributes the export writes (always with an mtime).
+    pub meta: PosixMeta,
     /// For `Copy`: the source key.
     #[serde(default)]
     pub copy_from: Option<String>,
@@ -265,11 +257,11 @@ mod tests {
             key: key.into(),
             kind: ExportKind::Upload,
             base_etag: Some("\"e\"".into()),
-            meta: ExportMeta {
+            meta: PosixMeta {
                 uid: 1,
                 gid: 2,
                 mode: 0o100644,
-                mtime_ns: 1_700_000_000_000_000_001,
+                mtime_ns: Some(1_700_000_000_000_000_001),
             },
             copy_from: None,
             copy_etag: None,

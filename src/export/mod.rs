@@ -13,9 +13,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::fs::metadata::{META_GROUP, META_MTIME, META_OWNER, META_PERMISSIONS};
+use crate::posix::PosixMeta;
 use crate::store::{ObjectStore, StoreError, UserMetadata, WriteCondition};
-use journal::{ExportKind, ExportMeta, PendingExport};
+use journal::{ExportKind, PendingExport};
 use staging::StagedFile;
 
 /// Metadata key naming the export that wrote an object version. After a crash between a
@@ -38,12 +38,8 @@ pub fn part_size(size: u64) -> u64 {
 }
 
 /// The S3 Files metadata for an export, plus our token.
-pub fn user_metadata(meta: &ExportMeta, token: &str) -> UserMetadata {
-    let mut out = UserMetadata::new();
-    out.insert(META_OWNER.into(), meta.uid.to_string());
-    out.insert(META_GROUP.into(), meta.gid.to_string());
-    out.insert(META_PERMISSIONS.into(), format!("{:07o}", meta.mode));
-    out.insert(META_MTIME.into(), format!("{}ns", meta.mtime_ns));
+pub fn user_metadata(meta: &PosixMeta, token: &str) -> UserMetadata {
+    let mut out = meta.to_user_metadata();
     out.insert(META_EXPORT_TOKEN.into(), token.to_string());
     out
 }
@@ -236,18 +232,18 @@ mod tests {
 
     #[test]
     fn metadata_uses_s3_files_names() {
-        let meta = ExportMeta {
+        let meta = PosixMeta {
             uid: 1000,
             gid: 100,
             mode: 0o100640,
-            mtime_ns: 5,
+            mtime_ns: Some(5),
         };
         let m = user_metadata(&meta, "t");
         assert_eq!(m["file-permissions"], "0100640");
         assert_eq!(m["file-owner"], "1000");
         assert_eq!(m["file-group"], "100");
         assert_eq!(m["file-mtime"], "5ns");
-        let dir = ExportMeta {
+        let dir = PosixMeta {
             mode: 0o040755,
             ..meta
         };
@@ -260,11 +256,11 @@ mod tests {
             key: key.into(),
             kind,
             base_etag: base.map(String::from),
-            meta: ExportMeta {
+            meta: PosixMeta {
                 uid: 0,
                 gid: 0,
                 mode: 0o100644,
-                mtime_ns: 0,
+                mtime_ns: Some(0),
             },
             copy_from: None,
             copy_etag: None,

@@ -18,12 +18,13 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{Notify, Semaphore};
 use tracing::{error, info, warn};
 
-use super::journal::{ExportJournal, ExportKind, ExportMeta, PendingExport};
+use super::journal::{ExportJournal, ExportKind, PendingExport};
 use super::lost_found::LostFound;
 use super::schedule::{Hold, Schedule, SlotState};
 use super::staging::{StagedFile, Staging};
 use super::{export_once, Outcome};
 use crate::lock_order::{Level, OrderedMutex};
+use crate::posix::PosixMeta;
 use crate::store::{ObjectStore, StoreError};
 
 /// Exports running at once (across files; one file's exports stay in order).
@@ -319,7 +320,7 @@ impl ExportQueue {
     /// After a write to an entry whose record is an upload: restarts its timer and
     /// takes the entry's new attributes (mtime). False if record `id` is not a queued
     /// upload: the caller records the change anew.
-    pub fn touch_upload(&self, id: u64, meta: ExportMeta) -> bool {
+    pub fn touch_upload(&self, id: u64, meta: PosixMeta) -> bool {
         let key = {
             let mut records = self.records.lock();
             match records.by_id.get_mut(&id) {
@@ -696,8 +697,8 @@ impl ExportQueue {
 /// part holds an earlier export of ours (`Outcome::Rebase`), not someone else's write.
 fn export_token(mount_id: &str, record: &PendingExport, staged: Option<&StagedFile>) -> String {
     let fingerprint = match staged {
-        Some(s) => format!("{:x}-{:x}", s.size(), record.meta.mtime_ns),
-        None => format!("{:x}", record.meta.mtime_ns),
+        Some(s) => format!("{:x}-{:x}", s.size(), record.meta.mtime_ns.unwrap_or(0)),
+        None => format!("{:x}", record.meta.mtime_ns.unwrap_or(0)),
     };
     format!("{mount_id}-r{:x}/{fingerprint}", record.id)
 }

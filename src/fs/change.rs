@@ -9,12 +9,12 @@ use std::time::SystemTime;
 use super::access::{self, Identity};
 use super::inode::{Ino, Node, NodeState, ROOT_INO};
 use super::life::{Change, Source, SyncLife};
-use super::metadata::{nanos_since_epoch, PosixMeta, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
 use super::namespace::{check_segment, MAX_KEY_LEN};
 use super::sync::io_error;
 use super::{Attr, FsCore, FsError, FsResult};
-use crate::export::journal::{ExportKind, ExportMeta, PendingExport};
+use crate::export::journal::{ExportKind, PendingExport};
 use crate::export::staging::StagedFile;
+use crate::posix::{nanos_since_epoch, PosixMeta, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
 
 /// Chunk size when a file's current object is copied into staging for writing.
 const MATERIALIZE_CHUNK: u64 = 8 << 20;
@@ -43,7 +43,7 @@ fn record(
     key: String,
     kind: ExportKind,
     base: Option<String>,
-    meta: ExportMeta,
+    meta: PosixMeta,
 ) -> PendingExport {
     PendingExport {
         id,
@@ -64,7 +64,7 @@ impl FsCore {
     }
 
     /// The attributes an entry shows now, as an export would write them.
-    pub(super) fn current_meta(&self, state: &NodeState) -> ExportMeta {
+    pub(super) fn current_meta(&self, state: &NodeState) -> PosixMeta {
         if let Some(meta) = state.sync.local_meta() {
             return meta;
         }
@@ -76,7 +76,7 @@ impl FsCore {
         state
             .meta
             .unwrap_or_else(|| PosixMeta::default_for(state.is_dir))
-            .to_export(state.is_dir, fallback)
+            .with_mtime_or(fallback)
     }
 
     /// Checks a new entry's name and the parent's write permission; returns the name.
@@ -108,13 +108,13 @@ impl FsCore {
         Ok(name)
     }
 
-    fn new_meta(&self, caller: Identity, mode: u32) -> ExportMeta {
+    fn new_meta(&self, caller: Identity, mode: u32) -> PosixMeta {
         let owner = self.owner_for(caller);
-        ExportMeta {
+        PosixMeta {
             uid: owner.uid,
             gid: owner.gid,
             mode,
-            mtime_ns: nanos_since_epoch(SystemTime::now()),
+            mtime_ns: Some(nanos_since_epoch(SystemTime::now())),
         }
     }
 
@@ -125,7 +125,7 @@ impl FsCore {
         &self,
         dir: &Arc<Node>,
         name: &str,
-        meta: ExportMeta,
+        meta: PosixMeta,
         staged: Option<Arc<StagedFile>>,
         id: u64,
     ) -> FsResult<Arc<Node>> {
@@ -672,14 +672,14 @@ impl FsCore {
             let base = state.remote.as_ref().and_then(|r| r.etag.clone());
             let (id, meta) = match &mut state.sync {
                 SyncLife::Pending(change) => {
-                    change.meta.mtime_ns = now;
+                    change.meta.mtime_ns = Some(now);
                     if queue.touch_upload(change.id, change.meta) {
                         return Ok(());
                     }
                     (change.id, change.meta)
                 }
                 SyncLife::Clean { id, meta, .. } => {
-                    meta.mtime_ns = now;
+                    meta.mtime_ns = Some(now);
                     (*id, *meta)
                 }
                 SyncLife::Remote | SyncLife::Lost { .. } => return Err(FsError::Io),
@@ -796,7 +796,7 @@ impl FsCore {
             meta.uid = change.uid.unwrap_or(meta.uid);
             meta.gid = change.gid.unwrap_or(meta.gid);
             if let Some(mtime) = change.mtime {
-                meta.mtime_ns = nanos_since_epoch(mtime);
+                meta.mtime_ns = Some(nanos_since_epoch(mtime));
             }
             let key = state.key.clone();
             let base = state.remote.as_ref().and_then(|r| r.etag.clone());
@@ -831,7 +831,7 @@ impl FsCore {
         let (id, meta) = (rec.id, rec.meta);
         let source = node.state().sync.pending().and_then(|c| c.source.clone());
         self.commit(node, rec, staged.clone(), move |state| {
-            state.meta = Some(PosixMeta::from_export(&meta));
+            state.meta = Some(meta);
             state.sync = SyncLife::Pending(Change {
                 id,
                 meta,

@@ -29,9 +29,9 @@ use std::time::SystemTime;
 use bytes::Bytes;
 
 use super::life::SyncLife;
-use super::metadata::PosixMeta;
 use super::namespace::DirEntries;
 use crate::lock_order::{self, Level, OrderedGuard, OrderedMutex};
+use crate::posix::PosixMeta;
 
 pub type Ino = u64;
 pub const ROOT_INO: Ino = 1;
@@ -402,7 +402,7 @@ impl InodeTable {
             format!("{}{name}", state.key)
         };
         let mut child = NodeState::new(dir.ino, name, key, is_dir, None);
-        child.meta = life.local_meta().map(|m| PosixMeta::from_export(&m));
+        child.meta = life.local_meta();
         child.sync = life;
         if is_dir {
             child.children = Some(BTreeMap::new());

@@ -11,8 +11,8 @@
 
 use std::sync::Arc;
 
-use crate::export::journal::ExportMeta;
 use crate::export::staging::StagedFile;
+use crate::posix::PosixMeta;
 
 /// An object version in S3 that a node's bytes come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,7 +28,7 @@ pub struct Change {
     /// The export record carrying it (also the staging file's name).
     pub id: u64,
     /// The attributes the mount shows, and the export writes.
-    pub meta: ExportMeta,
+    pub meta: PosixMeta,
     /// Local bytes, for files and symlinks that were written; None for a metadata-only
     /// change, a rename of an entry already in S3, or a directory.
     pub staged: Option<Arc<StagedFile>>,
@@ -48,21 +48,21 @@ pub enum SyncLife {
     /// the last one). `id` names the staging file.
     Clean {
         id: u64,
-        meta: ExportMeta,
+        meta: PosixMeta,
         staged: Arc<StagedFile>,
     },
     /// Local only and never exported: the lost+found directory (`staged` None) or a
     /// file in it, with the path it had when its change lost a conflict.
     Lost {
         origin: Option<String>,
-        meta: ExportMeta,
+        meta: PosixMeta,
         staged: Option<Arc<StagedFile>>,
     },
 }
 
 impl SyncLife {
     /// The attributes the mount shows for a local entry (None: take S3's).
-    pub fn local_meta(&self) -> Option<ExportMeta> {
+    pub fn local_meta(&self) -> Option<PosixMeta> {
         match self {
             SyncLife::Remote => None,
             SyncLife::Pending(change) => Some(change.meta),

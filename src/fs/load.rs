@@ -7,9 +7,9 @@ use std::sync::Arc;
 use tracing::{debug, info, warn};
 
 use super::inode::{Node, RemoteObject};
-use super::metadata::PosixMeta;
 use super::namespace::{self, build_entries};
 use super::{FsCore, FsResult};
+use crate::posix::PosixMeta;
 use crate::read::{BlockFetcher, Version};
 use crate::store::{ObjectStore, StoreError};
 

@@ -13,7 +13,6 @@ mod handle;
 pub mod inode;
 pub mod life;
 mod load;
-pub mod metadata;
 pub mod namespace;
 mod poll;
 mod sync;
@@ -38,12 +37,12 @@ use tracing::{info, warn};
 use crate::cache::DataCache;
 use crate::export::queue::ExportQueue;
 use crate::metrics::Metrics;
+use crate::posix::{EntryKind, PosixMeta};
 use crate::read::{BlockFetcher, StreamBudget};
 use crate::store::{ObjectStore, StoreError};
 use access::{Identity, Owner};
 pub use error::{FsError, FsResult};
 use inode::{Ino, InodeTable, Node, ROOT_INO};
-use metadata::{EntryKind, PosixMeta};
 use namespace::check_segment;
 
 /// The virtual, read-only extended attribute that reports an entry's sync state.
@@ -554,7 +553,7 @@ impl FsCore {
         let owner = Owner {
             uid: meta.uid,
             gid: meta.gid,
-            perm: meta.perm,
+            perm: meta.perm(),
             is_dir,
         };
         access::check(who, owner, want)
@@ -563,7 +562,7 @@ impl FsCore {
     fn attr(&self, node: &Node) -> Attr {
         let state = node.state();
         let meta = match state.sync.local_meta() {
-            Some(meta) => PosixMeta::from_export(&meta),
+            Some(meta) => meta,
             None => state
                 .meta
                 .unwrap_or_else(|| PosixMeta::default_for(state.is_dir)),
@@ -587,10 +586,10 @@ impl FsCore {
                 staged_size.unwrap_or_else(|| state.remote.as_ref().map_or(0, |r| r.size))
             },
             kind,
-            perm: meta.perm,
+            perm: meta.perm(),
             uid: meta.uid,
             gid: meta.gid,
-            mtime: meta.mtime.or(last_modified).unwrap_or(self.mounted_at),
+            mtime: meta.mtime().or(last_modified).unwrap_or(self.mounted_at),
             nlink: if state.is_dir { 2 } else { 1 },
         }
     }
@@ -612,13 +611,10 @@ impl FsCore {
 }
 
 fn kind_of(state: &inode::NodeState) -> EntryKind {
-    let local_symlink = state
-        .sync
-        .local_meta()
-        .map(|m| m.mode & metadata::S_IFMT == metadata::S_IFLNK);
+    let local_symlink = state.sync.local_meta().map(|m| m.is_symlink());
     if state.is_dir {
         EntryKind::Dir
-    } else if local_symlink.unwrap_or_else(|| state.meta.is_some_and(|m| m.symlink)) {
+    } else if local_symlink.unwrap_or_else(|| state.meta.is_some_and(|m| m.is_symlink())) {
         EntryKind::Symlink
     } else {
         EntryKind::File

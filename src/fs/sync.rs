@@ -15,14 +15,14 @@ use tracing::{error, info, warn};
 
 use super::inode::{Ino, Node, NodeState, RemoteObject, ROOT_INO};
 use super::life::{Change, SyncLife};
-use super::metadata::{nanos_since_epoch, PosixMeta, S_IFDIR, S_IFREG};
 use super::namespace::DirEntries;
 use super::{FsCore, FsError, FsResult};
-use crate::export::journal::{ExportKind, ExportMeta, PendingExport};
+use crate::export::journal::{ExportKind, PendingExport};
 use crate::export::lost_found;
 use crate::export::queue::{ExportQueue, ExportSink, Queued, WaitOutcome};
 use crate::export::schedule::Hold;
 use crate::export::staging::StagedFile;
+use crate::posix::{nanos_since_epoch, PosixMeta, S_IFDIR, S_IFREG};
 use crate::store::{ObjectStore, StoreError};
 
 /// A local I/O error as the core reports it.
@@ -89,11 +89,11 @@ impl FsCore {
                 key,
                 kind: ExportKind::Delete,
                 base_etag: None,
-                meta: ExportMeta {
+                meta: PosixMeta {
                     uid: 0,
                     gid: 0,
                     mode: 0,
-                    mtime_ns: 0,
+                    mtime_ns: Some(0),
                 },
                 copy_from: None,
                 copy_etag: None,
@@ -261,11 +261,11 @@ impl FsCore {
             true,
             SyncLife::Lost {
                 origin: None,
-                meta: ExportMeta {
+                meta: PosixMeta {
                     uid: owner.0,
                     gid: owner.1,
                     mode: S_IFDIR | 0o700,
-                    mtime_ns: nanos_since_epoch(SystemTime::now()),
+                    mtime_ns: Some(nanos_since_epoch(SystemTime::now())),
                 },
                 staged: None,
             },
@@ -275,7 +275,7 @@ impl FsCore {
     }
 
     /// Adds a kept file to the lost+found directory.
-    fn show_lost(&self, queue: &ExportQueue, file_name: &str, origin: &str, meta: ExportMeta) {
+    fn show_lost(&self, queue: &ExportQueue, file_name: &str, origin: &str, meta: PosixMeta) {
         let Some(dir) = self.lost_dir(queue) else {
             return;
         };
@@ -354,11 +354,11 @@ impl FsCore {
                     .ok()
                     .and_then(|m| m.modified().ok())
                     .map_or(0, nanos_since_epoch);
-                let meta = ExportMeta {
+                let meta = PosixMeta {
                     uid: owner.0,
                     gid: owner.1,
                     mode: S_IFREG | 0o600,
-                    mtime_ns,
+                    mtime_ns: Some(mtime_ns),
                 };
                 self.show_lost(queue, &file_name, &origin, meta);
             }
@@ -387,7 +387,7 @@ impl FsCore {
             let node = match self.inodes.child(dir, name) {
                 Some(node) => {
                     let mut state = node.state();
-                    state.meta = Some(PosixMeta::from_export(&change.meta));
+                    state.meta = Some(change.meta);
                     state.sync = SyncLife::Pending(change);
                     drop(state);
                     node
@@ -559,7 +559,7 @@ impl ExportSink for FsCore {
                 }
                 let settled = queue.settle(entry, etag.clone());
                 if settled && state.sync.pending().map(|c| c.id) == Some(id) {
-                    state.meta = Some(PosixMeta::from_export(&entry.record.meta));
+                    state.meta = Some(entry.record.meta);
                     state.symlink_target = None;
                     let life = std::mem::take(&mut state.sync);
                     state.sync = match life {

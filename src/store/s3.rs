@@ -496,7 +496,7 @@ fn to_system_time(t: &aws_sdk_s3::primitives::DateTime) -> Option<SystemTime> {
     SystemTime::try_from(*t).ok()
 }
 
-/// Maps an SDK error to the store's error kinds (DESIGN.md "Errors").
+/// Maps an SDK error to the store's error kinds (docs/SEMANTICS.md "Errors").
 fn classify<E>(err: SdkError<E, HttpResponse>) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,

@@ -1,0 +1,228 @@
+//! POSIX attributes, one type for the whole daemon: decoded from the S3 Files user
+//! metadata of an object (`x-amz-meta-file-owner`, `-file-group`, `-file-permissions`,
+//! and our `-file-mtime`), shown by the mount, kept in the export journal and written
+//! back by exports. Objects that carry none of it get the S3 Files defaults
+//! (docs/SEMANTICS.md "POSIX metadata").
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+pub const META_OWNER: &str = "file-owner";
+pub const META_GROUP: &str = "file-group";
+pub const META_PERMISSIONS: &str = "file-permissions";
+pub const META_MTIME: &str = "file-mtime";
+
+pub const S_IFMT: u32 = 0o170000;
+pub const S_IFREG: u32 = 0o100000;
+pub const S_IFDIR: u32 = 0o040000;
+pub const S_IFLNK: u32 = 0o120000;
+
+pub const DEFAULT_FILE_MODE: u32 = 0o644;
+pub const DEFAULT_DIR_MODE: u32 = 0o755;
+pub const SYMLINK_MODE: u32 = 0o777;
+
+/// The kind of a namespace entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    File,
+    Dir,
+    Symlink,
+}
+
+/// POSIX attributes of one entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PosixMeta {
+    pub uid: u32,
+    pub gid: u32,
+    /// File type and permission bits, as in `st_mode`.
+    pub mode: u32,
+    /// Nanoseconds since the epoch; None when an object carries no valid `file-mtime`
+    /// (the mount then shows its Last-Modified). Every export record has one.
+    pub mtime_ns: Option<u128>,
+}
+
+impl PosixMeta {
+    /// Defaults for an object with no S3 Files metadata: root:root, 0644 / 0755.
+    pub fn default_for(is_dir: bool) -> Self {
+        PosixMeta {
+            uid: 0,
+            gid: 0,
+            mode: if is_dir {
+                S_IFDIR | DEFAULT_DIR_MODE
+            } else {
+                S_IFREG | DEFAULT_FILE_MODE
+            },
+            mtime_ns: None,
+        }
+    }
+
+    /// Decodes user metadata (keys without the `x-amz-meta-` prefix, any case). A field
+    /// that is missing or malformed keeps its default, so one bad value never hides a file.
+    /// `is_dir` says whether the object is a directory marker; a marker is never a symlink,
+    /// and an object is only ever a file or a symlink.
+    pub fn from_user_metadata(meta: &HashMap<String, String>, is_dir: bool) -> Self {
+        let mut out = Self::default_for(is_dir);
+        let get = |name: &str| {
+            meta.iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.trim())
+        };
+        if let Some(uid) = get(META_OWNER).and_then(|v| v.parse().ok()) {
+            out.uid = uid;
+        }
+        if let Some(gid) = get(META_GROUP).and_then(|v| v.parse().ok()) {
+            out.gid = gid;
+        }
+        if let Some(mode) = get(META_PERMISSIONS).and_then(|v| u32::from_str_radix(v, 8).ok()) {
+            let kind = match (is_dir, mode & S_IFMT == S_IFLNK) {
+                (true, _) => S_IFDIR,
+                (false, true) => S_IFLNK,
+                (false, false) => S_IFREG,
+            };
+            out.mode = kind | (mode & 0o7777);
+        }
+        if let Some(nanos) = get(META_MTIME).and_then(parse_mtime_ns) {
+            out.mtime_ns = Some(nanos);
+        }
+        out
+    }
+
+    /// Permission bits (no file-type bits).
+    pub fn perm(&self) -> u16 {
+        (self.mode & 0o7777) as u16
+    }
+
+    pub fn is_symlink(&self) -> bool {
+        self.mode & S_IFMT == S_IFLNK
+    }
+
+    pub fn is_dir(&self) -> bool {
+        self.mode & S_IFMT == S_IFDIR
+    }
+
+    /// The modification time, if these attributes carry one.
+    pub fn mtime(&self) -> Option<SystemTime> {
+        let nanos = self.mtime_ns?;
+        let secs = u64::try_from(nanos / 1_000_000_000).ok()?;
+        UNIX_EPOCH.checked_add(Duration::new(secs, (nanos % 1_000_000_000) as u32))
+    }
+
+    /// These attributes with a modification time for certain (`fallback` when they have
+    /// none), as an export writes them.
+    pub fn with_mtime_or(self, fallback: SystemTime) -> Self {
+        PosixMeta {
+            mtime_ns: Some(self.mtime_ns.unwrap_or_else(|| nanos_since_epoch(fallback))),
+            ..self
+        }
+    }
+
+    /// The S3 Files user metadata that stores these attributes.
+    pub fn to_user_metadata(&self) -> HashMap<String, String> {
+        let mut out = HashMap::new();
+        out.insert(META_OWNER.into(), self.uid.to_string());
+        out.insert(META_GROUP.into(), self.gid.to_string());
+        out.insert(META_PERMISSIONS.into(), format!("{:07o}", self.mode));
+        if let Some(nanos) = self.mtime_ns {
+            out.insert(META_MTIME.into(), format!("{nanos}ns"));
+        }
+        out
+    }
+}
+
+/// Nanoseconds since the epoch (0 for times before it).
+pub fn nanos_since_epoch(t: SystemTime) -> u128 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos())
+}
+
+/// Parses `<nanoseconds>ns` since the epoch (a time `SystemTime` can hold).
+fn parse_mtime_ns(value: &str) -> Option<u128> {
+    let nanos: u128 = value.strip_suffix("ns")?.parse().ok()?;
+    let secs = u64::try_from(nanos / 1_000_000_000).ok()?;
+    UNIX_EPOCH.checked_add(Duration::from_secs(secs))?;
+    Some(nanos)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_without_metadata() {
+        let m = PosixMeta::from_user_metadata(&HashMap::new(), false);
+        assert_eq!(
+            (m.uid, m.gid, m.perm(), m.mtime(), m.is_symlink()),
+            (0, 0, 0o644, None, false)
+        );
+        let d = PosixMeta::from_user_metadata(&HashMap::new(), true);
+        assert_eq!((d.perm(), d.is_dir()), (0o755, true));
+    }
+
+    #[test]
+    fn decodes_s3_files_keys() {
+        let m = PosixMeta::from_user_metadata(
+            &meta(&[
+                ("file-owner", "1000"),
+                ("File-Group", "100"),
+                ("file-permissions", "0100600"),
+                ("file-mtime", "1700000000123456789ns"),
+            ]),
+            false,
+        );
+        assert_eq!(
+            (m.uid, m.gid, m.perm(), m.is_symlink()),
+            (1000, 100, 0o600, false)
+        );
+        assert_eq!(
+            m.mtime(),
+            Some(UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789))
+        );
+        // What is decoded encodes back to the same metadata.
+        let back = m.to_user_metadata();
+        assert_eq!(back["file-permissions"], "0100600");
+        assert_eq!(back["file-mtime"], "1700000000123456789ns");
+        assert_eq!(PosixMeta::from_user_metadata(&back, false), m);
+    }
+
+    #[test]
+    fn symlink_only_for_objects() {
+        let md = meta(&[("file-permissions", "0120777")]);
+        assert!(PosixMeta::from_user_metadata(&md, false).is_symlink());
+        assert!(!PosixMeta::from_user_metadata(&md, true).is_symlink());
+    }
+
+    #[test]
+    fn malformed_values_keep_defaults() {
+        let m = PosixMeta::from_user_metadata(
+            &meta(&[
+                ("file-owner", "-5"),
+                ("file-group", "root"),
+                ("file-permissions", "rwxr-xr-x"),
+                ("file-mtime", "yesterday"),
+            ]),
+            false,
+        );
+        assert_eq!(m, PosixMeta::default_for(false));
+        assert_eq!(parse_mtime_ns("12"), None);
+        assert_eq!(
+            parse_mtime_ns("99999999999999999999999999999999999ns"),
+            None
+        );
+    }
+
+    #[test]
+    fn journal_records_of_older_versions_still_read() {
+        // Before this type was shared, journal lines carried mtime_ns as a plain number.
+        let old = r#"{"uid":1,"gid":2,"mode":33188,"mtime_ns":5}"#;
+        let m: PosixMeta = serde_json::from_str(old).unwrap();
+        assert_eq!(m.mtime_ns, Some(5));
+    }
+}
