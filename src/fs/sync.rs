@@ -6,7 +6,7 @@
 //! status xattr's state, and `sync`. docs/SEMANTICS.md "Export" and "Conflicts" is the
 //! contract.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -424,9 +424,20 @@ impl FsCore {
         let Some(queue) = self.queue.as_ref() else {
             return;
         };
-        let candidates: Vec<Queued> = queue
-            .under(prefix)
-            .into_iter()
+        let queued = queue.under(prefix);
+        // A key's records export in id order, so only its oldest pending record can be
+        // judged against a listing: a newer one (a file created where this mount's own
+        // delete of the old object is still pending, as git's `index.lock` and every
+        // `X.tmp` save loop do) is based on the state after the older records.
+        let mut oldest: HashMap<&str, u64> = HashMap::new();
+        for p in &queued {
+            let id = oldest.entry(p.record.key.as_str()).or_insert(p.record.id);
+            *id = (*id).min(p.record.id);
+        }
+        let candidates: Vec<Queued> = queued
+            .iter()
+            .filter(|p| oldest.get(p.record.key.as_str()) == Some(&p.record.id))
+            .cloned()
             .filter(|p| {
                 matches!(p.record.kind, ExportKind::Upload | ExportKind::Metadata)
                     && !p.obsolete

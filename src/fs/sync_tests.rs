@@ -300,3 +300,36 @@ async fn missing_staged_bytes_fail_sync_instead_of_retrying_forever() {
         .sync_state(&r.core.inodes.get(r.ino("gone").await.unwrap()).unwrap());
     assert_eq!(state, "export failed");
 }
+
+/// A file created where this mount's own delete of the old object is still pending (the
+/// next `index.lock`, the next `X.tmp` of a save loop) is judged after that delete: the
+/// old object still in the listing is no conflict.
+#[tokio::test]
+async fn a_new_file_over_a_pending_delete_is_not_a_conflict() {
+    let r = rig(Arc::new(MemoryStore::new()));
+    r.core.opendir(ROOT, ROOT_INO).await.unwrap();
+    for round in 0..3u8 {
+        let fh = r.write_file(ROOT_INO, "f.tmp", &[b'0' + round; 10]).await;
+        r.core.release(fh);
+        r.sync().await.unwrap();
+        let ino = r.ino("f.tmp").await.unwrap();
+        let (fh, _) = r.core.open(ROOT, ino, true, false).await.unwrap();
+        r.core.write(fh, 10, b"+more").unwrap();
+        r.core.release(fh);
+        r.core
+            .rename(ROOT, ROOT_INO, b"f.tmp", ROOT_INO, b"f", 0)
+            .await
+            .unwrap();
+        // The next save starts before the delete of the old f.tmp is exported.
+        let fh = r.write_file(ROOT_INO, "f.tmp", b"next").await;
+        r.core.release(fh);
+        r.poll().await;
+        assert!(r.lost_found_names().is_empty(), "round {round}");
+        r.core.unlink(ROOT, ROOT_INO, b"f.tmp").await.unwrap();
+    }
+    r.sync().await.unwrap();
+    r.poll().await;
+    assert_eq!(r.core.metrics().conflicts.load(Ordering::Relaxed), 0);
+    assert_eq!(&r.mem.body("f").unwrap()[..], b"2222222222+more");
+    assert!(r.mem.body("f.tmp").is_none());
+}
