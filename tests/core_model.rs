@@ -18,7 +18,10 @@
 //! Cases: `S3FILES_MODEL_CASES` (default 2,000); `S3FILES_MODEL_SEED=<n>` replays one
 //! case. A failing case prints its seed, the reason and its operation list, shrunk.
 //! `S3FILES_MODEL_SKIP=other,fault,...` leaves operation kinds out of the generated cases
-//! (for exploring past a known failure; never in CI).
+//! (for exploring past a known failure; never in CI); the kinds are create, write,
+//! truncate, read, stat, rename, unlink, mkdir, rmdir, chmod, symlink, readlink, handle,
+//! sync, poll, fault, other, crash, remount and save. `S3FILES_MODEL_KEEP_GOING=1` runs
+//! every case and prints one shrunk example of each kind of failure.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
