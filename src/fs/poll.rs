@@ -44,10 +44,13 @@ impl FsCore {
         }
     }
 
-    /// One poll round now: every listed directory is refreshed once (what the poll loop
-    /// does every interval; tests drive it directly).
+    /// One poll round, in order of inode number: every listed directory is refreshed once
+    /// with `store`. For tests that drive the core step by step (the reference model);
+    /// `run_poller` is the same round on a timer. Listing errors are left to the next round.
     pub async fn poll_once(&self, store: &Arc<dyn ObjectStore>) {
-        for dir in self.inodes.listed_dirs() {
+        let mut dirs = self.inodes.listed_dirs();
+        dirs.sort_by_key(|d| d.ino);
+        for dir in dirs {
             if let Err(e) = self.refresh_dir(&dir, store).await {
                 debug!(ino = dir.ino, error = %e, "poll: listing failed; next round retries");
             }

@@ -1,6 +1,7 @@
 //! The one door to S3: the `ObjectStore` trait, its types and errors. Everything above
 //! this module talks to a bucket only through the trait; `s3` implements it with
-//! aws-sdk-s3, `memory` is an in-process fake for unit tests and benches.
+//! aws-sdk-s3, `memory` is an in-process fake for unit tests and benches, and `faulty`
+//! wraps a store to inject faults (errors, slow answers) in tests.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -9,6 +10,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+pub mod faulty;
 pub mod memory;
 pub mod s3;
 
