@@ -53,6 +53,10 @@ pub struct PendingExport {
     /// judged against what this mount last saw or wrote at the same key.
     #[serde(default)]
     pub copy_etag: Option<String>,
+    /// For `Copy`: the source's size (what the entry shows until the copy is done, also
+    /// after a crash).
+    #[serde(default)]
+    pub copy_size: Option<u64>,
     /// Export only after record `after` has been exported (a rename's delete of the old
     /// key waits for the copy to the new one).
     #[serde(default)]
@@ -265,6 +269,7 @@ mod tests {
             },
             copy_from: None,
             copy_etag: None,
+            copy_size: None,
             after: None,
         }
     }

@@ -87,6 +87,9 @@ pub async fn export_once(
         Some(etag) => WriteCondition::IfMatch(etag.clone()),
         None => WriteCondition::IfAbsent,
     };
+    if let Some(outcome) = check_destination(store, record, token).await {
+        return outcome;
+    }
     let result = match record.kind {
         ExportKind::Upload => {
             let Some(staged) = staged else {
@@ -146,6 +149,52 @@ pub async fn export_once(
         }
         Err(e) => Outcome::Failed(e),
     }
+}
+
+/// Deletes and server-side copies cannot be made conditional on what the key holds, so
+/// the key is checked first: it must hold what this mount last saw there (`base_etag`;
+/// nothing, for a copy without one) or a version this mount wrote itself. Anything else
+/// is someone else's change, and the bucket wins (a conflict). None: go ahead.
+async fn check_destination(
+    store: &Arc<dyn ObjectStore>,
+    record: &PendingExport,
+    token: &str,
+) -> Option<Outcome> {
+    let guarded = match record.kind {
+        ExportKind::Copy => true,
+        ExportKind::Delete => record.base_etag.is_some(),
+        _ => false,
+    };
+    if !guarded {
+        return None;
+    }
+    match store.head(&record.key).await {
+        Err(StoreError::NotFound) if record.kind == ExportKind::Delete => Some(Outcome::Done {
+            etag: None,
+            size: 0,
+        }),
+        Err(StoreError::NotFound) => None,
+        Err(e) => Some(Outcome::Failed(e)),
+        Ok(head) if head.etag.is_some() && head.etag == record.base_etag => None,
+        Ok(head) => {
+            let found = head.metadata.get(META_EXPORT_TOKEN).map(String::as_str);
+            if found.is_some_and(|t| same_mount(t, token)) {
+                None
+            } else {
+                Some(Outcome::Conflict)
+            }
+        }
+    }
+}
+
+/// Whether two export tokens come from the same mount (`<mount>-r<id>/...`).
+fn same_mount(a: &str, b: &str) -> bool {
+    let mount = |t: &str| {
+        t.split_once('/')
+            .and_then(|(record, _)| record.rsplit_once("-r"))
+            .map(|(mount, _)| mount.to_string())
+    };
+    mount(a).is_some() && mount(a) == mount(b)
 }
 
 /// Whether two export tokens (`<mount>-r<id>/<fingerprint>`, see
@@ -264,6 +313,7 @@ mod tests {
             },
             copy_from: None,
             copy_etag: None,
+            copy_size: None,
             after: None,
         }
     }

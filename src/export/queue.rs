@@ -371,6 +371,22 @@ impl ExportQueue {
         self.records.lock().by_id.get(&id).cloned()
     }
 
+    /// Claims a waiting record for a poll-time conflict resolution (see
+    /// `Schedule::claim`); false if it is running, held or gone.
+    pub fn claim(&self, id: u64) -> bool {
+        self.schedule.lock().claim(id)
+    }
+
+    /// Ends a claim that decided nothing: the record waits as before.
+    pub fn release_claim(&self, id: u64) {
+        let mut schedule = self.schedule.lock();
+        if matches!(schedule.state(id), Some((SlotState::Exporting, _))) {
+            schedule.finish(id, None, None);
+        }
+        drop(schedule);
+        self.finished.notify_waiters();
+    }
+
     pub fn is_running(&self, id: u64) -> bool {
         matches!(
             self.schedule.lock().state(id),
@@ -408,7 +424,25 @@ impl ExportQueue {
             && version(current) == version(entry)
             && !current.obsolete;
         if unchanged || current.obsolete {
+            let key = current.record.key.clone();
+            let wrote = current.record.kind != ExportKind::Delete;
             records.remove(id);
+            if wrote {
+                // A delete of this key queued meanwhile (the entry was unlinked while
+                // its export ran) deletes what this export just wrote.
+                let later: Vec<u64> = records
+                    .by_key
+                    .get(&key)
+                    .map(|ids| ids.iter().copied().filter(|i| *i > id).collect())
+                    .unwrap_or_default();
+                for later in later {
+                    if let Some(q) = records.by_id.get_mut(&later) {
+                        if q.record.kind == ExportKind::Delete {
+                            q.record.base_etag = etag.clone();
+                        }
+                    }
+                }
+            }
             drop(records);
             self.schedule.lock().remove(id);
             return true;
@@ -456,6 +490,32 @@ impl ExportQueue {
     pub fn forget_staged(&self, id: u64) {
         if self.get(id).is_none() {
             self.staging.remove(id);
+        }
+    }
+
+    /// Removes a record whose entry went away while it was claimed or exported, with
+    /// its staged bytes.
+    pub fn remove_obsolete(&self, id: u64) {
+        self.records.lock().remove(id);
+        self.schedule.lock().remove(id);
+        let _ = self.journal.remove(id);
+        self.staging.remove(id);
+        self.finished.notify_waiters();
+    }
+
+    /// Drops the records waiting for record `id` (a rename's delete of its old key, when
+    /// the copy to the new key lost a conflict).
+    pub fn cancel_dependents(&self, id: u64) {
+        let dependents: Vec<u64> = self
+            .records
+            .lock()
+            .by_id
+            .values()
+            .filter(|q| q.record.after == Some(id))
+            .map(|q| q.record.id)
+            .collect();
+        for dependent in dependents {
+            self.remove_obsolete(dependent);
         }
     }
 

@@ -88,6 +88,11 @@ impl Schedule {
                 if matches!(slot.hold, Some(Hold::Failed(_))) {
                     slot.hold = None;
                 }
+                // A new attempt: an error from an earlier one no longer says how this
+                // one ends (a `sync` right after a failed one must try, not fail).
+                if !slot.running {
+                    slot.last_error = None;
+                }
             }
             self.index(*id);
         }
@@ -167,6 +172,21 @@ impl Schedule {
             slot.last_error = error;
         }
         self.index(id);
+    }
+
+    /// Marks a waiting record running without exporting it (a poll-time conflict being
+    /// resolved): the export loop will not start it and renames wait for it. False if
+    /// it is running, held or gone. `finish`, `hold` or `remove` ends the claim.
+    pub fn claim(&mut self, id: u64) -> bool {
+        match self.slots.get(&id) {
+            Some(slot) if !slot.running && slot.hold.is_none() => {}
+            _ => return false,
+        }
+        self.unindex(id);
+        if let Some(slot) = self.slots.get_mut(&id) {
+            slot.running = true;
+        }
+        true
     }
 
     pub fn hold(&mut self, id: u64, hold: Hold) {

@@ -53,6 +53,7 @@ fn record(
         meta,
         copy_from: None,
         copy_etag: None,
+        copy_size: None,
         after: None,
     }
 }
@@ -252,12 +253,13 @@ impl FsCore {
             self.remove_lost(&dir, name, is_dir);
             return Ok(());
         }
-        let (key, life, in_s3) = {
+        let (key, life, in_s3, seen) = {
             let state = child.state();
             (
                 state.key.clone(),
                 state.sync.clone(),
                 state.remote.is_some(),
+                state.remote.as_ref().and_then(|r| r.etag.clone()),
             )
         };
         // Drop a pending change; if it never reached S3 (nor is on its way) there is
@@ -282,7 +284,7 @@ impl FsCore {
         }
         self.inodes.remove_child(&dir, name);
         if needs_delete {
-            self.record_delete(key, None)?;
+            self.record_delete(key, seen, None)?;
         }
         Ok(())
     }
@@ -401,8 +403,8 @@ impl FsCore {
             };
             match remote {
                 Some(remote) if src_reaches_s3 => target_remote = Some(remote),
-                Some(_) => {
-                    self.record_delete(key, None)?;
+                Some(remote) => {
+                    self.record_delete(key, remote.etag, None)?;
                 }
                 None => {}
             }
@@ -501,6 +503,7 @@ impl FsCore {
                     rec.kind = ExportKind::Copy;
                     rec.copy_from = Some(src.key.clone());
                     rec.copy_etag = src.etag.clone();
+                    rec.copy_size = Some(src.size);
                     source = Some(src.clone());
                 }
             }
@@ -518,7 +521,8 @@ impl FsCore {
                 true
             })?;
             if old_in_s3 {
-                self.record_delete(old_key.to_string(), copy_id)?;
+                let seen = old_remote.as_ref().and_then(|r| r.etag.clone());
+                self.record_delete(old_key.to_string(), seen, copy_id)?;
             }
             return Ok(());
         }
@@ -541,6 +545,7 @@ impl FsCore {
             PendingExport {
                 copy_from: Some(old_key.to_string()),
                 copy_etag: old.etag.clone(),
+                copy_size: Some(old.size),
                 ..record(id, new_key, ExportKind::Copy, base, meta)
             }
         };
@@ -558,7 +563,7 @@ impl FsCore {
             });
             true
         })?;
-        self.record_delete(old_key.to_string(), Some(id))?;
+        self.record_delete(old_key.to_string(), old.etag.clone(), Some(id))?;
         Ok(())
     }
 

@@ -79,8 +79,14 @@ impl FsCore {
         }
     }
 
-    /// Records a change that belongs to no node (a delete of a key).
-    pub(super) fn record_delete(&self, key: String, after: Option<u64>) -> FsResult<u64> {
+    /// Records a change that belongs to no node: the delete of `key`, which held `base`
+    /// when this mount last saw it (None: unknown; the delete is then unconditional).
+    pub(super) fn record_delete(
+        &self,
+        key: String,
+        base: Option<String>,
+        after: Option<u64>,
+    ) -> FsResult<u64> {
         let queue = self.queue()?;
         let id = queue.new_id();
         queue
@@ -88,7 +94,7 @@ impl FsCore {
                 id,
                 key,
                 kind: ExportKind::Delete,
-                base_etag: None,
+                base_etag: base,
                 meta: PosixMeta {
                     uid: 0,
                     gid: 0,
@@ -97,6 +103,7 @@ impl FsCore {
                 },
                 copy_from: None,
                 copy_etag: None,
+                copy_size: None,
                 after,
             })
             .map_err(io_error)?;
@@ -137,14 +144,31 @@ impl FsCore {
         let record = &entry.record;
         let id = record.id;
         self.metrics.conflicts.fetch_add(1, Ordering::Relaxed);
-        let movable = matches!(record.kind, ExportKind::Upload | ExportKind::Metadata);
-        if !movable || entry.obsolete {
-            error!(
-                key = record.key,
-                "export refused: the object changed in S3; the change is held"
-            );
-            queue.hold(id, Hold::Conflict);
+        if entry.obsolete || queue.get(id).is_some_and(|c| c.obsolete) {
+            // The entry went away meanwhile: there is nothing left to keep or show.
+            queue.remove_obsolete(id);
             return;
+        }
+        match record.kind {
+            ExportKind::Delete => {
+                // Someone else wrote the key after this mount removed it: their object
+                // stays, and shows again at the next listing.
+                queue.remove_conflicted(id);
+                error!(
+                    key = record.key,
+                    "conflict: the object changed in S3 after it was removed here; the bucket wins and it stays"
+                );
+                return;
+            }
+            ExportKind::Marker => {
+                error!(
+                    key = record.key,
+                    "export refused: the object changed in S3; the change is held"
+                );
+                queue.hold(id, Hold::Conflict);
+                return;
+            }
+            ExportKind::Upload | ExportKind::Metadata | ExportKind::Copy => {}
         }
         // What S3 holds now decides what the path shows. Only "no such key" means the
         // object was deleted; any other answer (a 5xx, a timeout) decides nothing, so
@@ -158,6 +182,11 @@ impl FsCore {
                 return;
             }
         };
+        // Unlinked (or replaced) while S3 was asked: nothing is left to keep.
+        if queue.get(id).is_some_and(|c| c.obsolete) {
+            queue.remove_obsolete(id);
+            return;
+        }
         let origin = format!(
             "/{}",
             record
@@ -181,6 +210,36 @@ impl FsCore {
                     Err(e) => {
                         error!(key = record.key, error = %e, "cannot move a conflicting local copy to lost+found; held");
                         queue.hold(id, Hold::Conflict);
+                        return;
+                    }
+                }
+            }
+            (ExportKind::Copy, _) => {
+                // A rename that lost: its bytes are still in S3 at the old key. They go
+                // to lost+found like any local copy, and the old key's delete goes ahead.
+                match self.fetch_source(queue, id, record, store).await {
+                    Ok(true) => {
+                        match queue
+                            .lost()
+                            .keep(&queue.staging().path(id), id, &name, &origin)
+                        {
+                            Ok(file_name) => Some(file_name),
+                            Err(e) => {
+                                error!(key = record.key, error = %e, "cannot move a conflicting local copy to lost+found; held");
+                                queue.hold(id, Hold::Conflict);
+                                return;
+                            }
+                        }
+                    }
+                    Ok(false) => {
+                        // Someone changed or removed the old key too: the bucket wins
+                        // there as well, and its delete is dropped.
+                        queue.cancel_dependents(id);
+                        None
+                    }
+                    Err(e) => {
+                        warn!(key = record.key, error = %e, "conflict: cannot read the renamed file's bytes; will retry");
+                        queue.retry_later(id, Duration::from_secs(2), e.to_string());
                         return;
                     }
                 }
@@ -237,11 +296,63 @@ impl FsCore {
                 );
                 self.show_lost(queue, &file_name, &origin, record.meta);
             }
+            None if record.kind == ExportKind::Copy => error!(
+                key = record.key,
+                from = record.copy_from.as_deref().unwrap_or_default(),
+                "conflict: the object changed in S3; the bucket wins and the renamed file stays at its old name"
+            ),
             None => error!(
                 key = record.key,
                 "conflict: the object changed in S3; the local metadata change is dropped"
             ),
         }
+    }
+
+    /// Copies a rename's source version (`copy_from` at `copy_etag`) into staging file
+    /// `id`, in chunks. Ok(false) when that version is gone (changed or deleted).
+    async fn fetch_source(
+        &self,
+        queue: &ExportQueue,
+        id: u64,
+        record: &PendingExport,
+        store: &Arc<dyn ObjectStore>,
+    ) -> Result<bool, StoreError> {
+        const CHUNK: u64 = 8 << 20;
+        let Some(from) = &record.copy_from else {
+            return Ok(false);
+        };
+        let head = match store.head(from).await {
+            Ok(head) => head,
+            Err(StoreError::NotFound) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        if record.copy_etag.is_some() && head.etag != record.copy_etag {
+            return Ok(false);
+        }
+        let staged = queue
+            .staging()
+            .create(id)
+            .map_err(|e| StoreError::Other(format!("staging: {e}")))?;
+        let mut offset = 0;
+        while offset < head.size {
+            let end = head.size.min(offset + CHUNK);
+            let data = match store
+                .get_range(from, offset..end, head.etag.as_deref())
+                .await
+            {
+                Ok(data) => data,
+                Err(StoreError::NotFound | StoreError::PreconditionFailed) => return Ok(false),
+                Err(e) => return Err(e),
+            };
+            if data.is_empty() {
+                break;
+            }
+            staged
+                .write_at(&data, offset)
+                .map_err(|e| StoreError::Other(format!("staging: {e}")))?;
+            offset += data.len() as u64;
+        }
+        Ok(true)
     }
 
     /// The lost+found directory's node, created at the mount root if needed (None until
@@ -403,7 +514,7 @@ impl FsCore {
                     change.source = Some(super::life::Source {
                         key: from.clone(),
                         etag: p.record.copy_etag.clone(),
-                        size: 0,
+                        size: p.record.copy_size.unwrap_or(0),
                     });
                 }
             }
@@ -439,42 +550,51 @@ impl FsCore {
             .filter(|p| oldest.get(p.record.key.as_str()) == Some(&p.record.id))
             .cloned()
             .filter(|p| {
-                matches!(p.record.kind, ExportKind::Upload | ExportKind::Metadata)
+                p.record.kind != ExportKind::Marker
                     && !p.obsolete
                     && p.based_at <= listed_at
                     && direct_child(prefix, &p.record.key).is_some_and(|(_, dir)| !dir)
             })
             .collect();
         for entry in candidates {
-            if queue.is_running(entry.record.id) {
-                continue;
-            }
             let Some((name, _)) = direct_child(prefix, &entry.record.key) else {
                 continue;
             };
             let remote = entries.files.get(name).map(|r| r.etag.clone());
+            // Uploads and metadata changes are conditional on the key as last seen; a
+            // copy or a delete only minds another writer's object at the key (one that
+            // is gone already leaves nothing to overwrite or delete).
+            let gone_is_fine = matches!(entry.record.kind, ExportKind::Copy | ExportKind::Delete);
             let conflict = match (&entry.record.base_etag, &remote) {
-                (Some(_), None) => true,
+                (Some(_), None) => !gone_is_fine,
                 (Some(base), Some(etag)) => etag.as_deref() != Some(base.as_str()),
-                (None, Some(_)) => true,
+                (None, Some(_)) => entry.record.kind != ExportKind::Delete,
                 (None, None) => false,
             };
-            // The record may have changed since `under` copied it (a rename re-keyed
-            // or rebased it): judge only the record as it is now.
-            let current = queue.get(entry.record.id);
-            let still = current.as_ref().is_some_and(|c| {
+            if !conflict {
+                continue;
+            }
+            // Claimed, the record cannot be exported, re-keyed by a rename or dropped
+            // while the conflict is resolved; judge it as it is now (a rename may have
+            // re-keyed or rebased it since `under` copied it).
+            if !queue.claim(entry.record.id) {
+                continue;
+            }
+            let current = queue.get(entry.record.id).filter(|c| {
                 c.record.key == entry.record.key
                     && c.record.base_etag == entry.record.base_etag
                     && c.based_at <= listed_at
+                    && !c.obsolete
             });
-            if conflict && still {
-                info!(
-                    key = entry.record.key,
-                    "poll: the object changed in S3 while the local copy has unexported changes"
-                );
-                if let Some(current) = current {
+            match current {
+                Some(current) => {
+                    info!(
+                        key = entry.record.key,
+                        "poll: the object changed in S3 while the local copy has unexported changes"
+                    );
                     self.resolve_conflict(&current, store).await;
                 }
+                None => queue.release_claim(entry.record.id),
             }
         }
     }
