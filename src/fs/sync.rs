@@ -548,13 +548,13 @@ impl FsCore {
         let candidates: Vec<Queued> = queued
             .iter()
             .filter(|p| oldest.get(p.record.key.as_str()) == Some(&p.record.id))
-            .cloned()
             .filter(|p| {
                 p.record.kind != ExportKind::Marker
                     && !p.obsolete
                     && p.based_at <= listed_at
                     && direct_child(prefix, &p.record.key).is_some_and(|(_, dir)| !dir)
             })
+            .cloned()
             .collect();
         for entry in candidates {
             let Some((name, _)) = direct_child(prefix, &entry.record.key) else {
