@@ -176,6 +176,9 @@ async fn check_destination(
         Err(StoreError::NotFound) => None,
         Err(e) => Some(Outcome::Failed(e)),
         Ok(head) if head.etag.is_some() && head.etag == record.base_etag => None,
+        // A delete removes exactly the version this mount saw, nothing newer (even of its
+        // own: a newer write of ours means a newer intent for the key).
+        Ok(_) if record.kind == ExportKind::Delete => Some(Outcome::Conflict),
         Ok(head) => {
             let found = head.metadata.get(META_EXPORT_TOKEN).map(String::as_str);
             if found.is_some_and(|t| same_mount(t, token)) {

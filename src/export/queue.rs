@@ -503,6 +503,36 @@ impl ExportQueue {
         self.finished.notify_waiters();
     }
 
+    /// Takes back this mount's pending deletes of `key` when a new record is about to
+    /// write the key again (a file created where one was removed, a rename back to a
+    /// name): they were recorded before, and the new record replaces what they would
+    /// delete. Returns the version they would have deleted (the new record's base: what
+    /// this mount last saw at the key), if there was one. Running ones stay (the new
+    /// record waits for them: one key, in order) and give no base. Call after the new
+    /// record is journaled, so a crash never loses both.
+    pub fn supersede_deletes(&self, key: &str) -> Option<Option<String>> {
+        let superseded: Vec<(u64, Option<String>)> = {
+            let records = self.records.lock();
+            let schedule = self.schedule.lock();
+            records
+                .by_key
+                .get(key)
+                .into_iter()
+                .flatten()
+                .filter_map(|id| records.by_id.get(id))
+                .filter(|q| q.record.kind == ExportKind::Delete)
+                .filter(|q| !matches!(schedule.state(q.record.id), Some((SlotState::Exporting, _))))
+                .map(|q| (q.record.id, q.record.base_etag.clone()))
+                .collect()
+        };
+        let mut base = None;
+        for (id, seen) in superseded {
+            self.remove_obsolete(id);
+            base = Some(seen);
+        }
+        base
+    }
+
     /// Drops the records waiting for record `id` (a rename's delete of its old key, when
     /// the copy to the new key lost a conflict).
     pub fn cancel_dependents(&self, id: u64) {

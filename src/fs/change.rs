@@ -138,8 +138,16 @@ impl FsCore {
         } else {
             (format!("{prefix}{name}"), ExportKind::Upload)
         };
-        let rec = record(id, key, kind, None, meta);
+        let mut rec = record(id, key.clone(), kind, None, meta);
         queue.journal(&rec).map_err(io_error)?;
+        if !is_dir {
+            // Created where this mount removed a file whose delete is still pending: the
+            // new file replaces that version instead.
+            if let Some(seen) = queue.supersede_deletes(&key) {
+                rec.base_etag = seen;
+                queue.journal(&rec).map_err(io_error)?;
+            }
+        }
         let change = Change {
             id,
             meta,
@@ -149,6 +157,14 @@ impl FsCore {
         let node = self
             .inodes
             .add_child(dir, name, is_dir, SyncLife::Pending(change));
+        if let Some(etag) = &rec.base_etag {
+            // What this mount last saw at the key, as for any node.
+            node.state().remote = Some(super::inode::RemoteObject {
+                size: 0,
+                etag: Some(etag.clone()),
+                last_modified: None,
+            });
+        }
         queue.enqueue(rec, staged, Some(node.ino));
         self.inodes.remember(dir, name, &node);
         Ok(node)
@@ -524,6 +540,9 @@ impl FsCore {
                 let seen = old_remote.as_ref().and_then(|r| r.etag.clone());
                 self.record_delete(old_key.to_string(), seen, copy_id)?;
             }
+            if at_new_key.is_none() && !is_dir {
+                self.take_over_key(node, change.id, &new_key)?;
+            }
             return Ok(());
         }
         // Clean or remote: nothing local to send but the entry is in S3 at the old key.
@@ -540,13 +559,13 @@ impl FsCore {
             _ => queue.new_id(),
         };
         let rec = if is_dir {
-            record(id, new_key, ExportKind::Marker, base, meta)
+            record(id, new_key.clone(), ExportKind::Marker, base, meta)
         } else {
             PendingExport {
                 copy_from: Some(old_key.to_string()),
                 copy_etag: old.etag.clone(),
                 copy_size: Some(old.size),
-                ..record(id, new_key, ExportKind::Copy, base, meta)
+                ..record(id, new_key.clone(), ExportKind::Copy, base, meta)
             }
         };
         self.commit(node, rec, None, |state| {
@@ -564,7 +583,33 @@ impl FsCore {
             true
         })?;
         self.record_delete(old_key.to_string(), old.etag.clone(), Some(id))?;
+        if at_new_key.is_none() && !is_dir {
+            self.take_over_key(node, id, &new_key)?;
+        }
         Ok(())
+    }
+
+    /// A node moved to `key` where no entry was: this mount's own pending deletes of the
+    /// key (a rename back to a name, a move onto a name just removed) go, since the node
+    /// replaces what they would delete, and its record is based on that version.
+    fn take_over_key(&self, node: &Node, id: u64, key: &str) -> FsResult<()> {
+        let queue = self.queue()?;
+        let Some(seen) = queue.supersede_deletes(key) else {
+            return Ok(());
+        };
+        let Some(queued) = queue.get(id) else {
+            return Ok(());
+        };
+        let mut rec = queued.record;
+        rec.base_etag = seen.clone();
+        self.commit(node, rec, queued.staged, move |state| {
+            state.remote = seen.map(|etag| super::inode::RemoteObject {
+                size: 0,
+                etag: Some(etag),
+                last_modified: None,
+            });
+            true
+        })
     }
 
     /// Makes sure a file has local bytes to write to: the current object is copied into
@@ -576,10 +621,10 @@ impl FsCore {
         truncate: bool,
     ) -> FsResult<Arc<StagedFile>> {
         if let Some(staged) = self.staged_for_write(node)? {
-            if truncate && staged.size() > 0 {
+            if truncate {
                 staged.set_len(0).map_err(io_error)?;
+                self.mark_data_dirty(node, &staged)?;
             }
-            self.mark_data_dirty(node, &staged)?;
             return Ok(staged);
         }
         // One download per node at a time, apart from `load_lock` so lookups of the
@@ -587,10 +632,10 @@ impl FsCore {
         let _staging = node.stage_lock.lock().await;
         if let Some(staged) = self.staged_for_write(node)? {
             // Another open staged it meanwhile: this open's O_TRUNC still applies.
-            if truncate && staged.size() > 0 {
+            if truncate {
                 staged.set_len(0).map_err(io_error)?;
+                self.mark_data_dirty(node, &staged)?;
             }
-            self.mark_data_dirty(node, &staged)?;
             return Ok(staged);
         }
         let queue = self.queue()?;
@@ -629,6 +674,30 @@ impl FsCore {
                 staged.write_at(&data, offset).map_err(io_error)?;
                 offset += data.len() as u64;
             }
+        }
+        if !truncate {
+            // The bytes as they are in S3: opening for writing is not a change; the first
+            // write (or truncate) records one. A pending change keeps its record.
+            let mut state = node.state();
+            match &mut state.sync {
+                SyncLife::Pending(change) if change.id == id => {
+                    change.staged = Some(staged.clone());
+                }
+                SyncLife::Remote => {
+                    state.sync = SyncLife::Clean {
+                        id,
+                        meta,
+                        staged: staged.clone(),
+                    };
+                }
+                // Changed meanwhile (a conflict, a poll): this open's bytes are stale.
+                _ => {
+                    drop(state);
+                    queue.forget_staged(id);
+                    return Err(FsError::Io);
+                }
+            }
+            return Ok(staged);
         }
         let base = node.state().remote.as_ref().and_then(|r| r.etag.clone());
         let rec = record(id, key, ExportKind::Upload, base, meta);

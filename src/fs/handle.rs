@@ -219,19 +219,15 @@ impl FsCore {
         offset: u64,
         len: u32,
     ) -> Option<FsResult<Bytes>> {
-        let (current, linked) = {
-            let state = file.node.state();
-            (state.sync.staged().cloned(), state.linked)
-        };
+        let current = file.node.state().sync.staged().cloned();
         let staged = match (current, &file.source) {
             (Some(staged), _) => staged,
-            (None, HandleSource::Staged(_)) if linked => {
+            (None, HandleSource::Staged(_)) => {
                 // The bytes this handle read and wrote lost a conflict or were replaced
-                // by a change in S3: never serve another version through it.
+                // (or removed) by a change in S3: never serve another version through
+                // it. (A file unlinked here keeps its bytes on the node.)
                 return Some(Err(FsError::Io));
             }
-            // Unlinked while open: the handle keeps its bytes.
-            (None, HandleSource::Staged(own)) => own.clone(),
             (None, _) => return None,
         };
         let mut buf = vec![0u8; len as usize];

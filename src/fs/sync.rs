@@ -152,12 +152,23 @@ impl FsCore {
         match record.kind {
             ExportKind::Delete => {
                 // Someone else wrote the key after this mount removed it: their object
-                // stays, and shows again at the next listing.
+                // stays, and shows again at once.
+                let head = match store.head(&record.key).await {
+                    Ok(head) => Some(head),
+                    Err(StoreError::NotFound) => None,
+                    Err(e) => {
+                        queue.retry_later(id, Duration::from_secs(2), e.to_string());
+                        return;
+                    }
+                };
                 queue.remove_conflicted(id);
                 error!(
                     key = record.key,
                     "conflict: the object changed in S3 after it was removed here; the bucket wins and it stays"
                 );
+                if let Some(head) = head {
+                    self.show_remote(&record.key, &head);
+                }
                 return;
             }
             ExportKind::Marker => {
@@ -168,7 +179,29 @@ impl FsCore {
                 queue.hold(id, Hold::Conflict);
                 return;
             }
-            ExportKind::Upload | ExportKind::Metadata | ExportKind::Copy => {}
+            ExportKind::Copy => {
+                // The renamed file's bytes were to be copied from its old key, which
+                // someone has since overwritten or removed. If this mount still has
+                // those bytes (an empty file, or cached), the rename stands as an upload
+                // of them; the old key's delete then meets the other writer's object and
+                // gives way.
+                let source_there = match &record.copy_from {
+                    Some(from) => match store.head(from).await {
+                        Ok(head) => record.copy_etag.is_none() || head.etag == record.copy_etag,
+                        Err(StoreError::NotFound) => false,
+                        Err(e) => {
+                            warn!(key = record.key, error = %e, "conflict: cannot read the renamed file's source; will retry");
+                            queue.retry_later(id, Duration::from_secs(2), e.to_string());
+                            return;
+                        }
+                    },
+                    None => false,
+                };
+                if !source_there && self.upload_cached_source(queue, entry) {
+                    return;
+                }
+            }
+            ExportKind::Upload | ExportKind::Metadata => {}
         }
         // What S3 holds now decides what the path shows. Only "no such key" means the
         // object was deleted; any other answer (a 5xx, a timeout) decides nothing, so
@@ -308,6 +341,71 @@ impl FsCore {
         }
     }
 
+    /// Turns a rename's copy whose source version is gone from S3 into an upload of the
+    /// same bytes from this mount's data cache (or of nothing, for an empty file). False
+    /// if the bytes are not all here.
+    fn upload_cached_source(&self, queue: &ExportQueue, entry: &Queued) -> bool {
+        const CHUNK: u64 = 4 << 20;
+        let record = &entry.record;
+        let (Some(from), Some(size)) = (&record.copy_from, record.copy_size) else {
+            return false;
+        };
+        let object = match (&record.copy_etag, size) {
+            (_, 0) => None,
+            (Some(etag), _) => Some(crate::cache::ObjectId::new(from, etag)),
+            (None, _) => return false,
+        };
+        let Ok(staged) = queue.staging().create(record.id) else {
+            return false;
+        };
+        let staged = Arc::new(staged);
+        let mut offset = 0;
+        while let Some(object) = object {
+            if offset >= size {
+                break;
+            }
+            let len = (size - offset).min(CHUNK) as u32;
+            let Some(data) = self.cache().read(object, size, offset, len) else {
+                queue.staging().remove(record.id);
+                return false;
+            };
+            if data.is_empty() || staged.write_at(&data, offset).is_err() {
+                queue.staging().remove(record.id);
+                return false;
+            }
+            offset += data.len() as u64;
+        }
+        let mut upload = record.clone();
+        upload.kind = ExportKind::Upload;
+        upload.copy_from = None;
+        upload.copy_etag = None;
+        upload.copy_size = None;
+        info!(key = record.key, "the renamed file's old key changed in S3; exporting its bytes from this mount instead of copying");
+        let id = record.id;
+        let node = entry.ino.and_then(|ino| self.inodes.get(ino));
+        let committed = match &node {
+            Some(node) => {
+                let ours = staged.clone();
+                self.commit(node, upload, Some(staged), move |state| {
+                    if let SyncLife::Pending(change) = &mut state.sync {
+                        if change.id == id {
+                            change.staged.get_or_insert(ours);
+                            change.source = None;
+                        }
+                    }
+                    true
+                })
+                .is_ok()
+            }
+            None => queue
+                .journal(&upload)
+                .map(|()| queue.enqueue(upload, Some(staged), None))
+                .is_ok(),
+        };
+        queue.release_claim(id);
+        committed
+    }
+
     /// Copies a rename's source version (`copy_from` at `copy_etag`) into staging file
     /// `id`, in chunks. Ok(false) when that version is gone (changed or deleted).
     async fn fetch_source(
@@ -353,6 +451,42 @@ impl FsCore {
             offset += data.len() as u64;
         }
         Ok(true)
+    }
+
+    /// Shows the object at `key` (the bucket's version, after a conflict) in its directory,
+    /// if that directory is listed and has no entry of that name.
+    fn show_remote(&self, key: &str, head: &crate::store::ObjectHead) {
+        let Some(rel) = key.strip_prefix(&self.options.root_prefix) else {
+            return;
+        };
+        let mut dir = match self.inodes.get(ROOT_INO) {
+            Some(root) => root,
+            None => return,
+        };
+        let mut parts: Vec<&str> = rel.split('/').collect();
+        let Some(name) = parts.pop().filter(|n| !n.is_empty()) else {
+            return;
+        };
+        for part in parts {
+            match self.inodes.child(&dir, part) {
+                Some(next) if next.state().is_dir => dir = next,
+                _ => return,
+            }
+        }
+        if dir.state().children.is_none() || self.inodes.child(&dir, name).is_some() {
+            return;
+        }
+        let node = self.inodes.add_child(&dir, name, false, SyncLife::Remote);
+        {
+            let mut state = node.state();
+            state.meta = Some(PosixMeta::from_user_metadata(&head.metadata, false));
+            state.remote = Some(RemoteObject {
+                size: head.size,
+                etag: head.etag.clone(),
+                last_modified: head.last_modified,
+            });
+        }
+        self.invalidate_entry(dir.ino, name);
     }
 
     /// The lost+found directory's node, created at the mount root if needed (None until
@@ -503,9 +637,16 @@ impl FsCore {
                     drop(state);
                     node
                 }
-                None => self
-                    .inodes
-                    .add_child(dir, name, is_dir, SyncLife::Pending(change)),
+                None => {
+                    let node = self
+                        .inodes
+                        .add_child(dir, name, is_dir, SyncLife::Pending(change));
+                    if is_dir {
+                        // Not listed yet: its own recovered entries show when it is.
+                        node.state().children = None;
+                    }
+                    node
+                }
             };
             if let Some(from) = &p.record.copy_from {
                 // A recovered rename copy: until it runs, the bytes are at the old key.

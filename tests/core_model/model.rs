@@ -358,6 +358,11 @@ impl Model {
     /// Another writer changed `path` in the bucket and the mount refreshed: the bucket
     /// wins. Returns whether it was a conflict (the mount had unexported changes there).
     pub(crate) fn other_writer(&mut self, path: &str, data: Option<&str>) -> bool {
+        if data.is_none() && !self.synced.contains_key(path) {
+            // Deleting a key the bucket does not hold changes nothing a mount can see
+            // (a listing is the same before and after): no conflict, nothing removed.
+            return false;
+        }
         let mut dirty = self.dirty(path);
         if data.is_none() && !self.tree.contains_key(path) {
             // Both sides removed it: they agree, nothing to resolve.
