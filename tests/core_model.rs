@@ -67,6 +67,12 @@ const HANG_LIMIT: Duration = Duration::from_secs(10);
 
 #[test]
 fn random_cases_match_the_model() {
+    if std::env::var("S3FILES_MODEL_LOG").is_ok() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("s3files=debug"))
+            .with_test_writer()
+            .try_init();
+    }
     let cases: u64 = std::env::var("S3FILES_MODEL_CASES")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -377,6 +377,13 @@ impl ExportQueue {
         self.schedule.lock().claim(id)
     }
 
+    /// Makes record `id` due now (it was due already: re-recording it restarted its
+    /// write-back timer).
+    pub fn due_now(&self, id: u64) {
+        self.schedule.lock().expedite(&[id], Instant::now());
+        self.wake.notify_one();
+    }
+
     /// Ends a claim that decided nothing: the record waits as before.
     pub fn release_claim(&self, id: u64) {
         let mut schedule = self.schedule.lock();

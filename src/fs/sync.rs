@@ -403,6 +403,7 @@ impl FsCore {
                 .is_ok(),
         };
         queue.release_claim(id);
+        queue.due_now(id);
         committed
     }
 

@@ -333,3 +333,25 @@ async fn a_new_file_over_a_pending_delete_is_not_a_conflict() {
     assert_eq!(&r.mem.body("f").unwrap()[..], b"2222222222+more");
     assert!(r.mem.body("f.tmp").is_none());
 }
+
+/// A rename whose source another writer overwrote before the copy ran (bytes not
+/// cached): the sync answers (EIO: the bucket won), nothing hangs, the other writer's
+/// object stays.
+#[tokio::test]
+async fn a_rename_whose_source_was_overwritten_does_not_hang_sync() {
+    let mem = Arc::new(MemoryStore::new());
+    mem.put("a", "hello", &[]);
+    let r = rig(mem.clone());
+    r.core.opendir(ROOT, ROOT_INO).await.unwrap();
+    let d = r.core.mkdir(ROOT, ROOT_INO, b"d", 0o755).await.unwrap();
+    r.ino("a").await.unwrap();
+    r.core
+        .rename(ROOT, ROOT_INO, b"a", d.ino, b"a", 0)
+        .await
+        .unwrap();
+    mem.put("a", "defg", &[]);
+    assert_eq!(r.sync().await, Err(FsError::Io));
+    assert_eq!(&mem.body("a").unwrap()[..], b"defg");
+    r.poll().await;
+    r.core.getattr(ROOT_INO).await.unwrap();
+}
