@@ -814,3 +814,67 @@ impl Drop for SmallDisk {
             .status();
     }
 }
+
+// ---- Bounded calls on a mount that may hang (used by tests/trust.rs) ----
+
+/// A call that did not answer within its time limit.
+#[derive(Debug)]
+pub struct Hung(pub Duration);
+
+/// Runs `f` on its own thread and waits at most `limit` for its answer. A call blocked
+/// on a hung mount is left behind on its thread (it returns once the mount's guard kills
+/// the daemon); a panic in `f` is re-raised here.
+pub fn within<T: Send + 'static>(
+    limit: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Hung> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
+    });
+    match rx.recv_timeout(limit) {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        Err(_) => Err(Hung(limit)),
+    }
+}
+
+/// `within`, failing the test with `what` when the call hangs.
+pub fn bounded<T: Send + 'static>(
+    limit: Duration,
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    within(limit, f).unwrap_or_else(|Hung(limit)| panic!("{what}: no answer within {limit:?}"))
+}
+
+/// Liveness: the mount at `root` answers `stat` within `limit`.
+pub fn assert_answers(root: &Path, limit: Duration) {
+    let root = root.to_path_buf();
+    let shown = root.display().to_string();
+    bounded(limit, &format!("stat {shown}"), move || {
+        std::fs::metadata(&root)
+    })
+    .unwrap_or_else(|e| panic!("stat {shown}: {e}"));
+}
+
+/// Names of the files in the mount's lost+found directory, sorted (none if the directory
+/// does not exist). Unbounded: wrap it in `bounded` on a mount that may hang.
+pub fn lost_found_files(root: &Path) -> Vec<String> {
+    let Some(dir) = std::fs::read_dir(root)
+        .expect("read mount root")
+        .map(|e| e.expect("entry").path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(".s3files-lost+found-"))
+        })
+    else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .expect("read lost+found")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
