@@ -169,10 +169,13 @@ async fn check_destination(
         return None;
     }
     match store.head(&record.key).await {
-        Err(StoreError::NotFound) if record.kind == ExportKind::Delete => Some(Outcome::Done {
-            etag: None,
-            size: 0,
-        }),
+        // Nothing there: a delete is harmless (and goes ahead, so a stale answer cannot
+        // leave the object behind); a copy onto a version someone deleted is a conflict.
+        Err(StoreError::NotFound)
+            if record.kind == ExportKind::Copy && record.base_etag.is_some() =>
+        {
+            Some(Outcome::Conflict)
+        }
         Err(StoreError::NotFound) => None,
         Err(e) => Some(Outcome::Failed(e)),
         Ok(head) if head.etag.is_some() && head.etag == record.base_etag => None,

@@ -624,8 +624,15 @@ impl ExportQueue {
     }
 
     /// Exports `ids` now and waits until each is exported, failed or lost a conflict,
-    /// or `limit` passes.
-    pub async fn wait(&self, ids: &[u64], limit: Option<Duration>) -> WaitOutcome {
+    /// or `limit` passes. With `first_failure`, it answers as soon as one has failed
+    /// (`sync`: the answer is EIO whatever the rest do, and records waiting behind a
+    /// failing one would only wait for its retries).
+    pub async fn wait(
+        &self,
+        ids: &[u64],
+        limit: Option<Duration>,
+        first_failure: bool,
+    ) -> WaitOutcome {
         self.schedule.lock().expedite(ids, Instant::now());
         self.wake.notify_one();
         let deadline = limit.map(|l| Instant::now() + l);
@@ -643,6 +650,9 @@ impl ExportQueue {
                         Some(_) => waiting = true,
                     }
                 }
+            }
+            if failed && first_failure {
+                return WaitOutcome::Failed;
             }
             if !waiting {
                 let conflicts = {

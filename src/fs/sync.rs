@@ -706,13 +706,21 @@ impl FsCore {
             // Uploads and metadata changes are conditional on the key as last seen; a
             // copy or a delete only minds another writer's object at the key (one that
             // is gone already leaves nothing to overwrite or delete).
-            let gone_is_fine = matches!(entry.record.kind, ExportKind::Copy | ExportKind::Delete);
+            let gone_is_fine = entry.record.kind == ExportKind::Delete;
             let conflict = match (&entry.record.base_etag, &remote) {
                 (Some(_), None) => !gone_is_fine,
                 (Some(base), Some(etag)) => etag.as_deref() != Some(base.as_str()),
                 (None, Some(_)) => entry.record.kind != ExportKind::Delete,
                 (None, None) => false,
             };
+            if entry.record.kind == ExportKind::Delete && remote.is_none() {
+                // The key is gone already: this mount's delete has nothing left to do
+                // (a file created there later must not be based on the old version).
+                if queue.claim(entry.record.id) {
+                    queue.remove_obsolete(entry.record.id);
+                }
+                continue;
+            }
             if !conflict {
                 continue;
             }
@@ -774,7 +782,7 @@ impl FsCore {
             (s.key.clone(), s.is_dir)
         };
         let ids = queue.ids_under(&prefix, !is_dir);
-        match queue.wait(&ids, None).await {
+        match queue.wait(&ids, None, true).await {
             WaitOutcome::Exported => Ok(()),
             WaitOutcome::Failed | WaitOutcome::TimedOut => Err(FsError::Io),
         }
@@ -787,7 +795,7 @@ impl FsCore {
             return 0;
         };
         let ids = queue.all_ids();
-        let _ = queue.wait(&ids, Some(limit)).await;
+        let _ = queue.wait(&ids, Some(limit), false).await;
         queue.backlog()
     }
 

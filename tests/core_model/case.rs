@@ -194,6 +194,7 @@ impl Case {
             )
             && !has_below(path)
             && !bucket_below
+            && !self.model.moved_from.contains(path)
             && (data.is_some() || mem.body(path).is_some());
         let mut conflict = false;
         // What the path shows before the bucket wins (while a refresh has not resolved

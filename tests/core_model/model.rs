@@ -37,6 +37,11 @@ pub(crate) struct Model {
     /// lost+found: (original path, bytes).
     pub(crate) lost: Vec<(String, Vec<u8>)>,
     pub(crate) handles: BTreeMap<usize, MHandle>,
+    /// Paths renamed away since the last sync while their bytes were only in the bucket:
+    /// until the rename's server-side copy runs, the bytes are read from there. Another
+    /// writer changing such a path before that is a documented limitation
+    /// (docs/SEMANTICS.md "Writes and export"), so the model does not generate it.
+    pub(crate) moved_from: BTreeSet<String>,
 }
 
 pub(crate) fn parent_of(path: &str) -> &str {
@@ -129,6 +134,7 @@ impl Model {
     }
 
     pub(crate) fn mark_all_synced(&mut self) {
+        self.moved_from.clear();
         self.synced = self
             .tree
             .iter()
@@ -349,6 +355,9 @@ impl Model {
             .map(|(p, id)| (p.clone(), *id))
             .collect();
         for (path, id) in moved {
+            if self.synced.contains_key(&path) {
+                self.moved_from.insert(path.clone());
+            }
             self.tree.remove(&path);
             self.tree.insert(format!("{to}{}", &path[from.len()..]), id);
         }
