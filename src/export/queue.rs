@@ -177,7 +177,14 @@ impl ExportQueue {
                 None
             };
             info!(key = record.key, kind = ?record.kind, "pending export recovered from the journal");
-            schedule.touch_after(record.id, &record.key, now, record.after);
+            // Like any change, exported once the write-back delay has passed (here:
+            // since the restart), or at once by `sync` and unmount.
+            schedule.touch_after(
+                record.id,
+                &record.key,
+                now + options.write_back_delay,
+                record.after,
+            );
             records.insert(Queued {
                 record,
                 staged,

@@ -872,6 +872,11 @@ impl FsCore {
             if let Some(mtime) = change.mtime {
                 meta.mtime_ns = Some(nanos_since_epoch(mtime));
             }
+            if meta == self.current_meta(&state) {
+                // chmod/chown to what it already is: nothing to export (and nothing for
+                // another writer's change to conflict with).
+                return Ok(());
+            }
             let key = state.key.clone();
             let base = state.remote.as_ref().and_then(|r| r.etag.clone());
             match &state.sync {
