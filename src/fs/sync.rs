@@ -35,8 +35,9 @@ pub(super) fn io_error(e: std::io::Error) -> FsError {
 pub(super) struct PendingInDir {
     /// Direct children with changes not exported yet at or below them.
     pub keep: HashSet<String>,
-    /// Direct children whose removal (or move away) is still to be exported: the
-    /// listing still has them, the mount must not show them again.
+    /// Direct children whose removal (or move away) is still to be exported, or with
+    /// such removals below them: the listing still has them, the mount must not show
+    /// them again (a directory that another writer filled shows once they are done).
     pub hidden: HashSet<String>,
 }
 
@@ -576,9 +577,9 @@ impl FsCore {
                 continue;
             };
             if queued.record.kind == ExportKind::Delete {
-                if direct_child(prefix, &queued.record.key).is_some() {
-                    out.hidden.insert(name.to_string());
-                }
+                // The key itself, or (a directory this mount removed or moved away) a
+                // key below it: until the delete is exported the listing still shows it.
+                out.hidden.insert(name.to_string());
             } else {
                 out.keep.insert(name.to_string());
             }
