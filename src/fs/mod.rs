@@ -15,6 +15,7 @@ pub mod life;
 mod load;
 pub mod namespace;
 mod poll;
+mod rename;
 mod sync;
 
 /// The write side's types under their historic names: `Writer` is the export queue,
