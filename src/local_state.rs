@@ -22,6 +22,18 @@ pub const DIR_MODE: u32 = 0o700;
 /// Mode of every file the daemon creates under CACHE_DIR.
 pub const FILE_MODE: u32 = 0o600;
 
+/// Creates (or truncates) a file under the cache dir, readable and writable by the
+/// daemon's user only, whatever the umask.
+pub fn create_private(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(FILE_MODE)
+        .open(path)
+}
+
 /// Held (flock) by the daemon that owns the directory; holds its pid.
 const LOCK_FILE: &str = "lock";
 /// Written by a daemon just before it releases the lock at exit.
@@ -60,12 +72,7 @@ pub fn create(dir: &Path) -> Result<(), String> {
         }
     }
     let probe = dir.join(".write-test");
-    OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(FILE_MODE)
-        .open(&probe)
+    create_private(&probe)
         .and_then(|mut file| file.write_all(b"ok"))
         .map_err(unwritable)?;
     std::fs::remove_file(&probe).map_err(unwritable)?;
@@ -201,12 +208,7 @@ impl CacheDirLock {
     /// free finds the report.
     pub fn write_exit_report(&self, pending: usize) -> std::io::Result<()> {
         let tmp = self.dir.join(format!("{EXIT_REPORT}.tmp"));
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(FILE_MODE)
-            .open(&tmp)?;
+        let mut file = create_private(&tmp)?;
         file.write_all(format!("pending: {pending}\n").as_bytes())?;
         std::fs::rename(&tmp, self.dir.join(EXIT_REPORT))
     }

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use crate::lock_order::{Level, OrderedMutex};
@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::posix::PosixMeta;
 
-use crate::local_state::{DIR_MODE, FILE_MODE};
+use crate::local_state::DIR_MODE;
 
 /// What an export writes to the bucket for one record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -233,12 +233,7 @@ fn replay(path: &Path) -> std::io::Result<(BTreeMap<u64, PendingExport>, usize)>
 /// Writes the live records to a fresh log, durably, and opens it for appending.
 fn write_compacted(dir: &Path, live: &BTreeMap<u64, PendingExport>) -> std::io::Result<File> {
     let tmp = dir.join("log.tmp");
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(FILE_MODE)
-        .open(&tmp)?;
+    let mut file = crate::local_state::create_private(&tmp)?;
     let mut buf = Vec::new();
     for record in live.values() {
         buf.extend(serde_json::to_vec(&Line::Put(record.clone())).map_err(std::io::Error::other)?);

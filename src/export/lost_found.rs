@@ -5,10 +5,10 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
-use crate::local_state::{DIR_MODE, FILE_MODE};
+use crate::local_state::DIR_MODE;
 
 /// Name of the mount-root directory showing lost+found, before the mount id.
 pub const DIR_PREFIX: &str = ".s3files-lost+found-";
@@ -50,12 +50,7 @@ impl LostFound {
         origin: &str,
     ) -> std::io::Result<String> {
         let file_name = Self::file_name(id, name);
-        fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(FILE_MODE)
-            .open(self.dir.join(format!("{file_name}{ORIGIN_SUFFIX}")))?
+        crate::local_state::create_private(&self.dir.join(format!("{file_name}{ORIGIN_SUFFIX}")))?
             .write_all(origin.as_bytes())?;
         fs::rename(staged, self.dir.join(&file_name))?;
         Ok(file_name)

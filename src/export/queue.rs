@@ -345,10 +345,11 @@ impl ExportQueue {
         true
     }
 
-    /// Drops a record that never needs to reach S3 (or whose entry went away) with its
-    /// staged bytes. A running export is marked obsolete instead (its result is dropped
-    /// when it ends). Returns false in that case.
-    pub fn cancel(&self, id: u64) -> bool {
+    /// Drops a record that never needs to reach S3 (or whose entry went away), with its
+    /// staged bytes unless open handles still use them (`drop_staged` false: they go
+    /// with the last one, `forget_staged`). A running export is marked obsolete instead
+    /// (its result is dropped when it ends). Returns false in that case.
+    pub fn cancel(&self, id: u64, drop_staged: bool) -> bool {
         let running = matches!(
             self.schedule.lock().state(id),
             Some((SlotState::Exporting, _))
@@ -362,7 +363,9 @@ impl ExportQueue {
         self.records.lock().remove(id);
         self.schedule.lock().remove(id);
         let _ = self.journal.remove(id);
-        self.staging.remove(id);
+        if drop_staged {
+            self.staging.remove(id);
+        }
         true
     }
 

@@ -8,12 +8,12 @@
 //! read is one consistent version, never a mix.
 
 use std::fs::{DirBuilder, File, OpenOptions};
-use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::local_state::{DIR_MODE, FILE_MODE};
+use crate::local_state::DIR_MODE;
 
 #[derive(Debug)]
 pub struct Staging {
@@ -38,13 +38,7 @@ impl Staging {
     /// Creates (or truncates) the staging file for `id`.
     pub fn create(&self, id: u64) -> std::io::Result<StagedFile> {
         let path = self.path(id);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(FILE_MODE)
-            .open(&path)?;
+        let file = crate::local_state::create_private(&path)?;
         Ok(StagedFile::new(path, Some(file), 0))
     }
 

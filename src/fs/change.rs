@@ -269,13 +269,14 @@ impl FsCore {
             self.remove_lost(&dir, name, is_dir);
             return Ok(());
         }
-        let (key, life, in_s3, seen) = {
+        let (key, life, in_s3, seen, open) = {
             let state = child.state();
             (
                 state.key.clone(),
                 state.sync.clone(),
                 state.remote.is_some(),
                 state.remote.as_ref().and_then(|r| r.etag.clone()),
+                state.handles > 0,
             )
         };
         // Drop a pending change; if it never reached S3 (nor is on its way) there is
@@ -286,13 +287,14 @@ impl FsCore {
                 let never_exported = queue.get(change.id).is_some_and(|p| {
                     p.record.base_etag.is_none() && p.record.kind != ExportKind::Copy
                 });
-                let dropped = queue.cancel(change.id);
+                // Open handles keep reading and writing the bytes until the last closes.
+                let dropped = queue.cancel(change.id, !open);
                 if !dropped || !never_exported {
                     needs_delete = true;
                 }
             }
-            SyncLife::Clean { id, .. } => queue.staging().remove(*id),
-            SyncLife::Remote | SyncLife::Lost { .. } => {}
+            SyncLife::Clean { id, .. } if !open => queue.staging().remove(*id),
+            _ => {}
         }
         // An implicit directory has no marker to delete.
         if is_dir && !in_s3 && !life.is_local() {
@@ -550,9 +552,13 @@ impl FsCore {
             if is_dir {
                 return Err(FsError::IsDir);
             }
-            let staged = self.ensure_staged(&node, size == 0).await?;
-            staged.set_len(size).map_err(io_error)?;
-            self.mark_data_dirty(&node, &staged)?;
+            // A truncate to the size the file has changes nothing (POSIX leaves even its
+            // mtime alone), so it is not a change to export.
+            if size != self.attr(&node).size {
+                let staged = self.ensure_staged(&node, size == 0).await?;
+                staged.set_len(size).map_err(io_error)?;
+                self.mark_data_dirty(&node, &staged)?;
+            }
         }
         if change.changes_metadata() {
             self.change_metadata(&node, &change)?;

@@ -291,6 +291,13 @@ impl FsCore {
                         state.sync = SyncLife::Remote;
                         Some(id)
                     }
+                    // Unlinked or replaced while open: its bytes go with the last handle
+                    // (its record was dropped, so nothing exports them).
+                    SyncLife::Pending(change) if !state.linked && change.staged.is_some() => {
+                        let id = change.id;
+                        state.sync = SyncLife::Remote;
+                        Some(id)
+                    }
                     _ => {
                         // Waiting for export: keep the bytes, not the descriptor.
                         if let Some(staged) = state.sync.staged() {

@@ -111,15 +111,21 @@ impl FsCore {
         // export replaces, or deletes if the source never reaches S3.
         let mut target_remote = None;
         if let Some(target) = &target {
-            let (key, remote, life) = {
+            let (key, remote, life, open) = {
                 let s = target.state();
-                (s.key.clone(), s.remote.clone(), s.sync.clone())
+                (
+                    s.key.clone(),
+                    s.remote.clone(),
+                    s.sync.clone(),
+                    s.handles > 0,
+                )
             };
+            // Open handles of the replaced file keep its bytes until the last closes.
             match &life {
                 SyncLife::Pending(change) => {
-                    queue.cancel(change.id);
+                    queue.cancel(change.id, !open);
                 }
-                SyncLife::Clean { id, .. } => queue.staging().remove(*id),
+                SyncLife::Clean { id, .. } if !open => queue.staging().remove(*id),
                 _ => {}
             }
             let src_reaches_s3 = {

@@ -74,7 +74,7 @@ impl FsCore {
             Ok(())
         } else {
             if queue.get(id).is_none() {
-                let _ = queue.cancel(id);
+                let _ = queue.cancel(id, true);
             }
             Err(FsError::Io)
         }
@@ -234,51 +234,40 @@ impl FsCore {
             .next()
             .unwrap_or(&record.key)
             .to_string();
-        let kept = match (&record.kind, &entry.staged) {
-            (ExportKind::Upload, Some(_)) => {
-                match queue
-                    .lost()
-                    .keep(&queue.staging().path(id), id, &name, &origin)
-                {
-                    Ok(file_name) => Some(file_name),
-                    Err(e) => {
-                        error!(key = record.key, error = %e, "cannot move a conflicting local copy to lost+found; held");
-                        queue.hold(id, Hold::Conflict);
-                        return;
-                    }
+        // Local bytes to keep: a written file's staged bytes, or, for a rename that lost,
+        // its bytes fetched from the old key (whose delete then goes ahead).
+        let has_bytes = match (&record.kind, &entry.staged) {
+            (ExportKind::Upload, Some(_)) => true,
+            (ExportKind::Copy, _) => match self.fetch_source(queue, id, record, store).await {
+                Ok(true) => true,
+                Ok(false) => {
+                    // Someone changed or removed the old key too: the bucket wins
+                    // there as well, and its delete is dropped.
+                    queue.cancel_dependents(id);
+                    false
+                }
+                Err(e) => {
+                    warn!(key = record.key, error = %e, "conflict: cannot read the renamed file's bytes; will retry");
+                    queue.retry_later(id, Duration::from_secs(2), e.to_string());
+                    return;
+                }
+            },
+            _ => false,
+        };
+        let kept = if has_bytes {
+            match queue
+                .lost()
+                .keep(&queue.staging().path(id), id, &name, &origin)
+            {
+                Ok(file_name) => Some(file_name),
+                Err(e) => {
+                    error!(key = record.key, error = %e, "cannot move a conflicting local copy to lost+found; held");
+                    queue.hold(id, Hold::Conflict);
+                    return;
                 }
             }
-            (ExportKind::Copy, _) => {
-                // A rename that lost: its bytes are still in S3 at the old key. They go
-                // to lost+found like any local copy, and the old key's delete goes ahead.
-                match self.fetch_source(queue, id, record, store).await {
-                    Ok(true) => {
-                        match queue
-                            .lost()
-                            .keep(&queue.staging().path(id), id, &name, &origin)
-                        {
-                            Ok(file_name) => Some(file_name),
-                            Err(e) => {
-                                error!(key = record.key, error = %e, "cannot move a conflicting local copy to lost+found; held");
-                                queue.hold(id, Hold::Conflict);
-                                return;
-                            }
-                        }
-                    }
-                    Ok(false) => {
-                        // Someone changed or removed the old key too: the bucket wins
-                        // there as well, and its delete is dropped.
-                        queue.cancel_dependents(id);
-                        None
-                    }
-                    Err(e) => {
-                        warn!(key = record.key, error = %e, "conflict: cannot read the renamed file's bytes; will retry");
-                        queue.retry_later(id, Duration::from_secs(2), e.to_string());
-                        return;
-                    }
-                }
-            }
-            _ => None,
+        } else {
+            None
         };
         queue.remove_conflicted(id);
         // The path now shows the bucket's version, if the node still carries this change
