@@ -284,9 +284,11 @@ impl FsCore {
         let mut needs_delete = in_s3;
         match &life {
             SyncLife::Pending(change) => {
-                let never_exported = queue.get(change.id).is_some_and(|p| {
-                    p.record.base_etag.is_none() && p.record.kind != ExportKind::Copy
-                });
+                // Based on nothing at this key: nothing of this mount's is there (a copy
+                // that has not run, an upload never exported).
+                let never_exported = queue
+                    .get(change.id)
+                    .is_some_and(|p| p.record.base_etag.is_none());
                 // Open handles keep reading and writing the bytes until the last closes.
                 let dropped = queue.cancel(change.id, !open);
                 if !dropped || !never_exported {

@@ -158,6 +158,26 @@ impl Case {
                 Ok(())
             }
             Op::Other { path, data, then } => self.other(op, path, data.as_deref(), then),
+            Op::HRead(slot, offset, len)
+                if self
+                    .model
+                    .handles
+                    .get(slot)
+                    .is_some_and(|h| h.stale && !h.write) =>
+            {
+                // A read-only handle whose object another writer replaced or deleted reads
+                // the version it opened while that needs no request to S3 (cached bytes,
+                // past the end), and EIO once it does (docs/SEMANTICS.md "What an open
+                // file sees"); never another version.
+                let node = self.model.handles[slot].node;
+                let old = Ok(Val::Bytes(self.model.read_node(node, *offset, *len)));
+                let got = self.core_step(op);
+                if got == old || got == Err(libc::EIO) {
+                    Ok(())
+                } else {
+                    self.expect(op, &Err(libc::EIO), &got)
+                }
+            }
             _ => {
                 let mut model = self.model.clone();
                 let want = model.apply(op);
