@@ -289,11 +289,13 @@ impl Model {
                 let Some(h) = self.handles.get(slot).cloned() else {
                     return Ok(Val::Skipped);
                 };
-                if h.stale {
-                    return Err(libc::EIO);
-                }
+                // The kernel refuses a write on a read-only descriptor before the file
+                // system sees it.
                 if !h.write {
                     return Err(libc::EBADF);
+                }
+                if h.stale {
+                    return Err(libc::EIO);
                 }
                 self.write_node(h.node, *offset, data.as_bytes());
                 Ok(Val::Unit)
