@@ -489,7 +489,9 @@ impl FsCore {
     fn live_write_target(&self, file: &super::handle::OpenFile) -> FsResult<Arc<StagedFile>> {
         let staged = file.write_target()?;
         let state = file.node.state();
-        if state.linked && !state.sync.staged().is_some_and(|s| Arc::ptr_eq(s, &staged)) {
+        // A file unlinked here keeps its bytes on the node; a node whose bytes S3 took
+        // away (a conflict, a change or removal by another writer) has none.
+        if !state.sync.staged().is_some_and(|s| Arc::ptr_eq(s, &staged)) {
             return Err(FsError::Io);
         }
         Ok(staged)
