@@ -244,7 +244,7 @@ impl FsCore {
                 let seen = old_remote.as_ref().and_then(|r| r.etag.clone());
                 self.record_delete(old_key.to_string(), seen, copy_id)?;
             }
-            if at_new_key.is_none() && !is_dir {
+            if at_new_key.is_none() {
                 self.take_over_key(node, change.id, &new_key)?;
             }
             return Ok(());
@@ -287,7 +287,7 @@ impl FsCore {
             true
         })?;
         self.record_delete(old_key.to_string(), old.etag.clone(), Some(id))?;
-        if at_new_key.is_none() && !is_dir {
+        if at_new_key.is_none() {
             self.take_over_key(node, id, &new_key)?;
         }
         Ok(())

@@ -611,7 +611,14 @@ impl FsCore {
                 continue;
             };
             if p.record.kind == ExportKind::Delete {
-                self.inodes.remove_child(dir, name);
+                // Hidden, unless a change of this mount puts something there again.
+                let rewritten = queue
+                    .under(&p.record.key)
+                    .iter()
+                    .any(|q| q.record.key == p.record.key && q.record.kind != ExportKind::Delete);
+                if !rewritten {
+                    self.inodes.remove_child(dir, name);
+                }
                 continue;
             }
             let change = Change {
