@@ -42,6 +42,9 @@ pub(crate) struct Model {
     /// writer changing such a path before that is a documented limitation
     /// (docs/SEMANTICS.md "Writes and export"), so the model does not generate it.
     pub(crate) moved_from: BTreeSet<String>,
+    /// Nodes written since the last sync: a write is a change even when it leaves the
+    /// bytes as they were (it moves the mtime, and the mount exports it).
+    pub(crate) written: BTreeSet<u64>,
 }
 
 pub(crate) fn parent_of(path: &str) -> &str {
@@ -125,6 +128,13 @@ impl Model {
     }
 
     pub(crate) fn dirty(&self, path: &str) -> Dirty {
+        if self
+            .tree
+            .get(path)
+            .is_some_and(|id| self.written.contains(id))
+        {
+            return Dirty::Data;
+        }
         match (self.node(path), self.synced.get(path)) {
             (None, None) => Dirty::No,
             (Some(a), Some(b)) if a == b => Dirty::No,
@@ -135,6 +145,7 @@ impl Model {
 
     pub(crate) fn mark_all_synced(&mut self) {
         self.moved_from.clear();
+        self.written.clear();
         self.synced = self
             .tree
             .iter()
@@ -159,6 +170,7 @@ impl Model {
     }
 
     pub(crate) fn write_node(&mut self, id: u64, offset: u64, data: &[u8]) {
+        self.written.insert(id);
         let file = self.file_mut(id);
         let end = offset as usize + data.len();
         if file.len() < end {
