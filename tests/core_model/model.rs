@@ -372,6 +372,11 @@ impl Model {
             if self.synced.contains_key(&path) {
                 self.moved_from.insert(path.clone());
             }
+            // A file renamed onto a name is a change there even if its bytes happen to
+            // equal what the name held (the mount exports the rename).
+            if !matches!(self.nodes[&id].kind, MKind::Dir) {
+                self.written.insert(id);
+            }
             self.tree.remove(&path);
             self.tree.insert(format!("{to}{}", &path[from.len()..]), id);
         }
