@@ -221,6 +221,11 @@ impl FsCore {
     ) -> Option<FsResult<Bytes>> {
         let current = file.node.state().sync.staged().cloned();
         let staged = match (current, &file.source) {
+            // A handle opened on local bytes reads only those: if the node now has
+            // others, its own went away (the bucket won) and it must not switch.
+            (Some(staged), HandleSource::Staged(own)) if !Arc::ptr_eq(&staged, own) => {
+                return Some(Err(FsError::Io));
+            }
             (Some(staged), _) => staged,
             (None, HandleSource::Staged(_)) => {
                 // The bytes this handle read and wrote lost a conflict or were replaced
