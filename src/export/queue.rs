@@ -124,6 +124,15 @@ pub trait ExportSink: Send + Sync {
     async fn conflict(&self, entry: &Queued);
 }
 
+/// How `ExportQueue::settle` ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// The record left the queue; its journal line had this sequence number.
+    Done { journal_seq: Option<u64> },
+    /// It changed while it was exported: it stays queued, based on what was written.
+    Rebased,
+}
+
 /// How waiting for a set of records ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WaitOutcome {
@@ -427,14 +436,18 @@ impl ExportQueue {
     }
 
     /// Ends an exported record, provided nothing changed it while it ran (the same
-    /// revision): it leaves the queue and, once the journal agrees, the disk. Returns
-    /// whether it settled; if not, it stays queued, rebased on what was just written.
-    /// Called by the sink under the node's lock (if the record has a node).
-    pub fn settle(&self, entry: &Queued, etag: Option<String>) -> bool {
+    /// revision): it leaves the queue, and `after_settle` takes its journal line. If it
+    /// changed, it stays queued, rebased on what was just written. Called by the sink
+    /// under the node's lock (if the record has a node): while the node still shows the
+    /// change, no new journal line for the same id can be written, so the sequence
+    /// number taken here is the exported one's.
+    pub fn settle(&self, entry: &Queued, etag: Option<String>) -> Settled {
         let id = entry.record.id;
+        let journal_seq = self.journal.seq(id);
         let mut records = self.records.lock();
         let Some(current) = records.by_id.get_mut(&id) else {
-            return true;
+            // Gone already (cancelled, or lost a conflict): its remover took the line.
+            return Settled::Done { journal_seq: None };
         };
         let version = |q: &Queued| q.staged.as_ref().map(|s| s.version());
         let unchanged = current.revision == entry.revision
@@ -462,7 +475,7 @@ impl ExportQueue {
             }
             drop(records);
             self.schedule.lock().remove(id);
-            return true;
+            return Settled::Done { journal_seq };
         }
         // Changed meanwhile: the bucket holds our intermediate version, which is the
         // base of the next export, unless a rename moved the record to another key
@@ -481,25 +494,29 @@ impl ExportQueue {
                 current.record.copy_etag = None;
             }
         }
-        false
+        Settled::Rebased
     }
 
-    /// The disk side of a finished export (call with no lock held): the journal line
-    /// goes unless the record was written again meanwhile, and so do staged bytes no
-    /// one needs (`drop_staged`).
-    fn finish_on_disk(&self, id: u64, settled: bool, drop_staged: bool) {
-        if settled {
-            if let Some(seq) = self.journal.seq(id) {
-                if self.get(id).is_none() {
-                    let _ = self.journal.remove_if(id, seq);
+    /// The disk side of a finished export, after `settle` (call with no lock held): the
+    /// exported journal line goes (a line written for the same id since stays), and so
+    /// do staged bytes no one needs (`drop_staged`); a rebased record is journaled again
+    /// and waits for its next turn.
+    pub fn after_settle(&self, id: u64, settled: &Settled, drop_staged: bool) {
+        match settled {
+            Settled::Done { journal_seq } => {
+                if let Some(seq) = journal_seq {
+                    let _ = self.journal.remove_if(id, *seq);
+                }
+                if drop_staged && self.get(id).is_none() {
+                    self.staging.remove(id);
                 }
             }
-            if drop_staged && self.get(id).is_none() {
-                self.staging.remove(id);
+            Settled::Rebased => {
+                if let Some(p) = self.get(id) {
+                    let _ = self.journal.record(&p.record, false);
+                    self.schedule.lock().finish(id, None, None);
+                }
             }
-        } else if let Some(p) = self.get(id) {
-            let _ = self.journal.record(&p.record, false);
-            self.schedule.lock().finish(id, None, None);
         }
     }
 
@@ -801,11 +818,6 @@ impl ExportQueue {
                 self.hold(id, Hold::Failed(e));
             }
         }
-    }
-
-    /// What the sink calls after `settle`, with no lock held.
-    pub fn after_settle(&self, id: u64, settled: bool, drop_staged: bool) {
-        self.finish_on_disk(id, settled, drop_staged);
     }
 }
 

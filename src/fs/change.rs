@@ -15,9 +15,39 @@ use super::{Attr, FsCore, FsError, FsResult};
 use crate::export::journal::{ExportKind, PendingExport};
 use crate::export::staging::StagedFile;
 use crate::posix::{nanos_since_epoch, PosixMeta, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
+use crate::store::{ObjectStore, StoreError};
 
-/// Chunk size when a file's current object is copied into staging for writing.
+/// Chunk size when an object version is copied into a staging file.
 const MATERIALIZE_CHUNK: u64 = 8 << 20;
+
+/// Why copying an object version into staging stopped.
+pub(super) enum CopyInError {
+    Store(StoreError),
+    Local(std::io::Error),
+}
+
+/// Copies object version `source` into `staged`, in ranged GETs pinned to its ETag (so
+/// the bytes are that version's or the copy fails).
+pub(super) async fn copy_into_staging(
+    store: &Arc<dyn ObjectStore>,
+    source: &Source,
+    staged: &StagedFile,
+) -> Result<(), CopyInError> {
+    let mut offset = 0;
+    while offset < source.size {
+        let end = source.size.min(offset + MATERIALIZE_CHUNK);
+        let data = store
+            .get_range(&source.key, offset..end, source.etag.as_deref())
+            .await
+            .map_err(CopyInError::Store)?;
+        if data.is_empty() {
+            break;
+        }
+        staged.write_at(&data, offset).map_err(CopyInError::Local)?;
+        offset += data.len() as u64;
+    }
+    Ok(())
+}
 /// Longest symlink target accepted (PATH_MAX).
 const MAX_SYMLINK_TARGET: usize = 4096;
 
@@ -368,20 +398,12 @@ impl FsCore {
         let id = existing_id.unwrap_or_else(|| queue.new_id());
         let staged = Arc::new(queue.staging().create(id).map_err(io_error)?);
         if let (false, Some(source)) = (truncate, &source) {
-            let mut offset = 0;
-            while offset < source.size {
-                let end = source.size.min(offset + MATERIALIZE_CHUNK);
-                let data = self
-                    .store
-                    .get_range(&source.key, offset..end, source.etag.as_deref())
-                    .await
-                    .map_err(|e| self.store_error(&source.key, e))?;
-                if data.is_empty() {
-                    break;
-                }
-                staged.write_at(&data, offset).map_err(io_error)?;
-                offset += data.len() as u64;
-            }
+            copy_into_staging(&self.store, source, &staged)
+                .await
+                .map_err(|e| match e {
+                    CopyInError::Store(e) => self.store_error(&source.key, e),
+                    CopyInError::Local(e) => io_error(e),
+                })?;
         }
         if !truncate {
             // The bytes as they are in S3: opening for writing is not a change; the first

@@ -130,8 +130,6 @@ pub struct FsCore {
     reported: Mutex<HashSet<String>>,
     /// The export queue; None on a read-only mount (every write is EROFS).
     queue: Option<Arc<ExportQueue>>,
-    /// Inode of the lost+found directory once it shows (0 before).
-    lost_dir: AtomicU64,
     /// Set once the mount is live.
     kernel: std::sync::OnceLock<Box<dyn KernelCache>>,
     /// Cache fills (and through it the data cache).
@@ -161,7 +159,6 @@ impl FsCore {
             mounted_at: SystemTime::now(),
             reported: Mutex::new(HashSet::new()),
             queue: None,
-            lost_dir: AtomicU64::new(0),
             kernel: std::sync::OnceLock::new(),
         }
     }

@@ -13,13 +13,14 @@ use std::time::{Duration, SystemTime};
 
 use tracing::{error, info, warn};
 
+use super::change::{copy_into_staging, CopyInError};
 use super::inode::{Ino, Node, NodeState, RemoteObject, ROOT_INO};
-use super::life::{Change, SyncLife};
+use super::life::{Change, Source, SyncLife};
 use super::namespace::DirEntries;
 use super::{FsCore, FsError, FsResult};
 use crate::export::journal::{ExportKind, PendingExport};
 use crate::export::lost_found;
-use crate::export::queue::{ExportQueue, ExportSink, Queued, WaitOutcome};
+use crate::export::queue::{ExportQueue, ExportSink, Queued, Settled, WaitOutcome};
 use crate::export::schedule::Hold;
 use crate::export::staging::StagedFile;
 use crate::posix::{nanos_since_epoch, PosixMeta, S_IFDIR, S_IFREG};
@@ -406,7 +407,6 @@ impl FsCore {
         record: &PendingExport,
         store: &Arc<dyn ObjectStore>,
     ) -> Result<bool, StoreError> {
-        const CHUNK: u64 = 8 << 20;
         let Some(from) = &record.copy_from else {
             return Ok(false);
         };
@@ -422,26 +422,19 @@ impl FsCore {
             .staging()
             .create(id)
             .map_err(|e| StoreError::Other(format!("staging: {e}")))?;
-        let mut offset = 0;
-        while offset < head.size {
-            let end = head.size.min(offset + CHUNK);
-            let data = match store
-                .get_range(from, offset..end, head.etag.as_deref())
-                .await
-            {
-                Ok(data) => data,
-                Err(StoreError::NotFound | StoreError::PreconditionFailed) => return Ok(false),
-                Err(e) => return Err(e),
-            };
-            if data.is_empty() {
-                break;
+        let source = Source {
+            key: from.clone(),
+            etag: head.etag,
+            size: head.size,
+        };
+        match copy_into_staging(store, &source, &staged).await {
+            Ok(()) => Ok(true),
+            Err(CopyInError::Store(StoreError::NotFound | StoreError::PreconditionFailed)) => {
+                Ok(false)
             }
-            staged
-                .write_at(&data, offset)
-                .map_err(|e| StoreError::Other(format!("staging: {e}")))?;
-            offset += data.len() as u64;
+            Err(CopyInError::Store(e)) => Err(e),
+            Err(CopyInError::Local(e)) => Err(StoreError::Other(format!("staging: {e}"))),
         }
-        Ok(true)
     }
 
     /// Shows the object at `key` (the bucket's version, after a conflict) in its directory,
@@ -506,7 +499,6 @@ impl FsCore {
                 staged: None,
             },
         );
-        self.lost_dir.store(dir.ino, Ordering::Relaxed);
         Some(dir)
     }
 
@@ -545,9 +537,7 @@ impl FsCore {
     /// once empty).
     pub(super) fn remove_lost(&self, dir: &Node, name: &str, is_dir: bool) {
         if let Ok(queue) = self.queue() {
-            if is_dir {
-                self.lost_dir.store(0, Ordering::Relaxed);
-            } else {
+            if !is_dir {
                 queue.lost().remove(name);
             }
         }
@@ -836,7 +826,8 @@ impl ExportSink for FsCore {
                     });
                 }
                 let settled = queue.settle(entry, etag.clone());
-                if settled && state.sync.pending().map(|c| c.id) == Some(id) {
+                let done = matches!(settled, Settled::Done { .. });
+                if done && state.sync.pending().map(|c| c.id) == Some(id) {
                     state.meta = Some(entry.record.meta);
                     state.symlink_target = None;
                     let life = std::mem::take(&mut state.sync);
@@ -852,19 +843,19 @@ impl ExportSink for FsCore {
                         }
                         _ => SyncLife::Remote,
                     };
-                } else if !settled {
+                } else if !done {
                     drop_staged = false;
                 }
                 settled
             }
             None => queue.settle(entry, etag.clone()),
         };
-        if settled && entry.record.kind == ExportKind::Upload {
+        if matches!(settled, Settled::Done { .. }) && entry.record.kind == ExportKind::Upload {
             if let (Some(etag), Some(staged)) = (&etag, &entry.staged) {
                 self.cache_exported(&entry.record.key, etag, staged);
             }
         }
-        queue.after_settle(id, settled, drop_staged);
+        queue.after_settle(id, &settled, drop_staged);
     }
 
     async fn conflict(&self, entry: &Queued) {
