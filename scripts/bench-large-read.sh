@@ -25,7 +25,7 @@ rm "$work/object.bin"
 sync
 echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
 
-"$bin" mount s3://bench "$mnt" --endpoint-url "$GARAGE_ENDPOINT" --force-path-style \
+"$bin" mount s3://bench "$mnt" --endpoint-url "$GARAGE_ENDPOINT" --force-path-style --allow-unversioned \
     --cache-dir "$work/cache"
 pid=$(pgrep -f "^$bin mount s3://bench $mnt" | head -n 1)
 

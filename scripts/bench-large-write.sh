@@ -14,7 +14,7 @@ bench_init
 mnt="$work/mnt"
 mkdir -p "$mnt"
 
-"$bin" mount s3://bench "$mnt" --endpoint-url "$GARAGE_ENDPOINT" --force-path-style \
+"$bin" mount s3://bench "$mnt" --endpoint-url "$GARAGE_ENDPOINT" --force-path-style --allow-unversioned \
     --cache-dir "$work/cache" --write-back-delay 600s
 pid=$(pgrep -f "^$bin mount s3://bench $mnt" | head -n 1)
 

@@ -30,7 +30,7 @@ PY
 run() {
     local mnt=$1 poll=$2
     # Eager import off: this measures what polling costs, not 100,000 background GETs.
-    "$bin" mount s3://bench "$mnt" --endpoint-url "$GARAGE_ENDPOINT" --force-path-style \
+    "$bin" mount s3://bench "$mnt" --endpoint-url "$GARAGE_ENDPOINT" --force-path-style --allow-unversioned \
         --cache-dir "$work/cache-$poll" --poll-interval "$poll" --import-size-threshold 0
     ls "$mnt/huge" | wc -l >/dev/null   # watch the huge directory
     .venv/bin/python - "$mnt/reader/data.bin" "$secs" <<'PY'

@@ -29,7 +29,7 @@ cleanup() {
 }
 trap cleanup EXIT
 for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break; sleep 0.1; done
-.venv/bin/python -c "import boto3,sys; boto3.client('s3', endpoint_url=sys.argv[1]).create_bucket(Bucket='unpack')" "http://127.0.0.1:$port"
+.venv/bin/python -c "import boto3,sys; s3 = boto3.client('s3', endpoint_url=sys.argv[1]); s3.create_bucket(Bucket='unpack'); s3.put_bucket_versioning(Bucket='unpack', VersioningConfiguration={'Status': 'Enabled'})" "http://127.0.0.1:$port"
 
 # The tarball: whole crates from the registry until there are at least 5,000 files.
 registry=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/ | head -n 1)

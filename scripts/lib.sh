@@ -38,7 +38,7 @@ mount_bench() {
     local mnt=$1 cache=$2
     shift 2
     mkdir -p "$mnt"
-    "$bin" mount s3://bench "$mnt" --endpoint-url "$GARAGE_ENDPOINT" --force-path-style \
+    "$bin" mount s3://bench "$mnt" --endpoint-url "$GARAGE_ENDPOINT" --force-path-style --allow-unversioned \
         --cache-dir "$cache" --foreground --log-level warn "$@" 2>>"$work/daemon.log" &
     mount_pid=$!
     wait_mounted "$mnt"

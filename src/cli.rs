@@ -108,6 +108,12 @@ pub struct MountArgs {
     #[arg(long)]
     pub read_only: bool,
 
+    /// Mount a bucket that does not have versioning enabled. S3 Files requires versioning
+    /// so that data overwritten or deleted through the mount stays recoverable; without
+    /// this flag such a mount fails. For stores that have no versioning (benchmarks).
+    #[arg(long)]
+    pub allow_unversioned: bool,
+
     /// Stay attached to the terminal. Without it, `mount` returns 0 once the mount is live,
     /// or non-zero with a one-line reason, and the daemon logs to CACHE_DIR/s3files.log.
     #[arg(long)]

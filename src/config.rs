@@ -50,6 +50,8 @@ pub struct MountConfig {
     pub cache_dir: PathBuf,
     pub access_point: Option<AccessPoint>,
     pub read_only: bool,
+    /// Mount even if the bucket's versioning is not enabled.
+    pub allow_unversioned: bool,
     /// Quiet time before a changed file is exported.
     pub write_back_delay: Duration,
     /// How often listed directories are listed again; zero turns polling off.
@@ -120,6 +122,7 @@ impl MountConfig {
             cache_dir,
             access_point,
             read_only: args.read_only,
+            allow_unversioned: args.allow_unversioned,
             write_back_delay: args.write_back_delay.unwrap_or(DEFAULT_WRITE_BACK_DELAY),
             poll_interval: args.poll_interval.unwrap_or(DEFAULT_POLL_INTERVAL),
             cache_size: args.cache_size.unwrap_or(DEFAULT_CACHE_SIZE),

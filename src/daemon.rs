@@ -33,7 +33,7 @@ use crate::fuse::{FuseAdapter, FuseKernelCache};
 use crate::local_state::{self, LockBusy, LOG_FILE};
 use crate::metrics::Metrics;
 use crate::mounts;
-use crate::store::s3::{S3Options, S3Store};
+use crate::store::s3::{S3Options, S3Store, Versioning};
 use crate::store::{ObjectStore, StoreError};
 
 const NOTIFY_ENV: &str = "S3FILES_NOTIFY_FD";
@@ -544,7 +544,40 @@ async fn connect_and_probe(
             "s3://{bucket}/{prefix} does not exist (no objects under that prefix)"
         ));
     }
+    if !config.allow_unversioned {
+        check_versioning(&store, bucket, endpoint).await?;
+    }
     Ok(Arc::new(store))
+}
+
+/// S3 Files requires bucket versioning, so that what the mount overwrites or deletes (an
+/// export, a conflict the bucket wins, a delete) stays recoverable in S3.
+async fn check_versioning(store: &S3Store, bucket: &str, endpoint: &str) -> Result<(), String> {
+    const HOW: &str = "enable it (aws s3api put-bucket-versioning --bucket BUCKET \
+                       --versioning-configuration Status=Enabled) or pass --allow-unversioned";
+    let state = match tokio::time::timeout(PROBE_TIMEOUT, store.versioning()).await {
+        Err(_) => {
+            return Err(format!(
+                "cannot reach {endpoint}: no answer within {PROBE_TIMEOUT:?}"
+            ))
+        }
+        Ok(Err(e)) => {
+            return Err(format!(
+                "cannot read the versioning state of bucket '{bucket}' ({e}); S3 Files needs \
+                 versioning: {HOW}"
+            ))
+        }
+        Ok(Ok(state)) => state,
+    };
+    match state {
+        Versioning::Enabled => Ok(()),
+        Versioning::Suspended => Err(format!(
+            "bucket '{bucket}' has versioning suspended; S3 Files needs it enabled: {HOW}"
+        )),
+        Versioning::Never => Err(format!(
+            "bucket '{bucket}' does not have versioning enabled, which S3 Files needs: {HOW}"
+        )),
+    }
 }
 
 fn s3_options(config: &MountConfig) -> S3Options {

@@ -470,3 +470,76 @@ fn unmount_says_what_is_still_pending_when_s3_is_gone() {
         assert!(journal.contains(&format!("stranded-{i}.txt")), "{journal}");
     }
 }
+
+#[test]
+fn unversioned_bucket_is_refused_unless_allowed() {
+    let server = S3Server::start();
+    server.create_bucket_unversioned("plain");
+    server.put("plain", "f.txt", "unversioned data", &[]);
+    server.create_bucket("paused");
+    block_on_suspend(&server, "paused");
+    let case = Case::new();
+    let (mnt, cache) = (case.mnt(), case.cache());
+    let args = |bucket: &str| -> Vec<String> {
+        vec![
+            "mount".into(),
+            format!("s3://{bucket}"),
+            mnt.clone(),
+            "--endpoint-url".into(),
+            server.endpoint.clone(),
+            "--force-path-style".into(),
+            "--cache-dir".into(),
+            cache.clone(),
+        ]
+    };
+    for foreground in [false, true] {
+        let mut plain = args("plain");
+        if foreground {
+            plain.push("--foreground".into());
+        }
+        let line = mount_fails(&as_refs(&plain), &[], Path::new(&mnt));
+        assert!(
+            line.contains("does not have versioning enabled")
+                && line.contains("put-bucket-versioning")
+                && line.contains("--allow-unversioned"),
+            "{line}"
+        );
+    }
+    let line = mount_fails(&as_refs(&args("paused")), &[], Path::new(&mnt));
+    assert!(line.contains("versioning suspended"), "{line}");
+
+    // With the flag the same bucket mounts and works.
+    let _guard = UnmountGuard(mnt.clone());
+    let mut allowed = args("plain");
+    allowed.push("--allow-unversioned".into());
+    let (out, _) = run_s3files(&as_refs(&allowed), &[], LIMIT);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(Path::new(&mnt).join("f.txt")).unwrap();
+    assert_eq!(text, "unversioned data");
+    common::assert_answers(Path::new(&mnt), Duration::from_secs(10));
+    let (out, _) = run_s3files(&["unmount", &mnt], &[], Duration::from_secs(60));
+    assert!(out.status.success());
+    assert!(!is_mounted(Path::new(&mnt)));
+}
+
+/// Enables then suspends versioning on a bucket.
+fn block_on_suspend(server: &S3Server, bucket: &str) {
+    use aws_sdk_s3::types::{BucketVersioningStatus, VersioningConfiguration};
+    common::block_on(
+        server
+            .client()
+            .put_bucket_versioning()
+            .bucket(bucket)
+            .versioning_configuration(
+                VersioningConfiguration::builder()
+                    .status(BucketVersioningStatus::Suspended)
+                    .build(),
+            )
+            .send(),
+    )
+    .expect("suspend versioning");
+}

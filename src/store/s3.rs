@@ -13,7 +13,10 @@ use aws_config::{BehaviorVersion, Region};
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, EncodingType, MetadataDirective};
+use aws_sdk_s3::types::{
+    BucketVersioningStatus, CompletedMultipartUpload, CompletedPart, EncodingType,
+    MetadataDirective,
+};
 use aws_sdk_s3::Client;
 use bytes::Bytes;
 use tracing::debug;
@@ -116,6 +119,58 @@ impl S3Store {
         )
         .await
     }
+
+    /// The bucket's versioning state (GetBucketVersioning), for the start-up check that
+    /// S3 Files' requirement holds: overwritten and deleted data stays recoverable.
+    pub async fn versioning(&self) -> Result<Versioning, StoreError> {
+        let out = match self
+            .client
+            .get_bucket_versioning()
+            .bucket(&self.bucket)
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            // moto answers 200 with a document whose root element the SDK refuses
+            // (GetBucketVersioningResponse, not VersioningConfiguration); read its Status.
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 200) => {
+                let body = e
+                    .raw_response()
+                    .and_then(|r| r.body().bytes())
+                    .unwrap_or(&[]);
+                return Ok(versioning_from_xml(&String::from_utf8_lossy(body)));
+            }
+            Err(e) => return Err(classify(e)),
+        };
+        Ok(match out.status() {
+            Some(BucketVersioningStatus::Enabled) => Versioning::Enabled,
+            Some(BucketVersioningStatus::Suspended) => Versioning::Suspended,
+            _ => Versioning::Never,
+        })
+    }
+}
+
+/// The versioning state in a GetBucketVersioning document: its `<Status>` element.
+fn versioning_from_xml(body: &str) -> Versioning {
+    let status = body
+        .split_once("<Status>")
+        .and_then(|(_, rest)| rest.split_once("</Status>"))
+        .map(|(status, _)| status.trim());
+    match status {
+        Some("Enabled") => Versioning::Enabled,
+        Some("Suspended") => Versioning::Suspended,
+        _ => Versioning::Never,
+    }
+}
+
+/// A bucket's versioning state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Versioning {
+    Enabled,
+    /// Was enabled once; new writes no longer keep old versions.
+    Suspended,
+    /// Never enabled.
+    Never,
 }
 
 #[async_trait]
@@ -572,6 +627,27 @@ fn innermost_cause(err: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn versioning_status_is_read_from_any_root_element() {
+        let doc = |inner: &str| {
+            format!(
+                "<?xml version=\"1.0\"?><GetBucketVersioningResponse xmlns=\"x\">{inner}</GetBucketVersioningResponse>"
+            )
+        };
+        assert_eq!(versioning_from_xml(&doc("")), Versioning::Never);
+        assert_eq!(
+            versioning_from_xml(&doc("<Status>Enabled</Status>")),
+            Versioning::Enabled
+        );
+        assert_eq!(
+            versioning_from_xml(&doc(
+                "<Status>Suspended</Status><MfaDelete>Disabled</MfaDelete>"
+            )),
+            Versioning::Suspended
+        );
+        assert_eq!(versioning_from_xml("not xml"), Versioning::Never);
+    }
 
     #[test]
     fn service_errors_map_to_kinds() {
