@@ -578,3 +578,76 @@ fn full_cache_disk_is_a_clear_error_not_lost_data() {
     assert_eq!(server.get("fulldisk", "after.txt"), b"space again");
     drop(mount);
 }
+
+/// S3 Files locks are advisory and local: flock and fcntl locks held by one process on a
+/// file of the mount are seen by another process of the same mount (the kernel keeps
+/// them; the daemon never advertises lock support, so none of this reaches S3).
+#[test]
+fn advisory_locks_work_between_processes() {
+    use std::os::fd::AsRawFd;
+    let server = S3Server::start();
+    server.create_bucket("locks");
+    let mount = Mount::start(&server, "s3://locks", &[]);
+    let path = mount.join("shared.lock");
+    std::fs::write(&path, "x").unwrap();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let fd = file.as_raw_fd();
+    let other_flock = || {
+        let out = common::bounded(Duration::from_secs(20), "flock(1)", {
+            let path = path.clone();
+            move || {
+                std::process::Command::new("flock")
+                    .args(["--nonblock", "--conflict-exit-code", "7"])
+                    .arg(&path)
+                    .arg("true")
+                    .status()
+                    .unwrap()
+            }
+        });
+        out.code()
+    };
+    assert_eq!(other_flock(), Some(0), "free lock is taken");
+    assert_eq!(unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) }, 0);
+    assert_eq!(
+        other_flock(),
+        Some(7),
+        "held flock is seen by another process"
+    );
+    assert_eq!(unsafe { libc::flock(fd, libc::LOCK_UN) }, 0);
+    assert_eq!(other_flock(), Some(0), "released flock is free again");
+
+    // POSIX record locks (fcntl), checked by a Python child with lockf.
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    let other_lockf = || {
+        let (python, path) = (python.clone(), path.clone());
+        common::bounded(Duration::from_secs(20), "python lockf", move || {
+            std::process::Command::new(python)
+                .args([
+                    "-c",
+                    "import fcntl,sys\nf=open(sys.argv[1],'r+')\ntry:\n fcntl.lockf(f, fcntl.LOCK_EX|fcntl.LOCK_NB)\nexcept OSError:\n sys.exit(7)",
+                ])
+                .arg(path)
+                .status()
+                .unwrap()
+                .code()
+        })
+    };
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = libc::F_WRLCK as i16;
+    lock.l_whence = libc::SEEK_SET as i16;
+    assert_eq!(unsafe { libc::fcntl(fd, libc::F_SETLK, &lock) }, 0);
+    assert_eq!(
+        other_lockf(),
+        Some(7),
+        "held fcntl lock is seen by another process"
+    );
+    lock.l_type = libc::F_UNLCK as i16;
+    assert_eq!(unsafe { libc::fcntl(fd, libc::F_SETLK, &lock) }, 0);
+    assert_eq!(other_lockf(), Some(0), "released fcntl lock is free again");
+    drop(file);
+    common::assert_answers(&mount.join(""), Duration::from_secs(10));
+}
