@@ -25,7 +25,7 @@ use tracing::{error, info, warn};
 
 use crate::cache::{CacheOptions, DataCache};
 use crate::cli::MountArgs;
-use crate::config::MountConfig;
+use crate::config::{CreationInfo, MountConfig, RootDir};
 use crate::fs::access::Identity;
 use crate::fs::write::{WriteOptions, Writer};
 use crate::fs::{CoreOptions, FsCore};
@@ -33,8 +33,9 @@ use crate::fuse::{FuseAdapter, FuseKernelCache};
 use crate::local_state::{self, LockBusy, LOG_FILE};
 use crate::metrics::Metrics;
 use crate::mounts;
+use crate::posix::{nanos_since_epoch, PosixMeta, S_IFDIR};
 use crate::store::s3::{S3Options, S3Store};
-use crate::store::{ObjectStore, StoreError};
+use crate::store::{ObjectStore, StoreError, WriteCondition};
 
 const NOTIFY_ENV: &str = "S3FILES_NOTIFY_FD";
 /// The bucket check at start-up gives up after this long, so a dead endpoint fails the
@@ -252,16 +253,27 @@ fn serve(config: &MountConfig, notifier: &mut Notifier) -> Result<(), String> {
         .map_err(|e| format!("cannot start the I/O runtime: {e}"))?;
     let metrics = Arc::new(Metrics::default());
     let store = runtime.block_on(connect_and_probe(config, metrics.clone()))?;
+    runtime.block_on(prepare_root_dir(config, &store))?;
     let cache = open_cache(config, metrics.clone())?;
     let mut core = FsCore::new(
         store,
         CoreOptions {
             bucket: config.location.bucket.clone(),
-            root_prefix: config.location.prefix.clone(),
-            access_point: config.access_point.map(|ap| Identity {
-                uid: ap.uid,
-                gid: ap.gid,
-            }),
+            root_prefix: config.root_prefix(),
+            access_point: config
+                .access_point
+                .as_ref()
+                .map(|ap| Identity::new(ap.uid, ap.gid)),
+            secondary_gids: config
+                .access_point
+                .as_ref()
+                .map(|ap| ap.secondary_gids.clone())
+                .unwrap_or_default(),
+            root_squash: config.root_squash,
+            fs_prefix: config
+                .root_dir
+                .as_ref()
+                .map(|_| config.location.prefix.clone()),
             import_size_threshold: config.import_size_threshold,
             stream_budget: crate::read::stream::DEFAULT_BUDGET,
         },
@@ -299,7 +311,7 @@ fn serve(config: &MountConfig, notifier: &mut Notifier) -> Result<(), String> {
         .map_err(|e| format!("cannot mount on {}: {e}", config.mountpoint.display()))?;
     core.set_kernel_cache(Box::new(FuseKernelCache(session.notifier())));
     info!(
-        source = %format!("s3://{}/{}", config.location.bucket, config.location.prefix),
+        source = %format!("s3://{}/{}", config.location.bucket, config.root_prefix()),
         mountpoint = %config.mountpoint.display(),
         mount_id = %config.mount_id,
         cache_dir = %config.cache_dir.display(),
@@ -489,15 +501,16 @@ fn fuse_config(config: &MountConfig) -> fuser::Config {
     let mut options = vec![
         MountOption::FSName(mounts::source_name(
             &config.location.bucket,
-            &config.location.prefix,
+            &config.root_prefix(),
             &cache_dir,
         )),
         MountOption::NoDev,
         MountOption::NoSuid,
         MountOption::NoAtime,
     ];
-    if config.access_point.is_none() {
-        // Without an access point the kernel checks mode bits against the caller.
+    if config.access_point.is_none() && !config.root_squash {
+        // Without an access point the kernel checks mode bits against the caller (with
+        // root squash the daemon must: the kernel would let root through).
         options.push(MountOption::DefaultPermissions);
     }
     if config.read_only {
@@ -545,6 +558,102 @@ async fn connect_and_probe(
         ));
     }
     Ok(Arc::new(store))
+}
+
+/// Makes sure the access point's root directory exists before mounting (see
+/// `ensure_root_dir`), within the start-up check's time limit.
+async fn prepare_root_dir(
+    config: &MountConfig,
+    store: &Arc<dyn ObjectStore>,
+) -> Result<(), String> {
+    let Some(root) = &config.root_dir else {
+        return Ok(());
+    };
+    let key = config.root_prefix();
+    let shown = format!("s3://{}/{key}", config.location.bucket);
+    match tokio::time::timeout(PROBE_TIMEOUT, ensure_root_dir(root, &key, store)).await {
+        Err(_) => Err(format!(
+            "cannot check the root directory {shown}: no answer within {PROBE_TIMEOUT:?}"
+        )),
+        Ok(Err(RootDirError::Missing)) => Err(format!(
+            "root directory /{} does not exist ({shown}); give --root-owner and --root-mode to create it",
+            root.path
+        )),
+        Ok(Err(RootDirError::IsFile)) => Err(format!(
+            "root directory /{} is a file in the bucket ({}), not a directory",
+            root.path,
+            shown.trim_end_matches('/')
+        )),
+        Ok(Err(RootDirError::Store(e))) => Err(format!(
+            "cannot check or create the root directory {shown}: {e}"
+        )),
+        Ok(Ok(None)) => Ok(()),
+        Ok(Ok(Some(create))) => {
+            info!(
+                root_dir = %shown,
+                uid = create.uid,
+                gid = create.gid,
+                mode = %format!("{:04o}", create.mode),
+                "created the access point's root directory"
+            );
+            Ok(())
+        }
+    }
+}
+
+enum RootDirError {
+    Missing,
+    IsFile,
+    Store(StoreError),
+}
+
+impl From<StoreError> for RootDirError {
+    fn from(e: StoreError) -> Self {
+        RootDirError::Store(e)
+    }
+}
+
+/// The root directory at `key` (ending in `/`) exists if it has a marker or keys below
+/// it. A missing one is created when the creation info says how: its marker only, with
+/// that owner and mode; missing directories above it stay implicit (S3 Files' defaults,
+/// root:root 0755, like any prefix without a marker). Returns the creation info used,
+/// if it was created.
+async fn ensure_root_dir(
+    root: &RootDir,
+    key: &str,
+    store: &Arc<dyn ObjectStore>,
+) -> Result<Option<CreationInfo>, RootDirError> {
+    let page = store.list_page(key, None, Some(1)).await?;
+    if !page.objects.is_empty() || !page.common_prefixes.is_empty() {
+        return Ok(None);
+    }
+    let create = root.create.ok_or(RootDirError::Missing)?;
+    // An object of that name is a file: making a directory of it would hide it.
+    match store.head(key.trim_end_matches('/')).await {
+        Ok(_) => return Err(RootDirError::IsFile),
+        Err(StoreError::NotFound) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let meta = PosixMeta {
+        uid: create.uid,
+        gid: create.gid,
+        mode: S_IFDIR | create.mode,
+        mtime_ns: Some(nanos_since_epoch(std::time::SystemTime::now())),
+    };
+    // If-None-Match: a mount creating it at the same moment keeps its marker.
+    let put = store
+        .put(
+            key,
+            bytes::Bytes::new(),
+            &meta.to_user_metadata(),
+            &WriteCondition::IfAbsent,
+        )
+        .await;
+    match put {
+        Ok(_) => Ok(Some(create)),
+        Err(StoreError::PreconditionFailed) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn s3_options(config: &MountConfig) -> S3Options {

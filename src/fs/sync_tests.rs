@@ -10,7 +10,7 @@ use super::write::{WriteOptions, Writer};
 use super::*;
 use crate::store::memory::MemoryStore;
 
-const ROOT: Identity = Identity { uid: 0, gid: 0 };
+const ROOT: Identity = Identity::new(0, 0);
 
 struct Rig {
     core: Arc<FsCore>,
@@ -48,6 +48,9 @@ fn rig(mem: Arc<MemoryStore>) -> Rig {
                 bucket: "b".into(),
                 root_prefix: String::new(),
                 access_point: None,
+                secondary_gids: Vec::new(),
+                root_squash: false,
+                fs_prefix: None,
                 import_size_threshold: 0,
                 stream_budget: crate::read::stream::DEFAULT_BUDGET,
             },
