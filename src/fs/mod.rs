@@ -657,6 +657,8 @@ fn kind_of(state: &inode::NodeState) -> EntryKind {
 }
 
 #[cfg(test)]
+mod access_tests;
+#[cfg(test)]
 mod sync_tests;
 #[cfg(test)]
 mod tests;
