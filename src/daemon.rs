@@ -681,3 +681,65 @@ fn describe_probe_error(error: StoreError, bucket: &str, endpoint: &str) -> Stri
         other => format!("cannot list bucket '{bucket}': {other}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryStore;
+
+    fn root(path: &str, create: Option<CreationInfo>) -> RootDir {
+        RootDir {
+            path: path.into(),
+            create,
+        }
+    }
+
+    const INFO: CreationInfo = CreationInfo {
+        uid: 1000,
+        gid: 2000,
+        mode: 0o750,
+    };
+
+    #[tokio::test]
+    async fn root_dir_exists_is_created_or_refused() {
+        let mem = Arc::new(MemoryStore::new());
+        mem.put("fs/marked/", "", &[]);
+        mem.put("fs/implicit/deep/file", "x", &[]);
+        mem.put("fs/file", "x", &[]);
+        let store: Arc<dyn ObjectStore> = mem.clone();
+        // A marker, or keys below it: there, nothing written.
+        for (path, key) in [("marked", "fs/marked/"), ("implicit", "fs/implicit/")] {
+            let got = ensure_root_dir(&root(path, Some(INFO)), key, &store).await;
+            assert!(matches!(got, Ok(None)), "{path}");
+        }
+        assert!(mem.body("fs/implicit/").is_none());
+        // Missing without creation info: refused, nothing written.
+        let got = ensure_root_dir(&root("new", None), "fs/new/", &store).await;
+        assert!(matches!(got, Err(RootDirError::Missing)));
+        assert!(mem.body("fs/new/").is_none());
+        // A file is not a directory.
+        let got = ensure_root_dir(&root("file", Some(INFO)), "fs/file/", &store).await;
+        assert!(matches!(got, Err(RootDirError::IsFile)));
+        assert!(mem.body("fs/file/").is_none());
+        // Missing with creation info: its marker only, with that owner and mode.
+        let got = ensure_root_dir(&root("a/b", Some(INFO)), "fs/a/b/", &store).await;
+        assert!(matches!(got, Ok(Some(INFO))));
+        let meta = mem.metadata("fs/a/b/").unwrap();
+        let posix = PosixMeta::from_user_metadata(&meta, true);
+        assert_eq!(
+            (posix.uid, posix.gid, posix.mode),
+            (1000, 2000, S_IFDIR | 0o750)
+        );
+        assert!(posix.mtime_ns.is_some());
+        assert_eq!(mem.body("fs/a/b/").unwrap().len(), 0);
+        assert!(
+            mem.body("fs/a/").is_none(),
+            "the directory above stays implicit"
+        );
+        // An existing marker is left as it is, creation info or not.
+        mem.put("fs/race/", "", &[("file-owner", "7")]);
+        let got = ensure_root_dir(&root("race", Some(INFO)), "fs/race/", &store).await;
+        assert!(matches!(got, Ok(None)));
+        assert_eq!(mem.metadata("fs/race/").unwrap()["file-owner"], "7");
+    }
+}
