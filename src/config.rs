@@ -46,6 +46,12 @@ pub struct AccessPoint {
 /// AUTH_SYS carries at most 16 groups.
 pub const MAX_SECONDARY_GIDS: usize = 16;
 
+/// S3 Files' limits on an access point's root directory path (`/a/b`): at most 100
+/// characters, at most 4 directories, none starting with `.` and none of these characters.
+pub const MAX_ROOT_DIR_LEN: usize = 100;
+pub const MAX_ROOT_DIR_DEPTH: usize = 4;
+const ROOT_DIR_FORBIDDEN: &str = "$#<>;`|&?{}^*\n";
+
 /// An access point's root directory: the directory of the file system the mount shows
 /// as its root.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -249,6 +255,19 @@ fn parse_root_dir(
         };
     }
     validate_prefix(trimmed).map_err(|reason| bad(&reason.to_string()))?;
+    // S3 Files' rules for an access point's root directory path.
+    if trimmed.len() + 1 > MAX_ROOT_DIR_LEN {
+        return Err(bad("longer than 100 characters"));
+    }
+    if trimmed.split('/').count() > MAX_ROOT_DIR_DEPTH {
+        return Err(bad("more than 4 directories deep"));
+    }
+    if trimmed.split('/').any(|segment| segment.starts_with('.')) {
+        return Err(bad("a directory name starts with '.'"));
+    }
+    if let Some(c) = trimmed.chars().find(|c| ROOT_DIR_FORBIDDEN.contains(*c)) {
+        return Err(bad(&format!("'{}' is not allowed", c.escape_default())));
+    }
     // Keys below it must still fit in S3's 1,024 bytes.
     if location.prefix.len() + trimmed.len() + 1 >= MAX_KEY_LEN {
         return Err(bad("too long: keys below it would pass 1,024 bytes"));
@@ -492,9 +511,38 @@ mod tests {
                 "{bad:?} should be refused"
             );
         }
-        let long = "d/".repeat(520);
+        // S3 Files' own limits on the path.
+        let long = format!("/{}", "d".repeat(100));
+        let longest = format!("/{}", "d".repeat(99));
+        for bad in [
+            long.as_str(),
+            "/a/b/c/d/e",
+            "/.hidden",
+            "a/.b",
+            "a$b",
+            "a;b",
+            "a|b",
+            "a*",
+            "a?b",
+            "a\nb",
+        ] {
+            assert!(
+                matches!(
+                    parse_root_dir(&loc, Some(bad), None, None),
+                    Err(ConfigError::BadRootDir { .. })
+                ),
+                "{bad:?} should be refused"
+            );
+        }
+        for good in [longest.as_str(), "/a/b/c/d", "a.b/c-d_e f", "/x/"] {
+            assert!(
+                matches!(parse_root_dir(&loc, Some(good), None, None), Ok(Some(_))),
+                "{good:?} should be accepted"
+            );
+        }
+        let deep = parse_s3_uri(&format!("s3://bucket/{}", "p/".repeat(510))).unwrap();
         assert!(matches!(
-            parse_root_dir(&loc, Some(&long), None, None),
+            parse_root_dir(&deep, Some("/a/b"), None, None),
             Err(ConfigError::BadRootDir { .. })
         ));
     }

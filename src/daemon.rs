@@ -571,7 +571,8 @@ async fn prepare_root_dir(
     };
     let key = config.root_prefix();
     let shown = format!("s3://{}/{key}", config.location.bucket);
-    match tokio::time::timeout(PROBE_TIMEOUT, ensure_root_dir(root, &key, store)).await {
+    let fs_prefix = &config.location.prefix;
+    match tokio::time::timeout(PROBE_TIMEOUT, ensure_root_dir(root, fs_prefix, store)).await {
         Err(_) => Err(format!(
             "cannot check the root directory {shown}: no answer within {PROBE_TIMEOUT:?}"
         )),
@@ -579,10 +580,11 @@ async fn prepare_root_dir(
             "root directory /{} does not exist ({shown}); give --root-owner and --root-mode to create it",
             root.path
         )),
-        Ok(Err(RootDirError::IsFile)) => Err(format!(
-            "root directory /{} is a file in the bucket ({}), not a directory",
+        Ok(Err(RootDirError::IsFile(path))) => Err(format!(
+            "cannot create the root directory /{}: {path} is a file in the bucket (s3://{}/{fs_prefix}{}), not a directory",
             root.path,
-            shown.trim_end_matches('/')
+            config.location.bucket,
+            path.trim_start_matches('/')
         )),
         Ok(Err(RootDirError::Store(e))) => Err(format!(
             "cannot check or create the root directory {shown}: {e}"
@@ -603,7 +605,8 @@ async fn prepare_root_dir(
 
 enum RootDirError {
     Missing,
-    IsFile,
+    /// This directory on the way (`/a/b`) is a file.
+    IsFile(String),
     Store(StoreError),
 }
 
@@ -613,47 +616,62 @@ impl From<StoreError> for RootDirError {
     }
 }
 
-/// The root directory at `key` (ending in `/`) exists if it has a marker or keys below
-/// it. A missing one is created when the creation info says how: its marker only, with
-/// that owner and mode; missing directories above it stay implicit (S3 Files' defaults,
-/// root:root 0755, like any prefix without a marker). Returns the creation info used,
-/// if it was created.
+/// The root directory `root.path` below `fs_prefix` exists if it has a marker or keys
+/// below it. A missing one is created when the creation info says how, with every
+/// missing directory on the way to it (S3 Files sets its creation permissions on the
+/// directories it creates): a marker with that owner and mode each. Directories that
+/// exist are left as they are. Returns the creation info used, if anything was created.
 async fn ensure_root_dir(
     root: &RootDir,
-    key: &str,
+    fs_prefix: &str,
     store: &Arc<dyn ObjectStore>,
 ) -> Result<Option<CreationInfo>, RootDirError> {
-    let page = store.list_page(key, None, Some(1)).await?;
-    if !page.objects.is_empty() || !page.common_prefixes.is_empty() {
+    let key = format!("{fs_prefix}{}/", root.path);
+    if dir_exists(store, &key).await? {
         return Ok(None);
     }
     let create = root.create.ok_or(RootDirError::Missing)?;
-    // An object of that name is a file: making a directory of it would hide it.
-    match store.head(key.trim_end_matches('/')).await {
-        Ok(_) => return Err(RootDirError::IsFile),
-        Err(StoreError::NotFound) => {}
-        Err(e) => return Err(e.into()),
-    }
     let meta = PosixMeta {
         uid: create.uid,
         gid: create.gid,
         mode: S_IFDIR | create.mode,
         mtime_ns: Some(nanos_since_epoch(std::time::SystemTime::now())),
-    };
-    // If-None-Match: a mount creating it at the same moment keeps its marker.
-    let put = store
-        .put(
-            key,
-            bytes::Bytes::new(),
-            &meta.to_user_metadata(),
-            &WriteCondition::IfAbsent,
-        )
-        .await;
-    match put {
-        Ok(_) => Ok(Some(create)),
-        Err(StoreError::PreconditionFailed) => Ok(None),
-        Err(e) => Err(e.into()),
     }
+    .to_user_metadata();
+    let mut created = false;
+    let mut path = String::new();
+    for segment in root.path.split('/') {
+        if !path.is_empty() {
+            path.push('/');
+        }
+        path.push_str(segment);
+        let dir = format!("{fs_prefix}{path}/");
+        if dir != key && dir_exists(store, &dir).await? {
+            continue;
+        }
+        // An object of that name is a file: making a directory of it would hide it.
+        match store.head(dir.trim_end_matches('/')).await {
+            Ok(_) => return Err(RootDirError::IsFile(format!("/{path}"))),
+            Err(StoreError::NotFound) => {}
+            Err(e) => return Err(e.into()),
+        }
+        // If-None-Match: a mount creating it at the same moment keeps its marker.
+        let put = store
+            .put(&dir, bytes::Bytes::new(), &meta, &WriteCondition::IfAbsent)
+            .await;
+        match put {
+            Ok(_) => created = true,
+            Err(StoreError::PreconditionFailed) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(created.then_some(create))
+}
+
+/// Whether directory `key` (ending in `/`) exists: a marker or keys below it.
+async fn dir_exists(store: &Arc<dyn ObjectStore>, key: &str) -> Result<bool, StoreError> {
+    let page = store.list_page(key, None, Some(1)).await?;
+    Ok(!page.objects.is_empty() || !page.common_prefixes.is_empty())
 }
 
 fn s3_options(config: &MountConfig) -> S3Options {
@@ -706,39 +724,49 @@ mod tests {
         mem.put("fs/marked/", "", &[]);
         mem.put("fs/implicit/deep/file", "x", &[]);
         mem.put("fs/file", "x", &[]);
+        mem.put("fs/half/other", "x", &[]);
         let store: Arc<dyn ObjectStore> = mem.clone();
+        let puts = || mem.requests.put.load(std::sync::atomic::Ordering::Relaxed);
+        let before = puts();
         // A marker, or keys below it: there, nothing written.
-        for (path, key) in [("marked", "fs/marked/"), ("implicit", "fs/implicit/")] {
-            let got = ensure_root_dir(&root(path, Some(INFO)), key, &store).await;
+        for path in ["marked", "implicit", "implicit/deep"] {
+            let got = ensure_root_dir(&root(path, Some(INFO)), "fs/", &store).await;
             assert!(matches!(got, Ok(None)), "{path}");
         }
-        assert!(mem.body("fs/implicit/").is_none());
-        // Missing without creation info: refused, nothing written.
-        let got = ensure_root_dir(&root("new", None), "fs/new/", &store).await;
+        // Missing without creation info: refused.
+        let got = ensure_root_dir(&root("new", None), "fs/", &store).await;
         assert!(matches!(got, Err(RootDirError::Missing)));
-        assert!(mem.body("fs/new/").is_none());
-        // A file is not a directory.
-        let got = ensure_root_dir(&root("file", Some(INFO)), "fs/file/", &store).await;
-        assert!(matches!(got, Err(RootDirError::IsFile)));
-        assert!(mem.body("fs/file/").is_none());
-        // Missing with creation info: its marker only, with that owner and mode.
-        let got = ensure_root_dir(&root("a/b", Some(INFO)), "fs/a/b/", &store).await;
+        // A file is not a directory, at the end or on the way.
+        for (path, file) in [("file", "/file"), ("file/below", "/file")] {
+            let got = ensure_root_dir(&root(path, Some(INFO)), "fs/", &store).await;
+            assert!(
+                matches!(got, Err(RootDirError::IsFile(f)) if f == file),
+                "{path}"
+            );
+        }
+        assert_eq!(puts(), before, "nothing written");
+        // Missing with creation info: every missing directory on the way gets a marker
+        // with that owner and mode; one that exists (implicitly) is left alone.
+        let got = ensure_root_dir(&root("half/a/b", Some(INFO)), "fs/", &store).await;
         assert!(matches!(got, Ok(Some(INFO))));
-        let meta = mem.metadata("fs/a/b/").unwrap();
-        let posix = PosixMeta::from_user_metadata(&meta, true);
-        assert_eq!(
-            (posix.uid, posix.gid, posix.mode),
-            (1000, 2000, S_IFDIR | 0o750)
-        );
-        assert!(posix.mtime_ns.is_some());
-        assert_eq!(mem.body("fs/a/b/").unwrap().len(), 0);
+        for key in ["fs/half/a/", "fs/half/a/b/"] {
+            let meta = mem.metadata(key).unwrap();
+            let posix = PosixMeta::from_user_metadata(&meta, true);
+            assert_eq!(
+                (posix.uid, posix.gid, posix.mode),
+                (1000, 2000, S_IFDIR | 0o750)
+            );
+            assert!(posix.mtime_ns.is_some());
+            assert_eq!(mem.body(key).unwrap().len(), 0);
+        }
         assert!(
-            mem.body("fs/a/").is_none(),
-            "the directory above stays implicit"
+            mem.body("fs/half/").is_none(),
+            "an implicit directory stays so"
         );
+        assert_eq!(puts(), before + 2);
         // An existing marker is left as it is, creation info or not.
         mem.put("fs/race/", "", &[("file-owner", "7")]);
-        let got = ensure_root_dir(&root("race", Some(INFO)), "fs/race/", &store).await;
+        let got = ensure_root_dir(&root("race", Some(INFO)), "fs/", &store).await;
         assert!(matches!(got, Ok(None)));
         assert_eq!(mem.metadata("fs/race/").unwrap()["file-owner"], "7");
     }

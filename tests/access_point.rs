@@ -171,13 +171,14 @@ fn root_directory_is_created_with_its_owner_and_mode() {
     ];
     let mut mount = Mount::start(&server, "s3://rootdir/fs", &flags);
 
-    // The marker carries the creation owner and mode; the missing directory above it
-    // stays implicit (S3 Files' defaults), with no marker written.
-    let meta = server.metadata("rootdir", "fs/team/a/");
-    assert_eq!(meta["file-owner"], "1000", "{meta:?}");
-    assert_eq!(meta["file-group"], "1001", "{meta:?}");
-    assert_eq!(meta["file-permissions"], "0040750", "{meta:?}");
-    assert!(!server.exists("rootdir", "fs/team/"));
+    // The marker carries the creation owner and mode, and so does the missing directory
+    // on the way to it (S3 Files sets them on the directories it creates).
+    for key in ["fs/team/a/", "fs/team/"] {
+        let meta = server.metadata("rootdir", key);
+        assert_eq!(meta["file-owner"], "1000", "{key}: {meta:?}");
+        assert_eq!(meta["file-group"], "1001", "{key}: {meta:?}");
+        assert_eq!(meta["file-permissions"], "0040750", "{key}: {meta:?}");
+    }
     let root = std::fs::metadata(&mount.path).unwrap();
     assert_eq!(root.permissions().mode() & 0o7777, 0o750);
     assert_eq!((root.uid(), root.gid()), (1000, 1001));
@@ -261,6 +262,7 @@ fn missing_root_directory_without_creation_info_fails_the_mount() {
     for (extra, expected) in [
         (&["--root-dir", "a/../b"][..], "invalid --root-dir"),
         (&["--root-dir", "a//b"], "invalid --root-dir"),
+        (&["--root-dir", "/a/b/c/d/e"], "more than 4 directories"),
         (
             &["--root-dir", "a", "--root-mode", "0755"],
             "given together",
