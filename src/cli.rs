@@ -120,13 +120,14 @@ pub struct MountArgs {
     #[arg(long, value_name = "PATH")]
     pub root_dir: Option<String>,
 
-    /// Owner of a root directory created by the mount, as UID:GID. Needs --root-dir and
-    /// --root-mode.
+    /// Owner of a root directory the mount creates (and of the missing directories on
+    /// the way to it), as UID:GID. Needs --root-dir and --root-mode.
     #[arg(long, value_name = "UID:GID")]
     pub root_owner: Option<String>,
 
-    /// Permissions of a root directory created by the mount, 3 or 4 octal digits (e.g.
-    /// 0755). Needs --root-dir and --root-owner.
+    /// Permissions of a root directory the mount creates (and of the missing directories
+    /// on the way to it), 3 or 4 octal digits (e.g. 0755). Needs --root-dir and
+    /// --root-owner.
     #[arg(long, value_name = "MODE")]
     pub root_mode: Option<String>,
 
