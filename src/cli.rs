@@ -104,6 +104,38 @@ pub struct MountArgs {
     #[arg(long, value_name = "N")]
     pub gid: Option<u32>,
 
+    /// Access-point secondary groups, comma-separated (at most 16): group permissions
+    /// also apply to files of these gids. Needs --uid and --gid.
+    #[arg(
+        long = "gids",
+        visible_alias = "secondary-gids",
+        value_name = "G1,G2,...",
+        value_delimiter = ','
+    )]
+    pub gids: Vec<u32>,
+
+    /// Access-point root directory: the mount shows this directory of the file system
+    /// (a path below the mounted prefix, e.g. /team/a) as its root. If it does not
+    /// exist, the mount fails unless --root-owner and --root-mode say how to create it.
+    #[arg(long, value_name = "PATH")]
+    pub root_dir: Option<String>,
+
+    /// Owner of a root directory the mount creates (and of the missing directories on
+    /// the way to it), as UID:GID. Needs --root-dir and --root-mode.
+    #[arg(long, value_name = "UID:GID")]
+    pub root_owner: Option<String>,
+
+    /// Permissions of a root directory the mount creates (and of the missing directories
+    /// on the way to it), 3 or 4 octal digits (e.g. 0755). Needs --root-dir and
+    /// --root-owner.
+    #[arg(long, value_name = "MODE")]
+    pub root_mode: Option<String>,
+
+    /// Requests from uid 0 act as the anonymous user 65534:65534, for permission checks
+    /// and as the owner of new files (S3 Files without s3files:ClientRootAccess).
+    #[arg(long)]
+    pub root_squash: bool,
+
     /// Refuse every write with EROFS.
     #[arg(long)]
     pub read_only: bool,

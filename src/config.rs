@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::cli::MountArgs;
-use crate::fs::namespace::validate_prefix;
+use crate::fs::namespace::{validate_prefix, MAX_KEY_LEN};
 
 /// S3 Files exports a file after about a minute without writes.
 pub const DEFAULT_WRITE_BACK_DELAY: Duration = Duration::from_secs(60);
@@ -34,10 +34,42 @@ pub struct S3Location {
 }
 
 /// Identity that every request acts as (S3 Files access point).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccessPoint {
     pub uid: u32,
     pub gid: u32,
+    /// Groups besides `gid` whose group permissions apply (S3 Files `SecondaryGids`).
+    pub secondary_gids: Vec<u32>,
+}
+
+/// S3 Files (like EFS) takes at most 16 secondary gids per access point, as NFS's
+/// AUTH_SYS carries at most 16 groups.
+pub const MAX_SECONDARY_GIDS: usize = 16;
+
+/// S3 Files' limits on an access point's root directory path (`/a/b`): at most 100
+/// characters, at most 4 directories, none starting with `.` and none of these characters.
+pub const MAX_ROOT_DIR_LEN: usize = 100;
+pub const MAX_ROOT_DIR_DEPTH: usize = 4;
+const ROOT_DIR_FORBIDDEN: &str = "$#<>;`|&?{}^*\n";
+
+/// An access point's root directory: the directory of the file system the mount shows
+/// as its root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootDir {
+    /// Path below the file-system root, without leading or trailing `/` (`team/a`).
+    pub path: String,
+    /// How to create it when it does not exist; without it the mount fails then.
+    pub create: Option<CreationInfo>,
+}
+
+/// Owner and permissions of a root directory the mount creates (S3 Files
+/// `CreationPermissions`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CreationInfo {
+    pub uid: u32,
+    pub gid: u32,
+    /// Permission bits only (no file type).
+    pub mode: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -49,6 +81,10 @@ pub struct MountConfig {
     pub force_path_style: bool,
     pub cache_dir: PathBuf,
     pub access_point: Option<AccessPoint>,
+    /// Access point root directory, below `location.prefix`.
+    pub root_dir: Option<RootDir>,
+    /// uid 0 acts as 65534:65534.
+    pub root_squash: bool,
     pub read_only: bool,
     /// Mount even if the bucket's versioning is not enabled.
     pub allow_unversioned: bool,
@@ -80,6 +116,20 @@ pub enum ConfigError {
     ZeroExpiry,
     #[error("--uid and --gid must be given together")]
     PartialAccessPoint,
+    #[error("--gids (--secondary-gids) needs --uid and --gid: secondary groups belong to an access point identity")]
+    GidsWithoutAccessPoint,
+    #[error("--gids takes at most {MAX_SECONDARY_GIDS} groups, got {0}")]
+    TooManyGids(usize),
+    #[error("invalid --root-dir '{path}': {reason}")]
+    BadRootDir { path: String, reason: String },
+    #[error("--root-owner and --root-mode need --root-dir (they say how to create it)")]
+    CreationInfoWithoutRootDir,
+    #[error("--root-owner and --root-mode must be given together")]
+    PartialCreationInfo,
+    #[error("invalid --root-owner '{0}': expected UID:GID, e.g. 1000:1000")]
+    BadRootOwner(String),
+    #[error("invalid --root-mode '{0}': expected 3 or 4 octal digits, e.g. 0755")]
+    BadRootMode(String),
     #[error("mount point {0} does not exist")]
     MountpointMissing(PathBuf),
     #[error("mount point {0} is not a directory")]
@@ -100,10 +150,24 @@ impl MountConfig {
             return Err(ConfigError::ZeroExpiry);
         }
         let access_point = match (args.uid, args.gid) {
-            (Some(uid), Some(gid)) => Some(AccessPoint { uid, gid }),
-            (None, None) => None,
+            (Some(uid), Some(gid)) => Some(AccessPoint {
+                uid,
+                gid,
+                secondary_gids: args.gids.clone(),
+            }),
+            (None, None) if args.gids.is_empty() => None,
+            (None, None) => return Err(ConfigError::GidsWithoutAccessPoint),
             _ => return Err(ConfigError::PartialAccessPoint),
         };
+        if args.gids.len() > MAX_SECONDARY_GIDS {
+            return Err(ConfigError::TooManyGids(args.gids.len()));
+        }
+        let root_dir = parse_root_dir(
+            &location,
+            args.root_dir.as_deref(),
+            args.root_owner.as_deref(),
+            args.root_mode.as_deref(),
+        )?;
         if let Some(url) = &args.endpoint_url {
             validate_endpoint(url)?;
         }
@@ -121,6 +185,8 @@ impl MountConfig {
             force_path_style: args.force_path_style,
             cache_dir,
             access_point,
+            root_dir,
+            root_squash: args.root_squash,
             read_only: args.read_only,
             allow_unversioned: args.allow_unversioned,
             write_back_delay: args.write_back_delay.unwrap_or(DEFAULT_WRITE_BACK_DELAY),
@@ -136,6 +202,104 @@ impl MountConfig {
             mount_id,
         })
     }
+}
+
+impl MountConfig {
+    /// Key prefix of the mount root: the mounted prefix, plus the access point's root
+    /// directory if there is one. Empty or ending in `/`.
+    pub fn root_prefix(&self) -> String {
+        match &self.root_dir {
+            Some(root) => format!("{}{}/", self.location.prefix, root.path),
+            None => self.location.prefix.clone(),
+        }
+    }
+}
+
+/// Validates `--root-dir` and its creation info. A root dir of `/` is the file-system
+/// root itself (no root directory).
+fn parse_root_dir(
+    location: &S3Location,
+    path: Option<&str>,
+    owner: Option<&str>,
+    mode: Option<&str>,
+) -> Result<Option<RootDir>, ConfigError> {
+    let create = match (owner, mode) {
+        (Some(owner), Some(mode)) => {
+            let (uid, gid) = parse_owner(owner)?;
+            Some(CreationInfo {
+                uid,
+                gid,
+                mode: parse_mode(mode)?,
+            })
+        }
+        (None, None) => None,
+        _ => return Err(ConfigError::PartialCreationInfo),
+    };
+    let Some(raw) = path else {
+        return match create {
+            Some(_) => Err(ConfigError::CreationInfoWithoutRootDir),
+            None => Ok(None),
+        };
+    };
+    let bad = |reason: &str| ConfigError::BadRootDir {
+        path: raw.to_string(),
+        reason: reason.to_string(),
+    };
+    if raw.is_empty() {
+        return Err(bad("empty path (use / for the file-system root)"));
+    }
+    // One leading and one trailing `/` are fine; anything else must be plain segments.
+    let trimmed = raw.strip_prefix('/').unwrap_or(raw);
+    let trimmed = trimmed.strip_suffix('/').unwrap_or(trimmed);
+    if trimmed.is_empty() {
+        return match create {
+            Some(_) => Err(ConfigError::CreationInfoWithoutRootDir),
+            None => Ok(None),
+        };
+    }
+    validate_prefix(trimmed).map_err(|reason| bad(&reason.to_string()))?;
+    // S3 Files' rules for an access point's root directory path.
+    if trimmed.len() + 1 > MAX_ROOT_DIR_LEN {
+        return Err(bad("longer than 100 characters"));
+    }
+    if trimmed.split('/').count() > MAX_ROOT_DIR_DEPTH {
+        return Err(bad("more than 4 directories deep"));
+    }
+    if trimmed.split('/').any(|segment| segment.starts_with('.')) {
+        return Err(bad("a directory name starts with '.'"));
+    }
+    if let Some(c) = trimmed.chars().find(|c| ROOT_DIR_FORBIDDEN.contains(*c)) {
+        return Err(bad(&format!("'{}' is not allowed", c.escape_default())));
+    }
+    // Keys below it must still fit in S3's 1,024 bytes.
+    if location.prefix.len() + trimmed.len() + 1 >= MAX_KEY_LEN {
+        return Err(bad("too long: keys below it would pass 1,024 bytes"));
+    }
+    Ok(Some(RootDir {
+        path: trimmed.to_string(),
+        create,
+    }))
+}
+
+fn parse_owner(text: &str) -> Result<(u32, u32), ConfigError> {
+    let bad = || ConfigError::BadRootOwner(text.to_string());
+    let (uid, gid) = text.split_once(':').ok_or_else(bad)?;
+    let number = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| s.parse::<u32>().ok())
+            .flatten()
+    };
+    Ok((number(uid).ok_or_else(bad)?, number(gid).ok_or_else(bad)?))
+}
+
+/// S3 Files' pattern for permissions: `[0-7]{3,4}`.
+fn parse_mode(text: &str) -> Result<u32, ConfigError> {
+    let ok = (3..=4).contains(&text.len()) && text.bytes().all(|b| (b'0'..=b'7').contains(&b));
+    if !ok {
+        return Err(ConfigError::BadRootMode(text.to_string()));
+    }
+    u32::from_str_radix(text, 8).map_err(|_| ConfigError::BadRootMode(text.to_string()))
 }
 
 fn check_mountpoint(path: &Path) -> Result<PathBuf, ConfigError> {
@@ -281,6 +445,190 @@ mod tests {
         assert_ne!(mount_id(&a, mnt), mount_id(&b, mnt));
         assert_ne!(mount_id(&a, mnt), mount_id(&a, Path::new("/mnt/y")));
         assert_eq!(mount_id(&a, mnt).len(), 16);
+    }
+
+    /// `s3files mount s3://bucket/fs TMP --cache-dir ... EXTRA`, validated.
+    fn config(extra: &[&str]) -> Result<MountConfig, ConfigError> {
+        use clap::Parser;
+        let dir = std::env::temp_dir();
+        let mut argv = vec![
+            "s3files",
+            "mount",
+            "s3://bucket/fs",
+            dir.to_str().unwrap(),
+            "--cache-dir",
+            "/nonexistent/cache",
+        ];
+        argv.extend_from_slice(extra);
+        let cli = crate::cli::Cli::try_parse_from(argv).expect("parses");
+        let crate::cli::Command::Mount(args) = cli.command else {
+            panic!("not a mount command");
+        };
+        MountConfig::from_args(&args)
+    }
+
+    #[test]
+    fn secondary_gids_belong_to_an_access_point() {
+        let c = config(&["--uid", "1000", "--gid", "1000", "--gids", "20,30"]).unwrap();
+        assert_eq!(c.access_point.unwrap().secondary_gids, [20, 30]);
+        let c = config(&["--uid", "1", "--gid", "2", "--secondary-gids", "7"]).unwrap();
+        assert_eq!(c.access_point.unwrap().secondary_gids, [7]);
+        let c = config(&["--uid", "1", "--gid", "2"]).unwrap();
+        assert!(c.access_point.unwrap().secondary_gids.is_empty());
+        assert_eq!(
+            config(&["--gids", "20"]).unwrap_err(),
+            ConfigError::GidsWithoutAccessPoint
+        );
+        let many: Vec<String> = (0..17).map(|g| g.to_string()).collect();
+        let many = many.join(",");
+        assert_eq!(
+            config(&["--uid", "1", "--gid", "1", "--gids", &many]).unwrap_err(),
+            ConfigError::TooManyGids(17)
+        );
+        assert!(config(&["--uid", "1"]).is_err());
+    }
+
+    #[test]
+    fn root_dir_is_a_path_inside_the_file_system() {
+        let c = config(&["--root-dir", "/team/a/"]).unwrap();
+        let root = c.root_dir.clone().unwrap();
+        assert_eq!(root.path, "team/a");
+        assert_eq!(root.create, None);
+        assert_eq!(c.root_prefix(), "fs/team/a/");
+        assert_eq!(
+            config(&["--root-dir", "team"]).unwrap().root_prefix(),
+            "fs/team/"
+        );
+        // `/` is the file-system root itself.
+        let c = config(&["--root-dir", "/"]).unwrap();
+        assert_eq!(c.root_dir, None);
+        assert_eq!(c.root_prefix(), "fs/");
+        assert_eq!(config(&[]).unwrap().root_prefix(), "fs/");
+        let loc = parse_s3_uri("s3://bucket").unwrap();
+        for bad in ["", "a//b", "//a", "../x", "a/../b", "a/./b", "a\0b", "x/.."] {
+            assert!(
+                matches!(
+                    parse_root_dir(&loc, Some(bad), None, None),
+                    Err(ConfigError::BadRootDir { .. })
+                ),
+                "{bad:?} should be refused"
+            );
+        }
+        // S3 Files' own limits on the path.
+        let long = format!("/{}", "d".repeat(100));
+        let longest = format!("/{}", "d".repeat(99));
+        for bad in [
+            long.as_str(),
+            "/a/b/c/d/e",
+            "/.hidden",
+            "a/.b",
+            "a$b",
+            "a;b",
+            "a|b",
+            "a*",
+            "a?b",
+            "a\nb",
+        ] {
+            assert!(
+                matches!(
+                    parse_root_dir(&loc, Some(bad), None, None),
+                    Err(ConfigError::BadRootDir { .. })
+                ),
+                "{bad:?} should be refused"
+            );
+        }
+        for good in [longest.as_str(), "/a/b/c/d", "a.b/c-d_e f", "/x/"] {
+            assert!(
+                matches!(parse_root_dir(&loc, Some(good), None, None), Ok(Some(_))),
+                "{good:?} should be accepted"
+            );
+        }
+        let deep = parse_s3_uri(&format!("s3://bucket/{}", "p/".repeat(510))).unwrap();
+        assert!(matches!(
+            parse_root_dir(&deep, Some("/a/b"), None, None),
+            Err(ConfigError::BadRootDir { .. })
+        ));
+    }
+
+    #[test]
+    fn root_dir_creation_info() {
+        let c = config(&[
+            "--root-dir",
+            "/new",
+            "--root-owner",
+            "1000:2000",
+            "--root-mode",
+            "0750",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.root_dir.unwrap().create,
+            Some(CreationInfo {
+                uid: 1000,
+                gid: 2000,
+                mode: 0o750
+            })
+        );
+        let c = config(&[
+            "--root-dir",
+            "n",
+            "--root-owner",
+            "0:0",
+            "--root-mode",
+            "755",
+        ]);
+        assert_eq!(c.unwrap().root_dir.unwrap().create.unwrap().mode, 0o755);
+        assert_eq!(
+            config(&["--root-dir", "n", "--root-owner", "1:1"]).unwrap_err(),
+            ConfigError::PartialCreationInfo
+        );
+        assert_eq!(
+            config(&["--root-owner", "1:1", "--root-mode", "0700"]).unwrap_err(),
+            ConfigError::CreationInfoWithoutRootDir
+        );
+        for owner in [
+            "1000",
+            "a:b",
+            "1000:",
+            ":1",
+            "-1:0",
+            "1:2:3",
+            "99999999999:0",
+        ] {
+            assert_eq!(
+                config(&[
+                    "--root-dir",
+                    "n",
+                    &format!("--root-owner={owner}"),
+                    "--root-mode",
+                    "0700"
+                ])
+                .unwrap_err(),
+                ConfigError::BadRootOwner(owner.into()),
+                "{owner}"
+            );
+        }
+        for mode in ["0999", "75", "07555", "rwx", "0o755", ""] {
+            assert_eq!(
+                config(&[
+                    "--root-dir",
+                    "n",
+                    "--root-owner",
+                    "1:1",
+                    "--root-mode",
+                    mode
+                ])
+                .unwrap_err(),
+                ConfigError::BadRootMode(mode.into()),
+                "{mode}"
+            );
+        }
+    }
+
+    #[test]
+    fn root_squash_flag() {
+        assert!(config(&["--root-squash"]).unwrap().root_squash);
+        assert!(!config(&[]).unwrap().root_squash);
     }
 
     #[test]

@@ -25,7 +25,7 @@ use tracing::{error, info, warn};
 
 use crate::cache::{CacheOptions, DataCache};
 use crate::cli::MountArgs;
-use crate::config::MountConfig;
+use crate::config::{CreationInfo, MountConfig, RootDir};
 use crate::fs::access::Identity;
 use crate::fs::write::{WriteOptions, Writer};
 use crate::fs::{CoreOptions, FsCore};
@@ -33,8 +33,9 @@ use crate::fuse::{FuseAdapter, FuseKernelCache};
 use crate::local_state::{self, LockBusy, LOG_FILE};
 use crate::metrics::Metrics;
 use crate::mounts;
+use crate::posix::{nanos_since_epoch, PosixMeta, S_IFDIR};
 use crate::store::s3::{S3Options, S3Store, Versioning};
-use crate::store::{ObjectStore, StoreError};
+use crate::store::{ObjectStore, StoreError, WriteCondition};
 
 const NOTIFY_ENV: &str = "S3FILES_NOTIFY_FD";
 /// The bucket check at start-up gives up after this long, so a dead endpoint fails the
@@ -252,16 +253,27 @@ fn serve(config: &MountConfig, notifier: &mut Notifier) -> Result<(), String> {
         .map_err(|e| format!("cannot start the I/O runtime: {e}"))?;
     let metrics = Arc::new(Metrics::default());
     let store = runtime.block_on(connect_and_probe(config, metrics.clone()))?;
+    runtime.block_on(prepare_root_dir(config, &store))?;
     let cache = open_cache(config, metrics.clone())?;
     let mut core = FsCore::new(
         store,
         CoreOptions {
             bucket: config.location.bucket.clone(),
-            root_prefix: config.location.prefix.clone(),
-            access_point: config.access_point.map(|ap| Identity {
-                uid: ap.uid,
-                gid: ap.gid,
-            }),
+            root_prefix: config.root_prefix(),
+            access_point: config
+                .access_point
+                .as_ref()
+                .map(|ap| Identity::new(ap.uid, ap.gid)),
+            secondary_gids: config
+                .access_point
+                .as_ref()
+                .map(|ap| ap.secondary_gids.clone())
+                .unwrap_or_default(),
+            root_squash: config.root_squash,
+            fs_prefix: config
+                .root_dir
+                .as_ref()
+                .map(|_| config.location.prefix.clone()),
             import_size_threshold: config.import_size_threshold,
             stream_budget: crate::read::stream::DEFAULT_BUDGET,
         },
@@ -299,7 +311,7 @@ fn serve(config: &MountConfig, notifier: &mut Notifier) -> Result<(), String> {
         .map_err(|e| format!("cannot mount on {}: {e}", config.mountpoint.display()))?;
     core.set_kernel_cache(Box::new(FuseKernelCache(session.notifier())));
     info!(
-        source = %format!("s3://{}/{}", config.location.bucket, config.location.prefix),
+        source = %format!("s3://{}/{}", config.location.bucket, config.root_prefix()),
         mountpoint = %config.mountpoint.display(),
         mount_id = %config.mount_id,
         cache_dir = %config.cache_dir.display(),
@@ -489,15 +501,16 @@ fn fuse_config(config: &MountConfig) -> fuser::Config {
     let mut options = vec![
         MountOption::FSName(mounts::source_name(
             &config.location.bucket,
-            &config.location.prefix,
+            &config.root_prefix(),
             &cache_dir,
         )),
         MountOption::NoDev,
         MountOption::NoSuid,
         MountOption::NoAtime,
     ];
-    if config.access_point.is_none() {
-        // Without an access point the kernel checks mode bits against the caller.
+    if config.access_point.is_none() && !config.root_squash {
+        // Without an access point the kernel checks mode bits against the caller (with
+        // root squash the daemon must: the kernel would let root through).
         options.push(MountOption::DefaultPermissions);
     }
     if config.read_only {
@@ -580,6 +593,120 @@ async fn check_versioning(store: &S3Store, bucket: &str, endpoint: &str) -> Resu
     }
 }
 
+/// Makes sure the access point's root directory exists before mounting (see
+/// `ensure_root_dir`), within the start-up check's time limit.
+async fn prepare_root_dir(
+    config: &MountConfig,
+    store: &Arc<dyn ObjectStore>,
+) -> Result<(), String> {
+    let Some(root) = &config.root_dir else {
+        return Ok(());
+    };
+    let key = config.root_prefix();
+    let shown = format!("s3://{}/{key}", config.location.bucket);
+    let fs_prefix = &config.location.prefix;
+    match tokio::time::timeout(PROBE_TIMEOUT, ensure_root_dir(root, fs_prefix, store)).await {
+        Err(_) => Err(format!(
+            "cannot check the root directory {shown}: no answer within {PROBE_TIMEOUT:?}"
+        )),
+        Ok(Err(RootDirError::Missing)) => Err(format!(
+            "root directory /{} does not exist ({shown}); give --root-owner and --root-mode to create it",
+            root.path
+        )),
+        Ok(Err(RootDirError::IsFile(path))) => Err(format!(
+            "cannot create the root directory /{}: {path} is a file in the bucket (s3://{}/{fs_prefix}{}), not a directory",
+            root.path,
+            config.location.bucket,
+            path.trim_start_matches('/')
+        )),
+        Ok(Err(RootDirError::Store(e))) => Err(format!(
+            "cannot check or create the root directory {shown}: {e}"
+        )),
+        Ok(Ok(None)) => Ok(()),
+        Ok(Ok(Some(create))) => {
+            info!(
+                root_dir = %shown,
+                uid = create.uid,
+                gid = create.gid,
+                mode = %format!("{:04o}", create.mode),
+                "created the access point's root directory"
+            );
+            Ok(())
+        }
+    }
+}
+
+enum RootDirError {
+    Missing,
+    /// This directory on the way (`/a/b`) is a file.
+    IsFile(String),
+    Store(StoreError),
+}
+
+impl From<StoreError> for RootDirError {
+    fn from(e: StoreError) -> Self {
+        RootDirError::Store(e)
+    }
+}
+
+/// The root directory `root.path` below `fs_prefix` exists if it has a marker or keys
+/// below it. A missing one is created when the creation info says how, with every
+/// missing directory on the way to it (S3 Files sets its creation permissions on the
+/// directories it creates): a marker with that owner and mode each. Directories that
+/// exist are left as they are. Returns the creation info used, if anything was created.
+async fn ensure_root_dir(
+    root: &RootDir,
+    fs_prefix: &str,
+    store: &Arc<dyn ObjectStore>,
+) -> Result<Option<CreationInfo>, RootDirError> {
+    let key = format!("{fs_prefix}{}/", root.path);
+    if dir_exists(store, &key).await? {
+        return Ok(None);
+    }
+    let create = root.create.ok_or(RootDirError::Missing)?;
+    let meta = PosixMeta {
+        uid: create.uid,
+        gid: create.gid,
+        mode: S_IFDIR | create.mode,
+        mtime_ns: Some(nanos_since_epoch(std::time::SystemTime::now())),
+    }
+    .to_user_metadata();
+    let mut created = false;
+    let mut path = String::new();
+    for segment in root.path.split('/') {
+        if !path.is_empty() {
+            path.push('/');
+        }
+        path.push_str(segment);
+        let dir = format!("{fs_prefix}{path}/");
+        if dir != key && dir_exists(store, &dir).await? {
+            continue;
+        }
+        // An object of that name is a file: making a directory of it would hide it.
+        match store.head(dir.trim_end_matches('/')).await {
+            Ok(_) => return Err(RootDirError::IsFile(format!("/{path}"))),
+            Err(StoreError::NotFound) => {}
+            Err(e) => return Err(e.into()),
+        }
+        // If-None-Match: a mount creating it at the same moment keeps its marker.
+        let put = store
+            .put(&dir, bytes::Bytes::new(), &meta, &WriteCondition::IfAbsent)
+            .await;
+        match put {
+            Ok(_) => created = true,
+            Err(StoreError::PreconditionFailed) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(created.then_some(create))
+}
+
+/// Whether directory `key` (ending in `/`) exists: a marker or keys below it.
+async fn dir_exists(store: &Arc<dyn ObjectStore>, key: &str) -> Result<bool, StoreError> {
+    let page = store.list_page(key, None, Some(1)).await?;
+    Ok(!page.objects.is_empty() || !page.common_prefixes.is_empty())
+}
+
 fn s3_options(config: &MountConfig) -> S3Options {
     S3Options {
         bucket: config.location.bucket.clone(),
@@ -603,5 +730,77 @@ fn describe_probe_error(error: StoreError, bucket: &str, endpoint: &str) -> Stri
         }
         StoreError::Unreachable(reason) => format!("cannot reach {endpoint}: {reason}"),
         other => format!("cannot list bucket '{bucket}': {other}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryStore;
+
+    fn root(path: &str, create: Option<CreationInfo>) -> RootDir {
+        RootDir {
+            path: path.into(),
+            create,
+        }
+    }
+
+    const INFO: CreationInfo = CreationInfo {
+        uid: 1000,
+        gid: 2000,
+        mode: 0o750,
+    };
+
+    #[tokio::test]
+    async fn root_dir_exists_is_created_or_refused() {
+        let mem = Arc::new(MemoryStore::new());
+        mem.put("fs/marked/", "", &[]);
+        mem.put("fs/implicit/deep/file", "x", &[]);
+        mem.put("fs/file", "x", &[]);
+        mem.put("fs/half/other", "x", &[]);
+        let store: Arc<dyn ObjectStore> = mem.clone();
+        let puts = || mem.requests.put.load(std::sync::atomic::Ordering::Relaxed);
+        let before = puts();
+        // A marker, or keys below it: there, nothing written.
+        for path in ["marked", "implicit", "implicit/deep"] {
+            let got = ensure_root_dir(&root(path, Some(INFO)), "fs/", &store).await;
+            assert!(matches!(got, Ok(None)), "{path}");
+        }
+        // Missing without creation info: refused.
+        let got = ensure_root_dir(&root("new", None), "fs/", &store).await;
+        assert!(matches!(got, Err(RootDirError::Missing)));
+        // A file is not a directory, at the end or on the way.
+        for (path, file) in [("file", "/file"), ("file/below", "/file")] {
+            let got = ensure_root_dir(&root(path, Some(INFO)), "fs/", &store).await;
+            assert!(
+                matches!(got, Err(RootDirError::IsFile(f)) if f == file),
+                "{path}"
+            );
+        }
+        assert_eq!(puts(), before, "nothing written");
+        // Missing with creation info: every missing directory on the way gets a marker
+        // with that owner and mode; one that exists (implicitly) is left alone.
+        let got = ensure_root_dir(&root("half/a/b", Some(INFO)), "fs/", &store).await;
+        assert!(matches!(got, Ok(Some(INFO))));
+        for key in ["fs/half/a/", "fs/half/a/b/"] {
+            let meta = mem.metadata(key).unwrap();
+            let posix = PosixMeta::from_user_metadata(&meta, true);
+            assert_eq!(
+                (posix.uid, posix.gid, posix.mode),
+                (1000, 2000, S_IFDIR | 0o750)
+            );
+            assert!(posix.mtime_ns.is_some());
+            assert_eq!(mem.body(key).unwrap().len(), 0);
+        }
+        assert!(
+            mem.body("fs/half/").is_none(),
+            "an implicit directory stays so"
+        );
+        assert_eq!(puts(), before + 2);
+        // An existing marker is left as it is, creation info or not.
+        mem.put("fs/race/", "", &[("file-owner", "7")]);
+        let got = ensure_root_dir(&root("race", Some(INFO)), "fs/", &store).await;
+        assert!(matches!(got, Ok(None)));
+        assert_eq!(mem.metadata("fs/race/").unwrap()["file-owner"], "7");
     }
 }

@@ -59,6 +59,7 @@ fn caller(req: &Request) -> Identity {
     Identity {
         uid: req.uid(),
         gid: req.gid(),
+        pid: req.pid(),
     }
 }
 

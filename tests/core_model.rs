@@ -52,7 +52,7 @@ use model::*;
 use ops::*;
 use system::*;
 
-const ROOT: Identity = Identity { uid: 0, gid: 0 };
+const ROOT: Identity = Identity::new(0, 0);
 const MOUNT_ID: &str = "model";
 const LOST_DIR: &str = ".s3files-lost+found-model";
 /// Names that start as files (or symlinks), and names that start as directories. Mixed

@@ -89,9 +89,9 @@ pub(super) fn record(
 }
 
 impl FsCore {
-    /// The identity new entries are owned by.
-    fn owner_for(&self, caller: Identity) -> Identity {
-        self.options.access_point.unwrap_or(caller)
+    /// The identity new entries are owned by (access point and root squash applied).
+    pub(super) fn owner_for(&self, caller: Identity) -> Identity {
+        self.effective(caller).owner()
     }
 
     /// The attributes an entry shows now, as an export would write them.
@@ -291,13 +291,17 @@ impl FsCore {
             (false, true) => return Err(FsError::IsDir),
             _ => {}
         }
+        if self.in_lost_found(&child) {
+            if is_dir {
+                // The lost+found directory itself stays, as on S3 Files.
+                return Err(FsError::Perm);
+            }
+            // Local only: delete the kept copy.
+            self.remove_lost(&dir, name);
+            return Ok(());
+        }
         if is_dir {
             self.require_empty_dir(&child).await?;
-        }
-        if self.in_lost_found(&child) {
-            // Local only: delete the kept copy (or the empty lost+found directory).
-            self.remove_lost(&dir, name, is_dir);
-            return Ok(());
         }
         let (key, life, in_s3, seen, open) = {
             let state = child.state();
@@ -546,7 +550,7 @@ impl FsCore {
     /// `setattr` when it needs no I/O: a metadata change without an access point to
     /// check. None means "use `setattr`".
     pub fn setattr_cached(&self, ino: Ino, change: &SetAttr) -> Option<FsResult<Attr>> {
-        if change.size.is_some() || self.options.access_point.is_some() || self.queue.is_none() {
+        if change.size.is_some() || self.daemon_checks() || self.queue.is_none() {
             return None;
         }
         let node = self.inodes.get(ino)?;
@@ -560,13 +564,20 @@ impl FsCore {
     pub async fn setattr(&self, caller: Identity, ino: Ino, change: SetAttr) -> FsResult<Attr> {
         let node = self.node(ino)?;
         self.queue()?;
-        if let Some(who) = self.options.access_point {
+        if self.daemon_checks() {
+            let who = self.effective(caller);
             let meta = self.attr(&node);
             let owner = who.uid == 0 || who.uid == meta.uid;
             if (change.mode.is_some() || change.mtime.is_some()) && !owner {
                 return Err(FsError::Perm);
             }
             if change.uid.is_some_and(|u| u != meta.uid) && who.uid != 0 {
+                return Err(FsError::Perm);
+            }
+            // chgrp: root to any group, the owner only to a group it is in (primary or
+            // secondary), as POSIX has it.
+            let new_group = change.gid.filter(|g| *g != meta.gid);
+            if new_group.is_some_and(|g| who.uid != 0 && !(owner && who.in_group(g))) {
                 return Err(FsError::Perm);
             }
             if change.size.is_some() {

@@ -104,8 +104,7 @@ impl FsCore {
             }
             state.meta?
         };
-        let _ = caller; // without an access point the kernel checked the caller
-        if let Err(e) = self.check_known(meta, false, access::READ) {
+        if let Err(e) = self.check_known(caller, meta, false, access::READ) {
             return Some(Err(e));
         }
         Some(Ok(self.open_for_read(node)))

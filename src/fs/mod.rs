@@ -41,7 +41,7 @@ use crate::metrics::Metrics;
 use crate::posix::{EntryKind, PosixMeta};
 use crate::read::{BlockFetcher, StreamBudget};
 use crate::store::{ObjectStore, StoreError};
-use access::{Identity, Owner};
+use access::{Effective, Identity, Owner};
 pub use error::{FsError, FsResult};
 use inode::{Ino, InodeTable, Node, ROOT_INO};
 use namespace::check_segment;
@@ -74,6 +74,15 @@ pub struct CoreOptions {
     pub root_prefix: String,
     /// When set, every request acts as this identity and the core checks permissions.
     pub access_point: Option<Identity>,
+    /// Secondary groups of the access point's identity (S3 Files `SecondaryGids`).
+    pub secondary_gids: Vec<u32>,
+    /// Requests that would act as uid 0 act as 65534:65534; the core then checks
+    /// permissions for every caller (the kernel would let root through).
+    pub root_squash: bool,
+    /// With an access point root directory: the key prefix of the file system's root,
+    /// where lost+found lives (not shown through this mount). None: the mount root is
+    /// the file-system root.
+    pub fs_prefix: Option<String>,
     /// Files smaller than this are fetched into the cache when their directory is first
     /// listed; 0 turns eager import off.
     pub import_size_threshold: u64,
@@ -231,7 +240,7 @@ impl FsCore {
     /// the hop to a runtime thread on the hot path of tools that stat or create many
     /// files.
     pub fn lookup_cached(&self, parent: Ino, name: &[u8]) -> Option<FsResult<Attr>> {
-        if self.options.access_point.is_some() {
+        if self.daemon_checks() {
             return None; // the permission check may need metadata
         }
         let name = match std::str::from_utf8(name) {
@@ -526,35 +535,63 @@ impl FsCore {
         }
     }
 
-    /// Permission check for access-point mounts (see `access`).
-    async fn check(&self, caller: Identity, node: &Node, want: u32) -> FsResult<()> {
-        if self.options.access_point.is_none() {
-            let _ = caller; // the kernel checked the caller (default_permissions)
-            return Ok(());
-        }
-        self.ensure_meta(node).await?;
-        let (meta, is_dir) = {
-            let state = node.state();
-            let meta = state
-                .meta
-                .unwrap_or_else(|| PosixMeta::default_for(state.is_dir));
-            (meta, state.is_dir)
-        };
-        self.check_known(meta, is_dir, want)
+    /// Whether the core checks permissions (access point or root squash); otherwise the
+    /// kernel does (`default_permissions`).
+    pub(super) fn daemon_checks(&self) -> bool {
+        self.options.access_point.is_some() || self.options.root_squash
     }
 
-    /// The access-point permission check against metadata already known.
-    fn check_known(&self, meta: PosixMeta, is_dir: bool, want: u32) -> FsResult<()> {
-        let Some(who) = self.options.access_point else {
-            return Ok(());
+    /// The identity a caller's request acts as (access point, root squash applied).
+    pub(super) fn effective(&self, caller: Identity) -> Effective<'_> {
+        Effective::resolve(
+            caller,
+            self.options.access_point,
+            &self.options.secondary_gids,
+            self.options.root_squash,
+        )
+    }
+
+    /// Permission check when the core checks (see `daemon_checks`).
+    async fn check(&self, caller: Identity, node: &Node, want: u32) -> FsResult<()> {
+        if !self.daemon_checks() {
+            return Ok(()); // the kernel checked the caller (default_permissions)
+        }
+        // Local entries (new, changed, lost+found) carry their attributes; others may
+        // need S3's.
+        if node.state().sync.local_meta().is_none() {
+            self.ensure_meta(node).await?;
+        }
+        let (meta, is_dir) = {
+            let state = node.state();
+            // What the entry shows now: a local change's attributes first.
+            let meta = state.sync.local_meta().unwrap_or_else(|| {
+                state
+                    .meta
+                    .unwrap_or_else(|| PosixMeta::default_for(state.is_dir))
+            });
+            (meta, state.is_dir)
         };
+        self.check_known(caller, meta, is_dir, want)
+    }
+
+    /// The core's permission check against metadata already known.
+    fn check_known(
+        &self,
+        caller: Identity,
+        meta: PosixMeta,
+        is_dir: bool,
+        want: u32,
+    ) -> FsResult<()> {
+        if !self.daemon_checks() {
+            return Ok(());
+        }
         let owner = Owner {
             uid: meta.uid,
             gid: meta.gid,
             perm: meta.perm(),
             is_dir,
         };
-        access::check(who, owner, want)
+        access::check(&self.effective(caller), owner, want)
     }
 
     fn attr(&self, node: &Node) -> Attr {
@@ -619,6 +656,8 @@ fn kind_of(state: &inode::NodeState) -> EntryKind {
     }
 }
 
+#[cfg(test)]
+mod access_tests;
 #[cfg(test)]
 mod sync_tests;
 #[cfg(test)]

@@ -50,6 +50,10 @@ impl FsCore {
             return Err(FsError::Perm);
         }
         let target = self.inodes.child(&to, new_name);
+        if target.as_ref().is_some_and(|t| self.in_lost_found(t)) {
+            // Nor can anything replace lost+found itself.
+            return Err(FsError::Perm);
+        }
         if target.as_ref().is_some_and(|t| t.ino == src.ino) {
             return Ok(());
         }

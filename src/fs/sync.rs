@@ -222,12 +222,16 @@ impl FsCore {
             queue.remove_obsolete(id);
             return;
         }
+        // The path in the file system (lost+found is at the file-system root, which an
+        // access point's root directory may be below).
+        let fs_root = self
+            .options
+            .fs_prefix
+            .as_deref()
+            .unwrap_or(&self.options.root_prefix);
         let origin = format!(
             "/{}",
-            record
-                .key
-                .strip_prefix(&self.options.root_prefix)
-                .unwrap_or(&record.key)
+            record.key.strip_prefix(fs_root).unwrap_or(&record.key)
         );
         let name = record
             .key
@@ -312,6 +316,11 @@ impl FsCore {
             }
         }
         match kept {
+            Some(file_name) if self.options.fs_prefix.is_some() => error!(
+                key = record.key,
+                kept = %queue.lost().path(&file_name).display(),
+                "conflict: the object changed in S3; the bucket wins and the local copy is in lost+found (at the file-system root, not shown through this access point's root directory)"
+            ),
             Some(file_name) => {
                 error!(
                     key = record.key,
@@ -476,6 +485,10 @@ impl FsCore {
     /// The lost+found directory's node, created at the mount root if needed (None until
     /// the root is listed: it shows then).
     fn lost_dir(&self, queue: &ExportQueue) -> Option<Arc<Node>> {
+        if self.options.fs_prefix.is_some() {
+            // lost+found is at the file-system root, above this mount's root directory.
+            return None;
+        }
         let root = self.inodes.get(ROOT_INO)?;
         // Shown only once the root is listed (listing it shows lost+found too).
         root.state().children.as_ref()?;
@@ -483,7 +496,7 @@ impl FsCore {
         if let Some(dir) = self.inodes.child(&root, &dir_name) {
             return Some(dir);
         }
-        let owner = self.options.access_point.map_or((0, 0), |a| (a.uid, a.gid));
+        let owner = self.lost_found_owner();
         let dir = self.inodes.add_child(
             &root,
             &dir_name,
@@ -491,8 +504,8 @@ impl FsCore {
             SyncLife::Lost {
                 origin: None,
                 meta: PosixMeta {
-                    uid: owner.0,
-                    gid: owner.1,
+                    uid: owner.uid,
+                    gid: owner.gid,
                     mode: S_IFDIR | 0o700,
                     mtime_ns: Some(nanos_since_epoch(SystemTime::now())),
                 },
@@ -527,19 +540,22 @@ impl FsCore {
         self.invalidate_entry(dir.ino, file_name);
     }
 
+    /// Who owns lost+found and its files: the mount's own identity (the access point's,
+    /// else root), root squash applied, so the mount can read and delete them.
+    fn lost_found_owner(&self) -> super::access::Identity {
+        self.owner_for(super::access::Identity::new(0, 0))
+    }
+
     /// Whether a node is the lost+found directory or inside it. Takes the node's lock:
     /// never call it while holding it.
     pub(super) fn in_lost_found(&self, node: &Node) -> bool {
         node.state().sync.is_lost()
     }
 
-    /// Deletes a local-only entry of lost+found (a kept file, or the directory itself
-    /// once empty).
-    pub(super) fn remove_lost(&self, dir: &Node, name: &str, is_dir: bool) {
+    /// Deletes a file kept in lost+found (local only: nothing goes to S3).
+    pub(super) fn remove_lost(&self, dir: &Node, name: &str) {
         if let Ok(queue) = self.queue() {
-            if !is_dir {
-                queue.lost().remove(name);
-            }
+            queue.lost().remove(name);
         }
         self.inodes.remove_child(dir, name);
     }
@@ -573,16 +589,16 @@ impl FsCore {
         let Some(queue) = self.queue.as_ref() else {
             return;
         };
-        if dir.ino == ROOT_INO {
-            let owner = self.options.access_point.map_or((0, 0), |a| (a.uid, a.gid));
+        if dir.ino == ROOT_INO && self.options.fs_prefix.is_none() {
+            let owner = self.lost_found_owner();
             for (file_name, origin) in queue.lost().entries().unwrap_or_default() {
                 let mtime_ns = std::fs::metadata(queue.lost().path(&file_name))
                     .ok()
                     .and_then(|m| m.modified().ok())
                     .map_or(0, nanos_since_epoch);
                 let meta = PosixMeta {
-                    uid: owner.0,
-                    gid: owner.1,
+                    uid: owner.uid,
+                    gid: owner.gid,
                     mode: S_IFREG | 0o600,
                     mtime_ns: Some(mtime_ns),
                 };

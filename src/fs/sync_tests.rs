@@ -10,16 +10,21 @@ use super::write::{WriteOptions, Writer};
 use super::*;
 use crate::store::memory::MemoryStore;
 
-const ROOT: Identity = Identity { uid: 0, gid: 0 };
+const ROOT: Identity = Identity::new(0, 0);
 
-struct Rig {
-    core: Arc<FsCore>,
-    mem: Arc<MemoryStore>,
+pub(super) struct Rig {
+    pub(super) core: Arc<FsCore>,
+    pub(super) mem: Arc<MemoryStore>,
     store: Arc<dyn ObjectStore>,
     _dir: tempfile::TempDir,
 }
 
 fn rig(mem: Arc<MemoryStore>) -> Rig {
+    rig_with(mem, |_| {})
+}
+
+/// A rig whose core options `adjust` changes first (an access point, a root directory).
+pub(super) fn rig_with(mem: Arc<MemoryStore>, adjust: impl FnOnce(&mut CoreOptions)) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let metrics = Arc::new(Metrics::default());
     let store: Arc<dyn ObjectStore> = mem.clone();
@@ -41,21 +46,19 @@ fn rig(mem: Arc<MemoryStore>) -> Rig {
         mount_id: "m".into(),
     })
     .unwrap();
-    let core = Arc::new(
-        FsCore::new(
-            store.clone(),
-            CoreOptions {
-                bucket: "b".into(),
-                root_prefix: String::new(),
-                access_point: None,
-                import_size_threshold: 0,
-                stream_budget: crate::read::stream::DEFAULT_BUDGET,
-            },
-            metrics,
-            Arc::new(cache),
-        )
-        .with_writer(writer),
-    );
+    let mut options = CoreOptions {
+        bucket: "b".into(),
+        root_prefix: String::new(),
+        access_point: None,
+        secondary_gids: Vec::new(),
+        root_squash: false,
+        fs_prefix: None,
+        import_size_threshold: 0,
+        stream_budget: crate::read::stream::DEFAULT_BUDGET,
+    };
+    adjust(&mut options);
+    let core =
+        Arc::new(FsCore::new(store.clone(), options, metrics, Arc::new(cache)).with_writer(writer));
     tokio::spawn(core.clone().run_exports());
     Rig {
         core,
@@ -66,7 +69,7 @@ fn rig(mem: Arc<MemoryStore>) -> Rig {
 }
 
 impl Rig {
-    async fn ino(&self, path: &str) -> FsResult<Ino> {
+    pub(super) async fn ino(&self, path: &str) -> FsResult<Ino> {
         let mut ino = ROOT_INO;
         for part in path.split('/').filter(|p| !p.is_empty()) {
             ino = self.core.lookup(ROOT, ino, part.as_bytes()).await?.ino;
@@ -74,7 +77,7 @@ impl Rig {
         Ok(ino)
     }
 
-    async fn write_file(&self, dir: Ino, name: &str, data: &[u8]) -> u64 {
+    pub(super) async fn write_file(&self, dir: Ino, name: &str, data: &[u8]) -> u64 {
         let (_, fh) = self
             .core
             .create(ROOT, dir, name.as_bytes(), 0o644)
@@ -84,19 +87,19 @@ impl Rig {
         fh
     }
 
-    async fn sync(&self) -> FsResult<()> {
+    pub(super) async fn sync(&self) -> FsResult<()> {
         tokio::time::timeout(Duration::from_secs(10), self.core.sync_tree(ROOT_INO))
             .await
             .expect("sync hung")
     }
 
-    async fn poll(&self) {
+    pub(super) async fn poll(&self) {
         tokio::time::timeout(Duration::from_secs(10), self.core.poll_once(&self.store))
             .await
             .expect("poll hung");
     }
 
-    async fn read_all(&self, path: &str) -> FsResult<Vec<u8>> {
+    pub(super) async fn read_all(&self, path: &str) -> FsResult<Vec<u8>> {
         let ino = self.ino(path).await?;
         let (fh, _) = self.core.open(ROOT, ino, false, false).await?;
         let data = self.core.read(fh, 0, 1 << 20).await;
@@ -104,7 +107,7 @@ impl Rig {
         Ok(data?.to_vec())
     }
 
-    fn lost_found_names(&self) -> Vec<String> {
+    pub(super) fn lost_found_names(&self) -> Vec<String> {
         let root = self.core.inodes.get(ROOT_INO).unwrap();
         let lost = self.core.inodes.child(
             &root,

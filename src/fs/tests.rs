@@ -7,7 +7,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use super::*;
 use crate::store::memory::MemoryStore;
 
-const ROOT: Identity = Identity { uid: 0, gid: 0 };
+const ROOT: Identity = Identity::new(0, 0);
 
 fn core_with(store: Arc<MemoryStore>, prefix: &str, access_point: Option<Identity>) -> FsCore {
     let metrics = Arc::new(Metrics::default());
@@ -17,6 +17,9 @@ fn core_with(store: Arc<MemoryStore>, prefix: &str, access_point: Option<Identit
             bucket: "b".into(),
             root_prefix: prefix.into(),
             access_point,
+            secondary_gids: Vec::new(),
+            root_squash: false,
+            fs_prefix: None,
             import_size_threshold: 0,
             stream_budget: crate::read::stream::DEFAULT_BUDGET,
         },
@@ -231,10 +234,7 @@ async fn access_point_checks_permissions() {
     );
     store.put("locked/", "", &[("file-permissions", "0040700")]);
     store.put("locked/inner", "i", &[]);
-    let me = Identity {
-        uid: 1000,
-        gid: 1000,
-    };
+    let me = Identity::new(1000, 1000);
     let core = core_with(store, "", Some(me));
     let secret = core.lookup(me, ROOT_INO, b"secret").await.unwrap();
     assert_eq!(
