@@ -95,6 +95,15 @@ pub struct MountArgs {
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub import_size_threshold: Option<u64>,
 
+    /// An S3 Files import rule, repeatable (at most 10 with the root's):
+    /// prefix=DIR/,trigger=ON_DIRECTORY_FIRST_ACCESS|ON_FILE_ACCESS,size-less-than=SIZE
+    /// (or sizeLessThan=). Files under DIR/ (mount-relative; prefix= is the root) smaller
+    /// than SIZE are imported when their directory is first listed (the default trigger)
+    /// or, with ON_FILE_ACCESS, when they are opened; the longest matching prefix wins.
+    /// Without a rule for the root, --import-size-threshold is the root's rule.
+    #[arg(long, value_name = "RULE")]
+    pub import_rule: Vec<String>,
+
     /// Access-point user: every request acts as this uid, and the daemon checks permissions
     /// against it.
     #[arg(long, value_name = "N")]
