@@ -91,7 +91,8 @@ pub struct MountArgs {
     pub poll_interval: Option<std::time::Duration>,
 
     /// Files smaller than this are fetched into the cache in the background when their
-    /// directory is first listed; 0 turns this off [default: 128KiB]
+    /// directory is first listed; 0 turns this off. The root's import rule, unless an
+    /// --import-rule has prefix= (giving both is an error) [default: 128KiB]
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub import_size_threshold: Option<u64>,
 
