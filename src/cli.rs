@@ -91,9 +91,19 @@ pub struct MountArgs {
     pub poll_interval: Option<std::time::Duration>,
 
     /// Files smaller than this are fetched into the cache in the background when their
-    /// directory is first listed; 0 turns this off [default: 128KiB]
+    /// directory is first listed; 0 turns this off. The root's import rule, unless an
+    /// --import-rule has prefix= (giving both is an error) [default: 128KiB]
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub import_size_threshold: Option<u64>,
+
+    /// An S3 Files import rule, repeatable (at most 10 with the root's):
+    /// prefix=DIR/,trigger=ON_DIRECTORY_FIRST_ACCESS|ON_FILE_ACCESS,size-less-than=SIZE
+    /// (or sizeLessThan=). Files under DIR/ (mount-relative; prefix= is the root) smaller
+    /// than SIZE are imported when their directory is first listed (the default trigger)
+    /// or, with ON_FILE_ACCESS, when they are opened; the longest matching prefix wins.
+    /// Without a rule for the root, --import-size-threshold is the root's rule.
+    #[arg(long, value_name = "RULE")]
+    pub import_rule: Vec<String>,
 
     /// Access-point user: every request acts as this uid, and the daemon checks permissions
     /// against it.

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::cli::MountArgs;
 use crate::fs::namespace::{validate_prefix, MAX_KEY_LEN};
+use crate::import_rules::{ImportRule, ImportRules, RuleSetError, MAX_RULES};
 
 /// S3 Files exports a file after about a minute without writes.
 pub const DEFAULT_WRITE_BACK_DELAY: Duration = Duration::from_secs(60);
@@ -100,6 +101,9 @@ pub struct MountConfig {
     pub cache_expiry: Duration,
     /// Files smaller than this are imported with their directory's first listing.
     pub import_size_threshold: u64,
+    /// The import rules: `--import-rule`s, with the root rule from
+    /// `--import-size-threshold` when none of them is for the root.
+    pub import_rules: ImportRules,
     pub foreground: bool,
     pub log_level: String,
     /// Stable id of this mount (bucket, prefix, mount point); names the default cache dir.
@@ -138,6 +142,22 @@ pub enum ConfigError {
     NoCacheHome,
     #[error("invalid endpoint URL '{0}': expected http://HOST[:PORT] or https://...")]
     BadEndpoint(String),
+    #[error("invalid --import-rule '{rule}': {reason}")]
+    BadImportRule { rule: String, reason: String },
+    #[error(
+        "too many import rules: {0} (at most {MAX_RULES}, counting the root rule, which \
+         --import-size-threshold sets when no --import-rule has prefix=)"
+    )]
+    TooManyImportRules(usize),
+    #[error("two --import-rule flags have prefix '{0}': give one rule per prefix")]
+    DuplicateImportRule(String),
+    #[error(
+        "--import-rule with prefix= and --import-size-threshold both set the root's import \
+         rule: give one or the other"
+    )]
+    RootImportRuleTwice,
+    #[error("no import rule covers the mount root (an --import-rule with prefix=)")]
+    NoRootImportRule,
 }
 
 impl MountConfig {
@@ -171,6 +191,7 @@ impl MountConfig {
         if let Some(url) = &args.endpoint_url {
             validate_endpoint(url)?;
         }
+        let import_rules = import_rules(args)?;
         let mountpoint = check_mountpoint(&args.mountpoint)?;
         let mount_id = mount_id(&location, &mountpoint);
         let cache_dir = match &args.cache_dir {
@@ -197,6 +218,7 @@ impl MountConfig {
             import_size_threshold: args
                 .import_size_threshold
                 .unwrap_or(DEFAULT_IMPORT_SIZE_THRESHOLD),
+            import_rules,
             foreground: args.foreground,
             log_level: args.log_level.clone(),
             mount_id,
@@ -300,6 +322,37 @@ fn parse_mode(text: &str) -> Result<u32, ConfigError> {
         return Err(ConfigError::BadRootMode(text.to_string()));
     }
     u32::from_str_radix(text, 8).map_err(|_| ConfigError::BadRootMode(text.to_string()))
+}
+
+/// The `--import-rule`s as S3 Files would accept them. S3 Files requires a rule for the
+/// root; s3files makes one from `--import-size-threshold` (or its default) when none is
+/// given, so command lines from before import rules keep their meaning. Both at once
+/// would be two answers for the root: refused.
+fn import_rules(args: &MountArgs) -> Result<ImportRules, ConfigError> {
+    let mut rules = args
+        .import_rule
+        .iter()
+        .map(|text| {
+            ImportRule::parse(text).map_err(|reason| ConfigError::BadImportRule {
+                rule: text.escape_debug().to_string(),
+                reason,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let has_root = rules.iter().any(|r| r.prefix.is_empty());
+    match (has_root, args.import_size_threshold) {
+        (true, Some(_)) => return Err(ConfigError::RootImportRuleTwice),
+        (true, None) => {}
+        (false, threshold) => rules.push(ImportRule::root(
+            threshold.unwrap_or(DEFAULT_IMPORT_SIZE_THRESHOLD),
+        )),
+    }
+    ImportRules::new(rules).map_err(|e| match e {
+        RuleSetError::TooMany(n) => ConfigError::TooManyImportRules(n),
+        RuleSetError::Duplicate(prefix) => ConfigError::DuplicateImportRule(prefix),
+        // Not met from the command line (a root rule is added above), but said plainly.
+        RuleSetError::NoRoot => ConfigError::NoRootImportRule,
+    })
 }
 
 fn check_mountpoint(path: &Path) -> Result<PathBuf, ConfigError> {
@@ -629,6 +682,78 @@ mod tests {
     fn root_squash_flag() {
         assert!(config(&["--root-squash"]).unwrap().root_squash);
         assert!(!config(&[]).unwrap().root_squash);
+    }
+
+    fn rules_of(flags: &[&str]) -> Result<ImportRules, ConfigError> {
+        use clap::Parser;
+        let argv = ["s3files", "mount", "s3://b", "/mnt"].iter().chain(flags);
+        match crate::cli::Cli::try_parse_from(argv)
+            .expect("parses")
+            .command
+        {
+            crate::cli::Command::Mount(args) => import_rules(&args),
+            _ => unreachable!("a mount command"),
+        }
+    }
+
+    #[test]
+    fn import_rules_from_the_command_line() {
+        use crate::import_rules::Trigger;
+        // No rule: the root rule is --import-size-threshold's, or S3 Files' 128 KiB.
+        let rules = rules_of(&[]).unwrap();
+        assert_eq!(rules.rules(), [ImportRule::root(128 << 10)]);
+        let rules = rules_of(&["--import-size-threshold", "0"]).unwrap();
+        assert_eq!(rules.rules(), [ImportRule::root(0)]);
+        // Rules without a root rule get the threshold's.
+        let rules = rules_of(&[
+            "--import-rule",
+            "prefix=logs/,trigger=ON_FILE_ACCESS,size-less-than=1MiB",
+            "--import-size-threshold",
+            "4KiB",
+        ])
+        .unwrap();
+        assert_eq!(rules.for_path("x").size_less_than, 4096);
+        assert_eq!(rules.for_path("logs/x").trigger, Trigger::OnFileAccess);
+        // A root rule replaces the threshold; giving both is refused.
+        let rules = rules_of(&["--import-rule", "prefix=,sizeLessThan=10"]).unwrap();
+        assert_eq!(rules.rules(), [ImportRule::root(10)]);
+        let both = [
+            "--import-rule",
+            "prefix=,sizeLessThan=10",
+            "--import-size-threshold",
+            "10",
+        ];
+        assert_eq!(rules_of(&both), Err(ConfigError::RootImportRuleTwice));
+        let dup = [
+            "--import-rule",
+            "prefix=a/,sizeLessThan=1",
+            "--import-rule",
+            "prefix=a/,sizeLessThan=2",
+        ];
+        assert_eq!(
+            rules_of(&dup),
+            Err(ConfigError::DuplicateImportRule("a/".into()))
+        );
+        // Ten rules are fine when one is the root's; ten plus the synthesized root are not.
+        let flags: Vec<String> = (0..10)
+            .flat_map(|i| {
+                [
+                    "--import-rule".into(),
+                    format!("prefix=d{i}/,sizeLessThan=1"),
+                ]
+            })
+            .collect();
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        assert_eq!(rules_of(&flags), Err(ConfigError::TooManyImportRules(11)));
+        let mut nine_and_root = flags[..18].to_vec();
+        nine_and_root.extend(["--import-rule", "prefix=,sizeLessThan=1"]);
+        assert_eq!(rules_of(&nine_and_root).unwrap().rules().len(), 10);
+        let err = rules_of(&["--import-rule", "prefix=/x/,sizeLessThan=1"]).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("invalid --import-rule 'prefix=/x/,sizeLessThan=1': prefix"),
+            "{err}"
+        );
     }
 
     #[test]

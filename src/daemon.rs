@@ -279,7 +279,8 @@ fn serve(config: &MountConfig, notifier: &mut Notifier) -> Result<(), String> {
         },
         metrics,
         cache.clone(),
-    );
+    )
+    .with_import_rules(config.import_rules.clone());
     if !config.read_only {
         let writer = Writer::open(&WriteOptions {
             cache_dir: config.cache_dir.clone(),
@@ -315,6 +316,7 @@ fn serve(config: &MountConfig, notifier: &mut Notifier) -> Result<(), String> {
         mountpoint = %config.mountpoint.display(),
         mount_id = %config.mount_id,
         cache_dir = %config.cache_dir.display(),
+        import_rules = %config.import_rules,
         "mounted"
     );
     notifier.send("ok");

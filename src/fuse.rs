@@ -382,7 +382,12 @@ impl Filesystem for FuseAdapter {
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
         let truncate = flags.0 & libc::O_TRUNC != 0;
         // A read-only open of an entry whose metadata is known needs no S3 request.
-        if let Some(result) = core.open_cached(who, ino.0, write, truncate) {
+        // (Inside the runtime: the open may start an import in the background.)
+        let cached = {
+            let _runtime = self.runtime.enter();
+            core.open_cached(who, ino.0, write, truncate)
+        };
+        if let Some(result) = cached {
             reply_opened(reply, result);
             return;
         }

@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod export;
 pub mod fs;
 pub mod fuse;
+pub mod import_rules;
 pub mod local_state;
 pub mod lock_order;
 pub mod logging;

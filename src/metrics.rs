@@ -58,8 +58,15 @@ pub struct Metrics {
     pub cache_corrupt_blocks: AtomicU64,
     /// Disk-tier writes that failed (e.g. a full disk); the data was served anyway.
     pub cache_write_errors: AtomicU64,
-    /// Small files fetched ahead of any read when their directory was first listed.
+    /// Small files fetched ahead of any read when their directory was first listed
+    /// (import rules with trigger ON_DIRECTORY_FIRST_ACCESS).
     pub eager_imports: AtomicU64,
+    /// Bytes those imports fetched.
+    pub eager_import_bytes: AtomicU64,
+    /// Files brought into the cache because they were opened (trigger ON_FILE_ACCESS).
+    pub open_imports: AtomicU64,
+    /// Bytes those files lacked in the cache when they were opened.
+    pub open_import_bytes: AtomicU64,
     /// Sequential read streams started.
     pub streams: AtomicU64,
     /// Largest read-ahead window any stream reached, in bytes.
@@ -91,7 +98,8 @@ impl Metrics {
              exports={} failed={} conflicts={}; bytes fetched={} read={}; \
              keys skipped={} hidden={}; \
              cache hits memory={} disk={} misses={} evictions={} (memory {}) expired={} \
-             corrupt={} write-errors={}; eager imports={}; bytes from cache={} streamed={}; \
+             corrupt={} write-errors={}; eager imports={}; imports on open={}; \
+             imported bytes on listing={} on open={}; bytes from cache={} streamed={}; \
              streams={} max prefetch window={}",
             get(&self.s3_list),
             get(&self.s3_head),
@@ -116,6 +124,9 @@ impl Metrics {
             get(&self.cache_corrupt_blocks),
             get(&self.cache_write_errors),
             get(&self.eager_imports),
+            get(&self.open_imports),
+            get(&self.eager_import_bytes),
+            get(&self.open_import_bytes),
             get(&self.bytes_from_cache),
             get(&self.bytes_streamed),
             get(&self.streams),

@@ -170,6 +170,75 @@ fn bad_configuration_fails_fast_with_one_line() {
 }
 
 #[test]
+fn bad_import_rules_fail_before_mounting() {
+    // Checked before any request: no server is needed, and nothing may be mounted.
+    let case = Case::new();
+    let mnt = case.mnt();
+    let cache = case.cache();
+    let rule = |text: &str| vec!["--import-rule".to_string(), text.to_string()];
+    let many: Vec<String> = (0..10)
+        .flat_map(|i| rule(&format!("prefix=d{i}/,size-less-than=1KiB")))
+        .collect();
+    let cases: Vec<(Vec<String>, &str)> =
+        vec![
+        (rule("prefix=logs/"), "size-less-than is missing"),
+        (rule("trigger=ON_FILE_ACCESS,size-less-than=1"), "prefix is missing"),
+        (
+            rule("prefix=a/,trigger=SOMETIMES,size-less-than=1"),
+            "unknown trigger 'SOMETIMES' (expected ON_DIRECTORY_FIRST_ACCESS or ON_FILE_ACCESS)",
+        ),
+        (rule("prefix=a/,size-less-than=49TiB"), "out of range"),
+        (rule("prefix=a/,size-less-than=lots"), "invalid size 'lots'"),
+        (rule("prefix=a/,colour=red,size-less-than=1"), "does not end in '/'"),
+        (rule("prefix=a/,size-less-than=1,colour=red"), "'colour=red' is not a field"),
+        (rule("prefix=/abs/,size-less-than=1"), "starts with '/'"),
+        (rule("prefix=a/../b/,size-less-than=1"), "'..' segment"),
+        (rule("prefix=a//b/,size-less-than=1"), "contains '//'"),
+        (rule("prefix=a,size-less-than=1"), "does not end in '/'"),
+        (many, "too many import rules: 11 (at most 10"),
+        (
+            [
+                rule("prefix=a/,size-less-than=1"),
+                rule("prefix=a/,trigger=ON_FILE_ACCESS,size-less-than=2"),
+            ]
+            .concat(),
+            "two --import-rule flags have prefix 'a/'",
+        ),
+        (
+            [
+                rule("prefix=,size-less-than=1MiB"),
+                vec!["--import-size-threshold".into(), "64KiB".into()],
+            ]
+            .concat(),
+            "give one or the other",
+        ),
+    ];
+    for (flags, expect) in cases {
+        let mut args: Vec<String> = vec![
+            "mount".into(),
+            "s3://bucket".into(),
+            mnt.clone(),
+            "--endpoint-url".into(),
+            "http://127.0.0.1:9".into(),
+            "--cache-dir".into(),
+            cache.clone(),
+        ];
+        args.extend(flags);
+        let line = mount_fails(&as_refs(&args), &[], Path::new(&mnt));
+        assert!(line.contains(expect), "{args:?}: {line}");
+        assert!(
+            line.starts_with("s3files: error: ")
+                && (line.contains("--import-rule") || line.contains("import rules")),
+            "{line}"
+        );
+        assert!(
+            !Path::new(&cache).exists(),
+            "{args:?} created the cache dir"
+        );
+    }
+}
+
+#[test]
 fn wrong_credentials_fail_fast() {
     // A moto server that authenticates every request after the first (which creates the
     // bucket): the test credentials are unknown to it, so every later request is refused.

@@ -122,6 +122,7 @@ impl FsCore {
             state.page_cache_etag = etag;
             keep
         };
+        self.import_on_open(&node);
         (self.add_handle(node, false), keep_cache)
     }
 

@@ -9,6 +9,7 @@ use tracing::{debug, info, warn};
 use super::inode::{Node, RemoteObject};
 use super::namespace::{self, build_entries};
 use super::{FsCore, FsResult};
+use crate::import_rules::Trigger;
 use crate::posix::PosixMeta;
 use crate::read::{BlockFetcher, Version};
 use crate::store::{ObjectStore, StoreError};
@@ -54,7 +55,7 @@ impl FsCore {
     /// does not have, with their metadata, so that looking them up and reading them right
     /// after `ls` or `find` needs no request to S3.
     pub(super) fn eager_import(&self, dir: &Node, entries: &namespace::DirEntries<RemoteObject>) {
-        if self.options.import_size_threshold == 0 {
+        if !self.import_rules.any(Trigger::OnDirectoryFirstAccess) {
             return;
         }
         // A directory of many small files imports at most a quarter of the cache's bound,
@@ -96,12 +97,30 @@ impl FsCore {
         }
     }
 
-    /// The version an eager import of this node would fetch, if it qualifies.
+    /// The version an eager import of this node would fetch, if its import rule imports
+    /// it on listing.
     pub(super) fn import_version(&self, node: &Node) -> Option<Version> {
+        self.version_to_import(node, Trigger::OnDirectoryFirstAccess)
+    }
+
+    /// The version of this node an import on `trigger` would fetch, if its import rule
+    /// (the one with the longest prefix of its path) says so. Local bytes are never
+    /// replaced by an import, and a version without an ETag cannot be cached.
+    pub(super) fn version_to_import(&self, node: &Node, trigger: Trigger) -> Option<Version> {
         let state = node.state();
         let remote = state.remote.as_ref()?;
-        let small = remote.size > 0 && remote.size < self.options.import_size_threshold;
-        if state.is_dir || state.sync.is_local() || !small {
+        if state.is_dir || state.sync.is_local() {
+            return None;
+        }
+        let path = state
+            .key
+            .strip_prefix(self.options.root_prefix.as_str())
+            .unwrap_or(&state.key);
+        if !self
+            .import_rules
+            .for_path(path)
+            .imports(trigger, remote.size)
+        {
             return None;
         }
         Some(Version::new(
@@ -109,6 +128,50 @@ impl FsCore {
             Some(remote.etag.clone()?),
             remote.size,
         ))
+    }
+
+    /// Import on open (trigger ON_FILE_ACCESS): a file its rule covers that the cache
+    /// lacks is fetched into the cache in the background. The open does not wait; reads
+    /// meanwhile share the import's GETs, so each byte is fetched once and later opens
+    /// read from the cache.
+    pub(super) fn import_on_open(&self, node: &Node) {
+        let Some(version) = self.version_to_import(node, Trigger::OnFileAccess) else {
+            return;
+        };
+        // As for a listing: one file may not wash out more than a quarter of the cache.
+        if version.size > self.cache().disk_bound() / 4
+            || self.fetcher.is_importing(&version.object)
+        {
+            return;
+        }
+        let missing = version.size - self.cache().cached_bytes(version.object, version.size);
+        if missing == 0 {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        // Marked before the task starts, so the reads right after this open already
+        // share the import's fetches instead of streaming.
+        let mark = self.fetcher.mark_importing(&version);
+        let (fetcher, eager) = (self.fetcher.clone(), self.eager.clone());
+        runtime.spawn(async move {
+            let _mark = mark;
+            let Ok(_permit) = eager.acquire().await else {
+                return;
+            };
+            match fetcher.import_blocks(&version).await {
+                Ok(()) => {
+                    let metrics = fetcher.metrics();
+                    metrics.open_imports.fetch_add(1, Ordering::Relaxed);
+                    metrics
+                        .open_import_bytes
+                        .fetch_add(missing, Ordering::Relaxed);
+                }
+                // Only a head start: a read fetches it again and reports any error.
+                Err(e) => debug!(key = version.key, error = %e, "import on open failed"),
+            }
+        });
     }
 
     /// Lists a directory prefix (every page) and applies the namespace rules.
@@ -251,10 +314,11 @@ pub(super) async fn import_node(
         }
     }
     if fetched {
-        fetcher
-            .metrics()
-            .eager_imports
-            .fetch_add(1, Ordering::Relaxed);
+        let metrics = fetcher.metrics();
+        metrics.eager_imports.fetch_add(1, Ordering::Relaxed);
+        metrics
+            .eager_import_bytes
+            .fetch_add(version.size, Ordering::Relaxed);
     }
     Ok(())
 }

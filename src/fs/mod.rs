@@ -37,6 +37,7 @@ use tracing::{info, warn};
 
 use crate::cache::DataCache;
 use crate::export::queue::ExportQueue;
+use crate::import_rules::ImportRules;
 use crate::metrics::Metrics;
 use crate::posix::{EntryKind, PosixMeta};
 use crate::read::{BlockFetcher, StreamBudget};
@@ -84,7 +85,8 @@ pub struct CoreOptions {
     /// the file-system root.
     pub fs_prefix: Option<String>,
     /// Files smaller than this are fetched into the cache when their directory is first
-    /// listed; 0 turns eager import off.
+    /// listed; 0 turns eager import off. The root import rule, unless `with_import_rules`
+    /// gives the core a rule set.
     pub import_size_threshold: u64,
     /// Memory all read-ahead streams together may hold.
     pub stream_budget: u64,
@@ -145,6 +147,8 @@ pub struct FsCore {
     fetcher: Arc<BlockFetcher>,
     budget: Arc<StreamBudget>,
     eager: Arc<tokio::sync::Semaphore>,
+    /// Which files' data is imported, and when (listing or open).
+    import_rules: ImportRules,
 }
 
 impl FsCore {
@@ -158,6 +162,7 @@ impl FsCore {
             fetcher: Arc::new(BlockFetcher::new(store.clone(), cache, metrics.clone())),
             budget: StreamBudget::new(options.stream_budget),
             eager: Arc::new(tokio::sync::Semaphore::new(EAGER_IMPORTS)),
+            import_rules: ImportRules::root_only(options.import_size_threshold),
             store,
             inodes: InodeTable::new(&options.root_prefix),
             files: DashMap::new(),
@@ -194,6 +199,12 @@ impl FsCore {
     /// Enables writes: local changes go through the export queue to S3.
     pub fn with_writer(mut self, queue: write::Writer) -> Self {
         self.queue = Some(Arc::new(queue));
+        self
+    }
+
+    /// Replaces the root-only rule made from `import_size_threshold` with a rule set.
+    pub fn with_import_rules(mut self, rules: ImportRules) -> Self {
+        self.import_rules = rules;
         self
     }
 

@@ -312,3 +312,94 @@ async fn changed_object_under_open_handle_is_eio_then_refreshed() {
     let (fh, _) = core.open(ROOT, f.ino, false, false).await.unwrap();
     assert_eq!(&core.read(fh, 0, 10).await.unwrap()[..], b"newer");
 }
+
+/// Waits (at most 10 s) for a background import to show in a counter.
+async fn settle(counter: &std::sync::atomic::AtomicU64, want: u64) {
+    for _ in 0..1000 {
+        if counter.load(Ordering::Relaxed) >= want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!(
+        "counter stuck at {} (want {want})",
+        counter.load(Ordering::Relaxed)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_rules_choose_what_is_imported_and_when() {
+    use crate::import_rules::{ImportRule, ImportRules, Trigger};
+    let store = Arc::new(MemoryStore::new());
+    let body = |len: usize| vec![b'x'; len];
+    store.put("m/root.txt", body(5000), &[]);
+    store.put("m/eager/small.txt", body(5000), &[]);
+    store.put("m/eager/deep/small.txt", body(6000), &[]);
+    store.put("m/eager/big.txt", body(20_000), &[]);
+    store.put("m/lazy/small.txt", body(5000), &[]);
+    store.put("m/lazy/big.txt", body(20_000), &[]);
+    store.put("m/lazy/multi.bin", body(3 << 20), &[]);
+    let rule = |prefix: &str, trigger, size_less_than| ImportRule {
+        prefix: String::from(prefix),
+        trigger,
+        size_less_than,
+    };
+    let rules = ImportRules::new(vec![
+        ImportRule::root(0),
+        rule("eager/", Trigger::OnDirectoryFirstAccess, 10_000),
+        rule("lazy/", Trigger::OnFileAccess, 4 << 20),
+    ])
+    .unwrap();
+    let core = core_with(store.clone(), "m/", None).with_import_rules(rules);
+    let gets = || store.requests.get.load(Ordering::Relaxed);
+    let metrics = core.metrics_handle();
+
+    // The root's rule (0) imports nothing; eager/ imports its small files, one GET each,
+    // and a deeper directory under it takes its rule too.
+    names(&core, ROOT_INO).await;
+    names(&core, resolve(&core, "eager").await.unwrap().ino).await;
+    settle(&metrics.eager_imports, 1).await;
+    names(&core, resolve(&core, "eager/deep").await.unwrap().ino).await;
+    settle(&metrics.eager_imports, 2).await;
+    assert_eq!(gets(), 2, "eager/small.txt and eager/deep/small.txt only");
+    assert_eq!(metrics.eager_import_bytes.load(Ordering::Relaxed), 11_000);
+
+    // Listing lazy/ fetches nothing.
+    names(&core, resolve(&core, "lazy").await.unwrap().ino).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(gets(), 2);
+    assert_eq!(metrics.eager_imports.load(Ordering::Relaxed), 2);
+
+    // Opening a file under lazy/ imports it; the open does not wait, and reads after it
+    // are served from the cache.
+    let small = resolve(&core, "lazy/small.txt").await.unwrap();
+    let (fh, _) = core.open(ROOT, small.ino, false, false).await.unwrap();
+    settle(&metrics.open_imports, 1).await;
+    assert_eq!(gets(), 3);
+    assert_eq!(core.read(fh, 0, 8192).await.unwrap().len(), 5000);
+    core.release(fh);
+    let (fh, _) = core.open(ROOT, small.ino, false, false).await.unwrap();
+    assert_eq!(core.read(fh, 0, 8192).await.unwrap().len(), 5000);
+    core.release(fh);
+    assert_eq!(gets(), 3, "the second open and both reads needed no GET");
+    assert_eq!(metrics.open_imports.load(Ordering::Relaxed), 1);
+
+    // A multi-block file read straight after its open: the reader and the import share
+    // every block's GET, and the reader does not stream what the import fetches.
+    let multi = resolve(&core, "lazy/multi.bin").await.unwrap();
+    let (fh, _) = core.open(ROOT, multi.ino, false, false).await.unwrap();
+    let mut offset = 0u64;
+    while offset < 3 << 20 {
+        offset += core.read(fh, offset, 128 << 10).await.unwrap().len() as u64;
+    }
+    core.release(fh);
+    settle(&metrics.open_imports, 2).await;
+    assert_eq!(gets(), 3 + 12, "one GET per 256 KiB block, none twice");
+    assert_eq!(metrics.streams.load(Ordering::Relaxed), 0);
+    assert_eq!(
+        metrics.open_import_bytes.load(Ordering::Relaxed),
+        5000 + (3 << 20)
+    );
+    let node = core.node(multi.ino).unwrap();
+    assert_eq!(core.cached_bytes(&node), Some((3 << 20, 3 << 20)));
+}

@@ -4,8 +4,10 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use futures::future::{BoxFuture, FutureExt, Shared};
+use futures::stream::{StreamExt, TryStreamExt};
 
 use crate::cache::{block_range, BlockId, DataCache, Missed, ObjectId};
 use crate::metrics::Metrics;
@@ -43,6 +45,29 @@ pub struct BlockFetcher {
     cache: Arc<DataCache>,
     metrics: Arc<Metrics>,
     in_flight: DashMap<BlockId, Fetch>,
+    /// Object versions an import on open is fetching, with how many such imports: their
+    /// readers fetch cache blocks (which the import shares) rather than stream.
+    importing: DashMap<ObjectId, usize>,
+}
+
+/// Blocks one import on open fetches at once.
+const IMPORT_BLOCKS_IN_FLIGHT: usize = 4;
+
+/// Marks a version as being imported on open until dropped.
+pub struct ImportMark {
+    fetcher: Arc<BlockFetcher>,
+    object: ObjectId,
+}
+
+impl Drop for ImportMark {
+    fn drop(&mut self) {
+        self.fetcher
+            .importing
+            .remove_if_mut(&self.object, |_, count| {
+                *count -= 1;
+                *count == 0
+            });
+    }
 }
 
 impl BlockFetcher {
@@ -52,6 +77,7 @@ impl BlockFetcher {
             cache,
             metrics,
             in_flight: DashMap::new(),
+            importing: DashMap::new(),
         }
     }
 
@@ -112,57 +138,101 @@ impl BlockFetcher {
             object: version.object,
             index,
         };
-        let mut started = false;
-        let entry = self.in_flight.entry(id).or_insert_with(|| {
-            started = true;
-            self.metrics.cache_misses.fetch_add(1, Ordering::Relaxed);
-            let this = Arc::clone(self);
-            let version = version.clone();
-            let task =
-                tokio::spawn(async move {
-                    let range = block_range(index, version.size);
-                    let etag = version.etag.as_deref();
-                    let result =
-                        match headers {
-                            Some(tx) => this.store.get_whole(&version.key, etag).await.map(
-                                |(head, data)| {
-                                    let _ = tx.send(head);
-                                    data
-                                },
-                            ),
-                            None => {
-                                this.store
-                                    .get_range(&version.key, range.clone(), etag)
-                                    .await
-                            }
-                        }
-                        .and_then(|data| {
-                            // Less than asked: the object shrank under us.
-                            if data.len() as u64 == range.end - range.start {
-                                Ok(data)
-                            } else {
-                                Err(StoreError::PreconditionFailed)
-                            }
-                        });
-                    if let (Ok(data), Some(_)) = (&result, &version.etag) {
-                        this.cache.insert(id, data.clone());
-                    }
-                    this.in_flight.remove(&id);
-                    result
-                });
-            async move {
-                task.await
-                    .unwrap_or_else(|e| Err(StoreError::Other(format!("fetch task failed: {e}"))))
+        let slot = match self.in_flight.entry(id) {
+            Entry::Occupied(fetch) => return (fetch.get().clone(), false),
+            Entry::Vacant(slot) => slot,
+        };
+        // A fetch that ended after the caller looked in the cache left the block there
+        // (it fills the cache before it leaves `in_flight`): no second GET for it. A
+        // caller that wants the headers needs the GET.
+        if headers.is_none() && version.etag.is_some() {
+            if let Ok(data) = self.cache.get_block_mode(id, version.size, false) {
+                return (futures::future::ready(Ok(data)).boxed().shared(), false);
             }
-            .boxed()
-            .shared()
+        }
+        self.metrics.cache_misses.fetch_add(1, Ordering::Relaxed);
+        let this = Arc::clone(self);
+        let version = version.clone();
+        let task = tokio::spawn(async move {
+            let range = block_range(index, version.size);
+            let etag = version.etag.as_deref();
+            let result = match headers {
+                Some(tx) => this
+                    .store
+                    .get_whole(&version.key, etag)
+                    .await
+                    .map(|(head, data)| {
+                        let _ = tx.send(head);
+                        data
+                    }),
+                None => {
+                    this.store
+                        .get_range(&version.key, range.clone(), etag)
+                        .await
+                }
+            }
+            .and_then(|data| {
+                // Less than asked: the object shrank under us.
+                if data.len() as u64 == range.end - range.start {
+                    Ok(data)
+                } else {
+                    Err(StoreError::PreconditionFailed)
+                }
+            });
+            if let (Ok(data), Some(_)) = (&result, &version.etag) {
+                this.cache.insert(id, data.clone());
+            }
+            this.in_flight.remove(&id);
+            result
         });
-        (entry.value().clone(), started)
+        let fetch: Fetch = async move {
+            task.await
+                .unwrap_or_else(|e| Err(StoreError::Other(format!("fetch task failed: {e}"))))
+        }
+        .boxed()
+        .shared();
+        slot.insert(fetch.clone());
+        (fetch, true)
     }
 
     /// Whether every block of `version` is cached.
     pub fn is_cached(&self, version: &Version) -> bool {
         self.cache.cached_bytes(version.object, version.size) == version.size
+    }
+
+    /// Marks `version` as being imported on open (see `importing`) until the mark drops.
+    pub fn mark_importing(self: &Arc<Self>, version: &Version) -> ImportMark {
+        *self.importing.entry(version.object).or_insert(0) += 1;
+        ImportMark {
+            fetcher: Arc::clone(self),
+            object: version.object,
+        }
+    }
+
+    /// Whether an import on open is fetching this version.
+    pub fn is_importing(&self, object: &ObjectId) -> bool {
+        self.importing.contains_key(object)
+    }
+
+    /// Import on open: every block of `version` into the cache, through the fetches
+    /// readers use, so a block a reader wants meanwhile is fetched once for both. Ranged
+    /// GETs, a few at a time, rather than one GET of the whole object: a reader that
+    /// started first must be able to join them block by block.
+    pub async fn import_blocks(self: &Arc<Self>, version: &Version) -> Result<(), StoreError> {
+        futures::stream::iter(crate::cache::blocks_of(0, version.size))
+            .map(|index| async move {
+                let id = BlockId {
+                    object: version.object,
+                    index,
+                };
+                if self.cache.contains(&id) {
+                    return Ok(());
+                }
+                self.shared_fetch(version, index, None).0.await.map(drop)
+            })
+            .buffer_unordered(IMPORT_BLOCKS_IN_FLIGHT)
+            .try_collect::<()>()
+            .await
     }
 
     /// Eager import of a small file: its bytes into the cache and its headers (the POSIX

@@ -175,7 +175,9 @@ impl ObjectReader {
             state.stream = None;
         }
         if state.stream.is_none() {
-            if state.run < STREAM_AFTER {
+            // While an import on open fetches this version into the cache, reading it
+            // through cache blocks shares the import's GETs; a stream would repeat them.
+            if state.run < STREAM_AFTER || self.fetcher.is_importing(&self.version.object) {
                 return None;
             }
             state.stream = Some(Stream::new(offset));
