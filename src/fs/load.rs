@@ -101,7 +101,9 @@ impl FsCore {
         let state = node.state();
         let remote = state.remote.as_ref()?;
         let small = remote.size > 0 && remote.size < self.options.import_size_threshold;
-        if state.is_dir || state.sync.is_local() || !small {
+        // A FIFO or socket has no data to serve (S3 Files stores them with none).
+        let no_body = state.meta.is_some_and(|m| !m.kind().has_body());
+        if state.is_dir || state.sync.is_local() || !small || no_body {
             return None;
         }
         Some(Version::new(

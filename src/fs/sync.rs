@@ -238,6 +238,8 @@ impl FsCore {
         // Local bytes to keep: a written file's staged bytes, or, for a rename that lost,
         // its bytes fetched from the old key (whose delete then goes ahead).
         let has_bytes = match (&record.kind, &entry.staged) {
+            // A FIFO or socket is only metadata: nothing of it to keep.
+            (ExportKind::Upload | ExportKind::Copy, _) if !record.meta.kind().has_body() => false,
             (ExportKind::Upload, Some(_)) => true,
             (ExportKind::Copy, _) => match self.fetch_source(queue, id, record, store).await {
                 Ok(true) => true,
@@ -320,6 +322,10 @@ impl FsCore {
                 );
                 self.show_lost(queue, &file_name, &origin, record.meta);
             }
+            None if !record.meta.kind().has_body() => error!(
+                key = record.key,
+                "conflict: the object changed in S3; the bucket wins and the local FIFO or socket (which has no bytes to keep) is dropped"
+            ),
             None if record.kind == ExportKind::Copy => error!(
                 key = record.key,
                 from = record.copy_from.as_deref().unwrap_or_default(),

@@ -10,16 +10,16 @@ use super::write::{WriteOptions, Writer};
 use super::*;
 use crate::store::memory::MemoryStore;
 
-const ROOT: Identity = Identity { uid: 0, gid: 0 };
+pub(super) const ROOT: Identity = Identity { uid: 0, gid: 0 };
 
-struct Rig {
-    core: Arc<FsCore>,
-    mem: Arc<MemoryStore>,
+pub(super) struct Rig {
+    pub(super) core: Arc<FsCore>,
+    pub(super) mem: Arc<MemoryStore>,
     store: Arc<dyn ObjectStore>,
     _dir: tempfile::TempDir,
 }
 
-fn rig(mem: Arc<MemoryStore>) -> Rig {
+pub(super) fn rig(mem: Arc<MemoryStore>) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let metrics = Arc::new(Metrics::default());
     let store: Arc<dyn ObjectStore> = mem.clone();
@@ -66,7 +66,7 @@ fn rig(mem: Arc<MemoryStore>) -> Rig {
 }
 
 impl Rig {
-    async fn ino(&self, path: &str) -> FsResult<Ino> {
+    pub(super) async fn ino(&self, path: &str) -> FsResult<Ino> {
         let mut ino = ROOT_INO;
         for part in path.split('/').filter(|p| !p.is_empty()) {
             ino = self.core.lookup(ROOT, ino, part.as_bytes()).await?.ino;
@@ -74,7 +74,7 @@ impl Rig {
         Ok(ino)
     }
 
-    async fn write_file(&self, dir: Ino, name: &str, data: &[u8]) -> u64 {
+    pub(super) async fn write_file(&self, dir: Ino, name: &str, data: &[u8]) -> u64 {
         let (_, fh) = self
             .core
             .create(ROOT, dir, name.as_bytes(), 0o644)
@@ -84,13 +84,13 @@ impl Rig {
         fh
     }
 
-    async fn sync(&self) -> FsResult<()> {
+    pub(super) async fn sync(&self) -> FsResult<()> {
         tokio::time::timeout(Duration::from_secs(10), self.core.sync_tree(ROOT_INO))
             .await
             .expect("sync hung")
     }
 
-    async fn poll(&self) {
+    pub(super) async fn poll(&self) {
         tokio::time::timeout(Duration::from_secs(10), self.core.poll_once(&self.store))
             .await
             .expect("poll hung");
@@ -104,7 +104,7 @@ impl Rig {
         Ok(data?.to_vec())
     }
 
-    fn lost_found_names(&self) -> Vec<String> {
+    pub(super) fn lost_found_names(&self) -> Vec<String> {
         let root = self.core.inodes.get(ROOT_INO).unwrap();
         let lost = self.core.inodes.child(
             &root,

@@ -404,6 +404,8 @@ pub(crate) async fn snapshot(core: &FsCore) -> (BTreeMap<String, Snap>, Vec<(Str
                     }
                     Err(e) => Err(errno(e)),
                 },
+                // No data: the kernel serves their I/O itself.
+                EntryKind::Fifo | EntryKind::Socket => Ok(String::new()),
             };
             if entry.kind != attr.kind {
                 tree.insert(
