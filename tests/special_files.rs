@@ -497,6 +497,8 @@ fn special_files_behave_as_on_a_local_file_system_and_survive_export() {
     // permissions carry the type bits.
     make_staged(&a.join("stage"));
     make_staged(&local.path().join("stage"));
+    // A socket with a live listener on this mount, exported like any other.
+    let shared = UnixListener::bind(a.join("shared.sock")).expect("bind shared.sock");
     let created = staged_view(&a.join("stage"));
     sync(&a.path, Duration::from_secs(60)).expect("sync");
     let objects = server.list_all("types");
@@ -531,6 +533,14 @@ fn special_files_behave_as_on_a_local_file_system_and_survive_export() {
     // 4. A second mount (its own cache) imports them with type, mode, owner and mtime.
     let b = Mount::start(&server, "s3://types", &["--write-back-delay", "600s"]);
     assert_eq!(staged_view(&b.join("stage")), created, "second mount");
+    // A socket file is only a name: the listener bound through the first mount is not
+    // reachable through the second (as with a socket file on another machine's disk).
+    let meta = std::fs::symlink_metadata(b.join("shared.sock")).expect("shared.sock");
+    assert!(meta.file_type().is_socket());
+    let refused = UnixStream::connect(b.join("shared.sock")).map_err(errno);
+    assert_eq!(refused.map(drop), Err(libc::ECONNREFUSED));
+    UnixStream::connect(a.join("shared.sock")).expect("connect through the first mount");
+    drop(shared);
 
     // 5. It changes them (metadata copies of exported objects, renames across
     // directories as server-side copies), as a local file system does...
