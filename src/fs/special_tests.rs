@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use super::inode::ROOT_INO;
-use super::sync_tests::{rig, Rig, ROOT};
+use super::sync_tests::{rig, rig_as, Rig, ROOT};
 use super::write::SetAttr;
 use super::*;
 use crate::posix::{S_IFIFO, S_IFREG, S_IFSOCK};
@@ -326,5 +326,60 @@ async fn a_fifo_object_with_a_body_shows_no_data() {
     assert_eq!(
         r.core.open(ROOT, a.ino, false, false).await,
         Err(FsError::Invalid)
+    );
+}
+
+/// On an access-point mount a FIFO or socket belongs to the access point's identity, as
+/// a file does, and making one needs write permission on the directory as that identity.
+#[tokio::test]
+async fn fifos_on_an_access_point_belong_to_it() {
+    let agent = Identity {
+        uid: 1000,
+        gid: 1001,
+    };
+    let mem = Arc::new(MemoryStore::new());
+    // Its home directory, as S3 Files sets one up for an access point.
+    mem.put(
+        "home/",
+        "",
+        &[
+            ("file-permissions", "0040755"),
+            ("file-owner", "1000"),
+            ("file-group", "1001"),
+        ],
+    );
+    let r = rig_as(mem, Some(agent));
+    // Whoever calls, the access point's identity acts: the bucket root (root's 0755)
+    // is not its to write.
+    let caller = Identity { uid: 5, gid: 5 };
+    assert_eq!(
+        r.core.mknod(caller, ROOT_INO, b"p", S_IFIFO | 0o600).await,
+        Err(FsError::Access)
+    );
+    let home = r.ino("home").await.unwrap();
+    let p = r
+        .core
+        .mknod(caller, home, b"p", S_IFIFO | 0o600)
+        .await
+        .unwrap();
+    assert_eq!(
+        (p.kind, p.uid, p.gid, p.perm),
+        (EntryKind::Fifo, 1000, 1001, 0o600)
+    );
+    let s = r
+        .core
+        .mknod(caller, home, b"s", S_IFSOCK | 0o700)
+        .await
+        .unwrap();
+    assert_eq!((s.kind, s.uid, s.gid), (EntryKind::Socket, 1000, 1001));
+    r.sync().await.unwrap();
+    let meta = r.mem.metadata("home/p").unwrap();
+    assert_eq!(
+        (
+            meta["file-owner"].as_str(),
+            meta["file-group"].as_str(),
+            meta["file-permissions"].as_str()
+        ),
+        ("1000", "1001", "0010600")
     );
 }

@@ -20,6 +20,11 @@ pub(super) struct Rig {
 }
 
 pub(super) fn rig(mem: Arc<MemoryStore>) -> Rig {
+    rig_as(mem, None)
+}
+
+/// A rig whose core acts as `access_point` (an S3 Files access point), if given.
+pub(super) fn rig_as(mem: Arc<MemoryStore>, access_point: Option<Identity>) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let metrics = Arc::new(Metrics::default());
     let store: Arc<dyn ObjectStore> = mem.clone();
@@ -47,7 +52,7 @@ pub(super) fn rig(mem: Arc<MemoryStore>) -> Rig {
             CoreOptions {
                 bucket: "b".into(),
                 root_prefix: String::new(),
-                access_point: None,
+                access_point,
                 import_size_threshold: 0,
                 stream_budget: crate::read::stream::DEFAULT_BUDGET,
             },
