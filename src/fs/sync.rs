@@ -139,8 +139,8 @@ impl FsCore {
 
     /// The bucket wins a conflict: a local copy with bytes goes to lost+found, and the
     /// path shows the bucket's version (or disappears, if the object was deleted).
-    /// Conflicts without local bytes (a metadata change) just give way; a conflicting
-    /// rename copy is held, so its old key is never deleted.
+    /// Conflicts without local bytes (a metadata change, a FIFO or socket) just give
+    /// way; a conflicting rename copy is held, so its old key is never deleted.
     pub(super) async fn resolve_conflict(&self, entry: &Queued, store: &Arc<dyn ObjectStore>) {
         let Ok(queue) = self.queue() else { return };
         let record = &entry.record;
