@@ -68,11 +68,7 @@ fn errno(error: &FsError) -> Errno {
 }
 
 fn file_attr(attr: &Attr) -> FileAttr {
-    let kind = match attr.kind {
-        EntryKind::File => FileType::RegularFile,
-        EntryKind::Dir => FileType::Directory,
-        EntryKind::Symlink => FileType::Symlink,
-    };
+    let kind = file_type(attr.kind);
     FileAttr {
         ino: INodeNo(attr.ino),
         size: attr.size,
@@ -97,6 +93,8 @@ fn file_type(kind: EntryKind) -> FileType {
         EntryKind::File => FileType::RegularFile,
         EntryKind::Dir => FileType::Directory,
         EntryKind::Symlink => FileType::Symlink,
+        EntryKind::Fifo => FileType::NamedPipe,
+        EntryKind::Socket => FileType::Socket,
     }
 }
 
@@ -232,23 +230,16 @@ impl Filesystem for FuseAdapter {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        // Only regular files exist in S3 Files; devices, FIFOs and sockets do not.
-        if mode & libc::S_IFMT != libc::S_IFREG {
-            reply.error(errno(&FsError::Perm));
-            return;
-        }
+        // The type bits go through: the core decides what S3 Files can store.
         let (core, who, name) = (self.core.clone(), caller(req), name.to_owned());
         self.spawn(
             debug_span!("mknod", parent = parent.0, name = ?name),
             async move {
                 match core
-                    .create(who, parent.0, name.as_encoded_bytes(), mode & !umask)
+                    .mknod(who, parent.0, name.as_encoded_bytes(), mode & !umask)
                     .await
                 {
-                    Ok((attr, fh)) => {
-                        core.release(fh);
-                        reply.entry(&TTL, &file_attr(&attr), Generation(0));
-                    }
+                    Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
                     Err(e) => reply.error(errno(&e)),
                 }
             },

@@ -18,17 +18,31 @@ pub const S_IFMT: u32 = 0o170000;
 pub const S_IFREG: u32 = 0o100000;
 pub const S_IFDIR: u32 = 0o040000;
 pub const S_IFLNK: u32 = 0o120000;
+pub const S_IFIFO: u32 = 0o010000;
+pub const S_IFSOCK: u32 = 0o140000;
 
 pub const DEFAULT_FILE_MODE: u32 = 0o644;
 pub const DEFAULT_DIR_MODE: u32 = 0o755;
 pub const SYMLINK_MODE: u32 = 0o777;
 
-/// The kind of a namespace entry.
+/// The kind of a namespace entry. S3 Files stores FIFOs and sockets as zero-byte
+/// objects whose permissions carry their type bits; it has no devices or hard links.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntryKind {
     File,
     Dir,
     Symlink,
+    Fifo,
+    Socket,
+}
+
+impl EntryKind {
+    /// Whether entries of this kind have a body in S3 the mount serves (a file's data, a
+    /// symlink's target). A FIFO or socket object is only its metadata: the kernel serves
+    /// its I/O itself and never asks the daemon for bytes.
+    pub fn has_body(self) -> bool {
+        matches!(self, EntryKind::File | EntryKind::Symlink)
+    }
 }
 
 /// POSIX attributes of one entry.
@@ -60,8 +74,10 @@ impl PosixMeta {
 
     /// Decodes user metadata (keys without the `x-amz-meta-` prefix, any case). A field
     /// that is missing or malformed keeps its default, so one bad value never hides a file.
-    /// `is_dir` says whether the object is a directory marker; a marker is never a symlink,
-    /// and an object is only ever a file or a symlink.
+    /// `is_dir` says whether the object is a directory marker: a marker is always a
+    /// directory, and any other object is a regular file unless its permissions say
+    /// symlink, FIFO or socket (the types S3 Files stores; a device or directory type on
+    /// a plain object is shown as a regular file).
     pub fn from_user_metadata(meta: &HashMap<String, String>, is_dir: bool) -> Self {
         let mut out = Self::default_for(is_dir);
         let get = |name: &str| {
@@ -76,10 +92,10 @@ impl PosixMeta {
             out.gid = gid;
         }
         if let Some(mode) = get(META_PERMISSIONS).and_then(|v| u32::from_str_radix(v, 8).ok()) {
-            let kind = match (is_dir, mode & S_IFMT == S_IFLNK) {
+            let kind = match (is_dir, mode & S_IFMT) {
                 (true, _) => S_IFDIR,
-                (false, true) => S_IFLNK,
-                (false, false) => S_IFREG,
+                (false, kind @ (S_IFLNK | S_IFIFO | S_IFSOCK)) => kind,
+                (false, _) => S_IFREG,
             };
             out.mode = kind | (mode & 0o7777);
         }
@@ -100,6 +116,17 @@ impl PosixMeta {
 
     pub fn is_dir(&self) -> bool {
         self.mode & S_IFMT == S_IFDIR
+    }
+
+    /// The entry kind these type bits say (anything unknown is a regular file).
+    pub fn kind(&self) -> EntryKind {
+        match self.mode & S_IFMT {
+            S_IFDIR => EntryKind::Dir,
+            S_IFLNK => EntryKind::Symlink,
+            S_IFIFO => EntryKind::Fifo,
+            S_IFSOCK => EntryKind::Socket,
+            _ => EntryKind::File,
+        }
     }
 
     /// The modification time, if these attributes carry one.
@@ -197,6 +224,34 @@ mod tests {
         let md = meta(&[("file-permissions", "0120777")]);
         assert!(PosixMeta::from_user_metadata(&md, false).is_symlink());
         assert!(!PosixMeta::from_user_metadata(&md, true).is_symlink());
+    }
+
+    #[test]
+    fn fifo_and_socket_types_kept_for_objects_only() {
+        for (perms, kind, mode) in [
+            ("0010644", EntryKind::Fifo, 0o010644),
+            ("0140755", EntryKind::Socket, 0o140755),
+            ("0120777", EntryKind::Symlink, 0o120777),
+            ("0100600", EntryKind::File, 0o100600),
+            // Devices are not S3 Files types; a directory type on a plain object is
+            // not a directory: both show as regular files, keeping their mode bits.
+            ("0020644", EntryKind::File, 0o100644),
+            ("0060644", EntryKind::File, 0o100644),
+            ("0040755", EntryKind::File, 0o100755),
+            ("0644", EntryKind::File, 0o100644),
+        ] {
+            let m = PosixMeta::from_user_metadata(&meta(&[("file-permissions", perms)]), false);
+            assert_eq!((m.kind(), m.mode), (kind, mode), "{perms}");
+            // A FIFO or socket is exported with the same permissions it was read from.
+            if matches!(kind, EntryKind::Fifo | EntryKind::Socket) {
+                assert_eq!(m.to_user_metadata()["file-permissions"], perms);
+            }
+            // A directory marker is a directory whatever its permissions say.
+            let d = PosixMeta::from_user_metadata(&meta(&[("file-permissions", perms)]), true);
+            assert_eq!(d.kind(), EntryKind::Dir, "{perms}");
+        }
+        assert!(EntryKind::File.has_body() && EntryKind::Symlink.has_body());
+        assert!(!EntryKind::Fifo.has_body() && !EntryKind::Socket.has_body());
     }
 
     #[test]

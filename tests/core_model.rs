@@ -19,7 +19,7 @@
 //! case. A failing case prints its seed, the reason and its operation list, shrunk.
 //! `S3FILES_MODEL_SKIP=other,fault,...` leaves operation kinds out of the generated cases
 //! (for exploring past a known failure; never in CI); the kinds are create, write,
-//! truncate, read, stat, rename, unlink, mkdir, rmdir, chmod, symlink, readlink, handle,
+//! truncate, read, stat, rename, unlink, mkdir, rmdir, chmod, symlink, mkfifo, readlink, handle,
 //! sync, poll, fault, other, crash, remount and save. `S3FILES_MODEL_KEEP_GOING=1` runs
 //! every case and prints one shrunk example of each kind of failure.
 
@@ -366,4 +366,42 @@ fn a_handle_whose_bytes_lost_a_conflict_fails_with_eio() {
         "read through the old handle: {}",
         show(&read)
     );
+}
+
+/// A FIFO (issue 10) is a zero-byte object whose permissions carry its type: replayed
+/// from the journal after a crash with its type, chmod and renames keep it, and opens,
+/// reads and writes of it never reach the core.
+#[test]
+fn a_fifo_keeps_its_type_through_a_crash_chmod_and_renames() {
+    replay(&[
+        Op::Mkfifo("a.tmp", 0o640),
+        Op::Crash,
+        Op::Stat("a.tmp"),
+        Op::Sync,
+        Op::Chmod("a.tmp", 0o600),
+        Op::Rename("a.tmp", "d/b"),
+        Op::Write("d/b", 0, "never".into()),
+        Op::Read("d/b", 0, 10),
+        Op::Truncate("d/b", 0),
+        Op::Sync,
+        Op::Rename("d/b", "a"),
+        Op::Remount,
+        Op::Stat("a"),
+    ]);
+}
+
+/// A FIFO that loses a conflict (created here, or renamed onto a key another writer
+/// changed) has no bytes to keep: nothing goes to lost+found, and a renamed one's old
+/// key is deleted as for a file.
+#[test]
+fn a_fifo_that_loses_a_conflict_leaves_nothing_in_lost_found() {
+    replay(&[
+        Op::Mkfifo("b", 0o644),
+        put_then("b", "theirs", Refresh::Sync),
+        Op::Mkfifo("a.tmp", 0o644),
+        Op::Sync,
+        Op::Rename("a.tmp", "d/a"),
+        put_then("d/a", "theirs", Refresh::Sync),
+        Op::Sync,
+    ]);
 }

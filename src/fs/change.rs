@@ -14,7 +14,9 @@ use super::sync::io_error;
 use super::{Attr, FsCore, FsError, FsResult};
 use crate::export::journal::{ExportKind, PendingExport};
 use crate::export::staging::StagedFile;
-use crate::posix::{nanos_since_epoch, PosixMeta, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
+use crate::posix::{
+    nanos_since_epoch, PosixMeta, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK,
+};
 use crate::store::{ObjectStore, StoreError};
 
 /// Chunk size when an object version is copied into a staging file.
@@ -260,7 +262,42 @@ impl FsCore {
         Ok(self.attr(&node))
     }
 
-    /// unlink(2) of a file or symlink.
+    /// mknod(2), also what bind(2) of a Unix socket asks for: a regular file (as
+    /// `create`, closed at once), a FIFO or a socket. S3 Files stores a FIFO or socket
+    /// as a zero-byte object whose permissions carry its type bits, so it is exported as
+    /// an upload of no bytes; its I/O never reaches the daemon (the kernel serves FIFOs
+    /// and sockets itself). Devices do not exist in S3 Files: EPERM.
+    pub async fn mknod(
+        &self,
+        caller: Identity,
+        parent: Ino,
+        name: &[u8],
+        mode: u32,
+    ) -> FsResult<Attr> {
+        let kind = mode & S_IFMT;
+        match kind {
+            0 | S_IFREG => {
+                let (attr, handle) = self.create(caller, parent, name, mode).await?;
+                self.release(handle);
+                Ok(attr)
+            }
+            S_IFIFO | S_IFSOCK => {
+                let dir = self.node(parent)?;
+                let name = self.prepare_new_entry(caller, &dir, name, false).await?;
+                let queue = self.queue()?;
+                let id = queue.new_id();
+                // An empty staged body: the export (and crash recovery) treat it as any
+                // upload, of zero bytes.
+                let staged = Arc::new(queue.staging().create(id).map_err(io_error)?);
+                let meta = self.new_meta(caller, kind | (mode & 0o7777));
+                let node = self.add_local_entry(&dir, name, meta, Some(staged), id)?;
+                Ok(self.attr(&node))
+            }
+            _ => Err(FsError::Perm),
+        }
+    }
+
+    /// unlink(2) of a file, symlink, FIFO or socket.
     pub async fn unlink(&self, caller: Identity, parent: Ino, name: &[u8]) -> FsResult<()> {
         self.remove_entry(caller, parent, name, false).await
     }
@@ -584,10 +621,18 @@ impl FsCore {
                 self.check(caller, &node, access::WRITE).await?;
             }
         }
-        let is_dir = node.state().is_dir;
+        let (is_dir, has_body) = {
+            let state = node.state();
+            (state.is_dir, super::kind_of(&state).has_body())
+        };
         if let Some(size) = change.size {
             if is_dir {
                 return Err(FsError::IsDir);
+            }
+            if !has_body {
+                // As truncate(2) of a FIFO or socket on a local file system (the kernel
+                // refuses it before asking the daemon).
+                return Err(FsError::Invalid);
             }
             // A truncate to the size the file has changes nothing (POSIX leaves even its
             // mtime alone), so it is not a change to export.

@@ -45,6 +45,18 @@ impl OpenFile {
     }
 }
 
+/// EISDIR for a directory; EINVAL for a FIFO or socket, whose opens the kernel serves
+/// itself (only an in-process caller gets here): they have no data to read from S3.
+fn refuse_open(state: &super::inode::NodeState) -> FsResult<()> {
+    if state.is_dir {
+        return Err(FsError::IsDir);
+    }
+    if !super::kind_of(state).has_body() {
+        return Err(FsError::Invalid);
+    }
+    Ok(())
+}
+
 impl FsCore {
     /// Opens a file. `write` and `truncate` say what the open asked for; a file opened
     /// for writing gets local bytes in the staging area.
@@ -58,9 +70,7 @@ impl FsCore {
         truncate: bool,
     ) -> FsResult<(u64, bool)> {
         let node = self.node(ino)?;
-        if node.state().is_dir {
-            return Err(FsError::IsDir);
-        }
+        refuse_open(&node.state())?;
         if write || truncate {
             if self.queue.is_none() {
                 return Err(self.refuse_write());
@@ -96,8 +106,8 @@ impl FsCore {
         };
         let meta = {
             let state = node.state();
-            if state.is_dir {
-                return Some(Err(FsError::IsDir));
+            if let Err(e) = refuse_open(&state) {
+                return Some(Err(e));
             }
             if state.sync.is_local() {
                 return None;

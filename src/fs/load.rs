@@ -109,7 +109,9 @@ impl FsCore {
     pub(super) fn version_to_import(&self, node: &Node, trigger: Trigger) -> Option<Version> {
         let state = node.state();
         let remote = state.remote.as_ref()?;
-        if state.is_dir || state.sync.is_local() {
+        // A FIFO or socket has no data to serve (S3 Files stores them with none).
+        let no_body = state.meta.is_some_and(|m| !m.kind().has_body());
+        if state.is_dir || state.sync.is_local() || no_body {
             return None;
         }
         let path = state

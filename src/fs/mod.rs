@@ -502,7 +502,7 @@ impl FsCore {
     fn cached_bytes(&self, node: &Node) -> Option<(u64, u64)> {
         let (key, remote) = {
             let state = node.state();
-            if state.is_dir || state.sync.is_local() {
+            if state.is_dir || state.sync.is_local() || !kind_of(&state).has_body() {
                 return None;
             }
             (state.key.clone(), state.remote.clone()?)
@@ -628,6 +628,9 @@ impl FsCore {
             ino: node.ino,
             size: if state.is_dir {
                 DIR_SIZE
+            } else if !kind.has_body() {
+                // A FIFO or socket has no data on the mount, whatever its object holds.
+                0
             } else {
                 staged_size.unwrap_or_else(|| state.remote.as_ref().map_or(0, |r| r.size))
             },
@@ -656,19 +659,22 @@ impl FsCore {
     }
 }
 
+/// An entry's kind: a directory by its node, anything else by the type bits of the
+/// metadata it shows (local first); a file until its metadata is known.
 fn kind_of(state: &inode::NodeState) -> EntryKind {
-    let local_symlink = state.sync.local_meta().map(|m| m.is_symlink());
     if state.is_dir {
-        EntryKind::Dir
-    } else if local_symlink.unwrap_or_else(|| state.meta.is_some_and(|m| m.is_symlink())) {
-        EntryKind::Symlink
-    } else {
-        EntryKind::File
+        return EntryKind::Dir;
+    }
+    match state.sync.local_meta().or(state.meta).map(|m| m.kind()) {
+        Some(EntryKind::Dir) | None => EntryKind::File,
+        Some(kind) => kind,
     }
 }
 
 #[cfg(test)]
 mod access_tests;
+#[cfg(test)]
+mod special_tests;
 #[cfg(test)]
 mod sync_tests;
 #[cfg(test)]

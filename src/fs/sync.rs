@@ -139,8 +139,8 @@ impl FsCore {
 
     /// The bucket wins a conflict: a local copy with bytes goes to lost+found, and the
     /// path shows the bucket's version (or disappears, if the object was deleted).
-    /// Conflicts without local bytes (a metadata change) just give way; a conflicting
-    /// rename copy is held, so its old key is never deleted.
+    /// Conflicts without local bytes (a metadata change, a FIFO or socket) just give
+    /// way; a conflicting rename copy is held, so its old key is never deleted.
     pub(super) async fn resolve_conflict(&self, entry: &Queued, store: &Arc<dyn ObjectStore>) {
         let Ok(queue) = self.queue() else { return };
         let record = &entry.record;
@@ -242,6 +242,8 @@ impl FsCore {
         // Local bytes to keep: a written file's staged bytes, or, for a rename that lost,
         // its bytes fetched from the old key (whose delete then goes ahead).
         let has_bytes = match (&record.kind, &entry.staged) {
+            // A FIFO or socket is only metadata: nothing of it to keep.
+            (ExportKind::Upload | ExportKind::Copy, _) if !record.meta.kind().has_body() => false,
             (ExportKind::Upload, Some(_)) => true,
             (ExportKind::Copy, _) => match self.fetch_source(queue, id, record, store).await {
                 Ok(true) => true,
@@ -329,6 +331,10 @@ impl FsCore {
                 );
                 self.show_lost(queue, &file_name, &origin, record.meta);
             }
+            None if !record.meta.kind().has_body() => error!(
+                key = record.key,
+                "conflict: the object changed in S3; the bucket wins and the local FIFO or socket (which has no bytes to keep) is dropped"
+            ),
             None if record.kind == ExportKind::Copy => error!(
                 key = record.key,
                 from = record.copy_from.as_deref().unwrap_or_default(),

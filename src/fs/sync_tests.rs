@@ -10,7 +10,7 @@ use super::write::{WriteOptions, Writer};
 use super::*;
 use crate::store::memory::MemoryStore;
 
-const ROOT: Identity = Identity::new(0, 0);
+pub(super) const ROOT: Identity = Identity::new(0, 0);
 
 pub(super) struct Rig {
     pub(super) core: Arc<FsCore>,
@@ -19,7 +19,7 @@ pub(super) struct Rig {
     _dir: tempfile::TempDir,
 }
 
-fn rig(mem: Arc<MemoryStore>) -> Rig {
+pub(super) fn rig(mem: Arc<MemoryStore>) -> Rig {
     rig_with(mem, |_| {})
 }
 

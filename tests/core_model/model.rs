@@ -8,6 +8,8 @@ pub(crate) enum MKind {
     File(Vec<u8>),
     Dir,
     Link(Vec<u8>),
+    /// A FIFO: no data; the kernel serves its opens and I/O without the daemon.
+    Fifo,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,12 +181,13 @@ impl Model {
         file[offset as usize..end].copy_from_slice(data);
     }
 
-    /// An open that reaches the daemon: a file (not a directory, not a symlink).
+    /// An open that reaches the daemon: a file (not a directory, a symlink, which the
+    /// kernel follows, or a FIFO, which the kernel opens itself).
     pub(crate) fn openable(&self, path: &str) -> Result<Option<u64>, i32> {
         let id = self.resolve(path)?;
         match self.nodes[&id].kind {
             MKind::Dir => Err(libc::EISDIR),
-            MKind::Link(_) => Ok(None),
+            MKind::Link(_) | MKind::Fifo => Ok(None),
             MKind::File(_) => Ok(Some(id)),
         }
     }
@@ -273,6 +276,11 @@ impl Model {
             Op::Symlink(path, target) => {
                 self.check_new(path)?;
                 self.insert(path, MKind::Link(target.as_bytes().to_vec()), 0o777);
+                Ok(Val::Unit)
+            }
+            Op::Mkfifo(path, mode) => {
+                self.check_new(path)?;
+                self.insert(path, MKind::Fifo, *mode);
                 Ok(Val::Unit)
             }
             Op::Readlink(path) => {
@@ -403,6 +411,8 @@ impl Model {
                     MKind::File(bytes) | MKind::Link(bytes) => {
                         self.lost.push((format!("/{path}"), bytes.clone()));
                     }
+                    // No bytes to keep: it is simply dropped.
+                    MKind::Fifo => {}
                     MKind::Dir => unreachable!("other writers never touch directories"),
                 }
             }
@@ -435,7 +445,7 @@ impl Model {
                 let node = &self.nodes[id];
                 let content = match &node.kind {
                     MKind::File(d) | MKind::Link(d) => Ok(lossy(d)),
-                    MKind::Dir => Ok(String::new()),
+                    MKind::Dir | MKind::Fifo => Ok(String::new()),
                 };
                 let (kind, size, perm) = match stat_of(node) {
                     Val::Stat(k, s, p) => (k, s, p),
@@ -466,6 +476,10 @@ impl Model {
                         (d.clone(), Some(format!("{:07o}", 0o100000 | node.mode))),
                     ),
                     MKind::Link(d) => (p.clone(), (d.clone(), Some("0120777".to_string()))),
+                    MKind::Fifo => (
+                        p.clone(),
+                        (Vec::new(), Some(format!("{:07o}", 0o010000 | node.mode))),
+                    ),
                     MKind::Dir => (
                         format!("{p}/"),
                         (Vec::new(), Some(format!("{:07o}", 0o040000 | node.mode))),
@@ -487,6 +501,7 @@ pub(crate) fn stat_of(node: &MNode) -> Val {
         MKind::File(d) => Val::Stat(EntryKind::File, d.len() as u64, node.mode),
         MKind::Dir => Val::Stat(EntryKind::Dir, 4096, node.mode),
         MKind::Link(t) => Val::Stat(EntryKind::Symlink, t.len() as u64, 0o777),
+        MKind::Fifo => Val::Stat(EntryKind::Fifo, 0, node.mode),
     }
 }
 

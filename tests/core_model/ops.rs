@@ -36,6 +36,9 @@ pub(crate) enum Op {
     Rmdir(&'static str),
     Chmod(&'static str, u32),
     Symlink(&'static str, String),
+    /// mkfifo(2) (a mknod with S_IFIFO): an entry with no data, exported as a zero-byte
+    /// object whose permissions carry the type bits.
+    Mkfifo(&'static str, u32),
     Readlink(&'static str),
     /// Opens a handle into a slot and keeps it (closing what the slot held).
     Open {
@@ -206,7 +209,8 @@ pub(crate) fn gen_ops(rng: &mut Rng, skip: &BTreeSet<String>, out: &mut Vec<Op>)
                 let path = if rng.chance(75) { file(rng) } else { dir(rng) };
                 ("chmod", vec![Op::Chmod(path, rng.pick(MODES))])
             }
-            57..=58 => ("symlink", vec![Op::Symlink(file(rng), rng.text(12))]),
+            57 => ("symlink", vec![Op::Symlink(file(rng), rng.text(12))]),
+            58 => ("mkfifo", vec![Op::Mkfifo(file(rng), rng.pick(MODES))]),
             59 => ("readlink", vec![Op::Readlink(file(rng))]),
             60..=62 => (
                 "handle",

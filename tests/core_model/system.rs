@@ -148,11 +148,12 @@ pub(crate) async fn resolve_parent(core: &FsCore, path: &str) -> Result<Ino, i32
     Ok(attr.ino)
 }
 
-/// The inode of a file the kernel would open (None: a symlink, which it follows).
+/// The inode of a file the kernel would open (None: a symlink, which it follows, or a
+/// FIFO or socket, which it opens itself).
 pub(crate) async fn openable(core: &FsCore, path: &str) -> Result<Option<Ino>, i32> {
     let attr = resolve(core, path).await?;
     match attr.kind {
-        EntryKind::Symlink => Ok(None),
+        EntryKind::Symlink | EntryKind::Fifo | EntryKind::Socket => Ok(None),
         _ => Ok(Some(attr.ino)),
     }
 }
@@ -288,6 +289,18 @@ pub(crate) async fn apply_core(core: &FsCore, handles: &mut BTreeMap<usize, u64>
                 .map_err(errno)?;
             Ok(Val::Unit)
         }
+        Op::Mkfifo(path, mode) => {
+            let parent = resolve_parent(core, path).await?;
+            core.mknod(
+                ROOT,
+                parent,
+                name_of(path).as_bytes(),
+                s3files::posix::S_IFIFO | *mode,
+            )
+            .await
+            .map_err(errno)?;
+            Ok(Val::Unit)
+        }
         Op::Readlink(path) => {
             let attr = resolve(core, path).await?;
             let target = core.readlink(attr.ino).await.map_err(errno)?;
@@ -407,6 +420,8 @@ pub(crate) async fn snapshot(core: &FsCore) -> (BTreeMap<String, Snap>, Vec<(Str
                     }
                     Err(e) => Err(errno(e)),
                 },
+                // No data: the kernel serves their I/O itself.
+                EntryKind::Fifo | EntryKind::Socket => Ok(String::new()),
             };
             if entry.kind != attr.kind {
                 tree.insert(
