@@ -437,6 +437,17 @@ async fn descendants_of_a_renamed_directory_can_be_path_too_long() {
         queue.status(delete[0]).unwrap().export_error,
         Some(ExportErrorCode::DependencyExportFailed)
     );
+    // A poll round (the old key still listed, its delete pending) changes none of it.
+    let store: Arc<dyn ObjectStore> = r.faulty.clone();
+    tokio::time::timeout(Duration::from_secs(10), r.core.poll_once(&store))
+        .await
+        .expect("poll hung");
+    let status = r.status(&moved).await;
+    assert_eq!(
+        field(&status, "ExportError"),
+        Some("PathTooLong"),
+        "{status}"
+    );
     // Every byte is still on the mount.
     assert_eq!(r.read(&moved).await, b"exported before");
     assert_eq!(r.read(&moved_new).await, b"never exported");
