@@ -2,7 +2,8 @@
 //! script it: `getfattr --only-values -n "user.s3files.status;$(date -u +%s)" PATH`
 //! (the timestamp keeps NFS clients from answering from their xattr cache), fields
 //! `S3Key`, `FilePath` and `ExportError`; `s3files status PATH` prints the same. Also the
-//! PathTooLong export error as a user meets it, and unsupported custom xattrs.
+//! PathTooLong export error as a user meets it, unsupported custom xattrs, and S3 Files'
+//! limits as a program meets them.
 
 mod common;
 
@@ -237,5 +238,37 @@ fn custom_user_xattrs_are_not_supported() {
     assert_eq!(names, ["user.s3files.status"], "{out}");
     // `s3files sync` still works through its own attribute.
     sync(&path, Duration::from_secs(10)).unwrap();
+    assert_answers(&mount.path, Duration::from_secs(5));
+}
+
+/// Symlink targets up to 4,080 bytes, files up to 48 TiB, as S3 Files' quotas say.
+#[test]
+fn symlink_and_file_size_limits() {
+    use std::os::unix::fs::FileExt;
+    let server = S3Server::start();
+    server.create_bucket("limits");
+    let mount = Mount::start(&server, "s3://limits", &["--write-back-delay", "3600s"]);
+    let longest = "t".repeat(4080);
+    std::os::unix::fs::symlink(&longest, mount.join("ok")).unwrap();
+    assert_eq!(
+        std::fs::read_link(mount.join("ok")).unwrap().to_str(),
+        Some(longest.as_str())
+    );
+    let err = std::os::unix::fs::symlink("t".repeat(4081), mount.join("long")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENAMETOOLONG), "{err}");
+    assert!(!mount.join("long").exists());
+
+    let file = std::fs::File::create(mount.join("big")).unwrap();
+    file.write_all_at(b"head", 0).unwrap();
+    let limit: u64 = 48 << 40;
+    let err = file.write_at(b"x", limit).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EFBIG), "{err}");
+    let err = file.set_len(limit + 1).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EFBIG), "{err}");
+    assert_eq!(file.metadata().unwrap().len(), 4);
+    drop(file);
+    sync(&mount.path, Duration::from_secs(20)).unwrap();
+    assert_eq!(server.get("limits", "big"), b"head");
+    assert_eq!(server.get("limits", "ok"), longest.as_bytes());
     assert_answers(&mount.path, Duration::from_secs(5));
 }
