@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what s3files and its tests need on a fresh Debian 12 machine, idempotently:
 #   - fuse3 (fusermount3; the daemon itself mounts with mount(2) as root)
+#   - attr (getfattr/setfattr, which the status tests run as S3 Files users do)
 #   - a Python venv at .venv with moto's S3 server, the store the tests and the demo start
 # Re-running it is cheap: each step is skipped when already done.
 set -euo pipefail
@@ -20,6 +21,13 @@ if ! command -v fusermount3 >/dev/null 2>&1; then
     echo "setup: installing fuse3" >&2
     DEBIAN_FRONTEND=noninteractive apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fuse3 >/dev/null
+fi
+
+if ! command -v getfattr >/dev/null 2>&1; then
+    need_root "apt-get install attr"
+    echo "setup: installing attr (getfattr/setfattr: tests read the status as S3 Files users do)" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq attr >/dev/null
 fi
 
 if [[ ! -e /dev/fuse ]]; then

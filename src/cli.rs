@@ -32,8 +32,9 @@ pub enum Command {
     /// Export every pending change under PATH (default: the current directory) now, and
     /// return once it is in S3.
     Sync(SyncArgs),
-    /// Show the state of PATH (default: the current directory) on an s3files mount: its
-    /// key, export state, how much of it is cached, and the mount's cache and S3 metrics.
+    /// Show the state of PATH (default: the current directory) on an s3files mount: S3
+    /// Files' S3Key, FilePath and ExportError, then its export state, how much of it is
+    /// cached, and the mount's cache and S3 metrics.
     Status(SyncArgs),
 }
 

@@ -568,7 +568,9 @@ impl Filesystem for FuseAdapter {
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let (core, name) = (self.core.clone(), name.to_owned());
         self.spawn(debug_span!("getxattr", ino = ino.0), async move {
-            let result = core.getxattr(ino.0, name.as_encoded_bytes()).await;
+            let result = core
+                .getxattr_sized(ino.0, name.as_encoded_bytes(), size)
+                .await;
             reply_xattr(reply, size, result);
         });
     }

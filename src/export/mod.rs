@@ -3,6 +3,7 @@
 //! write-back delay. This module does the S3 side of one export; `queue` keeps the
 //! records, timers and the export loop; `crate::fs::sync` ties results to the namespace.
 
+pub mod failure;
 pub mod journal;
 pub mod lost_found;
 pub mod queue;
@@ -13,8 +14,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::fs::namespace::MAX_KEY_LEN;
 use crate::posix::PosixMeta;
 use crate::store::{ObjectStore, StoreError, UserMetadata, WriteCondition};
+use failure::ExportFailure;
 use journal::{ExportKind, PendingExport};
 use staging::StagedFile;
 
@@ -61,6 +64,9 @@ pub enum Outcome {
     /// A fault on this machine (staged bytes missing or unreadable, a record that makes
     /// no sense): retrying cannot fix it, so the record is held and reported.
     LocalFault(String),
+    /// S3 would refuse the request as it is (a key over 1,024 bytes, user metadata over
+    /// 2 KB): nothing was sent, and the record is held and reported.
+    Refused(ExportFailure),
 }
 
 /// What went wrong in an upload: the store, or reading the staged bytes.
@@ -83,6 +89,17 @@ pub async fn export_once(
     token: &str,
 ) -> Outcome {
     let metadata = user_metadata(&record.meta, token);
+    if record.kind == ExportKind::Delete {
+        if record.key.len() > MAX_KEY_LEN {
+            // S3 cannot hold such a key, so there is nothing to delete.
+            return Outcome::Done {
+                etag: None,
+                size: 0,
+            };
+        }
+    } else if let Err(refused) = failure::pre_check(&record.key, &metadata) {
+        return Outcome::Refused(refused);
+    }
     let condition = match &record.base_etag {
         Some(etag) => WriteCondition::IfMatch(etag.clone()),
         None => WriteCondition::IfAbsent,

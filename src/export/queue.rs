@@ -18,6 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{Notify, Semaphore};
 use tracing::{error, info, warn};
 
+use super::failure::{ExportErrorCode, ExportFailure};
 use super::journal::{ExportJournal, ExportKind, PendingExport};
 use super::lost_found::LostFound;
 use super::schedule::{Hold, Schedule, SlotState};
@@ -122,6 +123,17 @@ pub trait ExportSink: Send + Sync {
     /// The export met a conflict: the object changed in S3 since the change was based
     /// on it. The sink resolves it (the bucket wins) with `ExportQueue` calls.
     async fn conflict(&self, entry: &Queued);
+}
+
+/// A record's part of `user.s3files.status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordStatus {
+    /// `pending export`, `exporting`, `conflict` or `export failed`.
+    pub state: String,
+    /// The last error of an export attempt, retryable ones included.
+    pub last_error: Option<String>,
+    /// Set when the record failed for good (`export failed`): S3 Files' `ExportError`.
+    pub export_error: Option<ExportErrorCode>,
 }
 
 /// How `ExportQueue::settle` ended.
@@ -621,16 +633,20 @@ impl ExportQueue {
         }
     }
 
-    /// The status line parts for a record: state and last error.
-    pub fn status(&self, id: u64) -> Option<(String, Option<String>)> {
-        self.schedule.lock().state(id).map(|(state, err)| {
-            let state = match state {
-                SlotState::Pending => "pending export".to_string(),
-                SlotState::Exporting => "exporting".to_string(),
-                SlotState::Held(Hold::Conflict) => "conflict".to_string(),
-                SlotState::Held(Hold::Failed(_)) => "export failed".to_string(),
+    /// What `user.s3files.status` says about a record.
+    pub fn status(&self, id: u64) -> Option<RecordStatus> {
+        self.schedule.lock().state(id).map(|(state, last_error)| {
+            let (state, export_error) = match state {
+                SlotState::Pending => ("pending export", None),
+                SlotState::Exporting => ("exporting", None),
+                SlotState::Held(Hold::Conflict) => ("conflict", None),
+                SlotState::Held(Hold::Failed(failure)) => ("export failed", Some(failure.code)),
             };
-            (state, err)
+            RecordStatus {
+                state: state.to_string(),
+                last_error,
+                export_error,
+            }
         })
     }
 
@@ -810,12 +826,17 @@ impl ExportQueue {
                     .finish(id, Some(Instant::now() + delay), Some(e.to_string()));
             }
             Outcome::Failed(e) => {
-                error!(key = record.key, error = %e, "export failed; kept in the journal until `s3files sync`");
-                self.hold(id, Hold::Failed(e.to_string()));
+                let failure = ExportFailure::store(&e);
+                error!(key = record.key, error = %e, code = %failure.code, "export failed; kept in the journal until `s3files sync`");
+                self.hold(id, Hold::Failed(failure));
             }
             Outcome::LocalFault(e) => {
-                error!(key = record.key, error = %e, "export failed on this machine; kept in the journal until `s3files sync`");
-                self.hold(id, Hold::Failed(e));
+                error!(key = record.key, error = %e, code = %ExportErrorCode::InternalError, "export failed on this machine; kept in the journal until `s3files sync`");
+                self.hold(id, Hold::Failed(ExportFailure::local(e)));
+            }
+            Outcome::Refused(failure) => {
+                error!(key = record.key, error = %failure, code = %failure.code, "export refused before sending: S3 would not take it; kept in the journal until `s3files sync`");
+                self.hold(id, Hold::Failed(failure));
             }
         }
     }

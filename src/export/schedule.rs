@@ -5,13 +5,15 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
 
+use super::failure::{ExportErrorCode, ExportFailure};
+
 /// Why a record is not exported automatically any more.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Hold {
     /// The object changed in S3; the local copy is kept, never exported.
     Conflict,
     /// An error that retrying will not fix; `sync` tries again.
-    Failed(String),
+    Failed(ExportFailure),
 }
 
 #[derive(Debug, Clone)]
@@ -195,7 +197,7 @@ impl Schedule {
             slot.running = false;
             slot.last_error = match &hold {
                 Hold::Conflict => Some("the object changed in S3 (conflict)".into()),
-                Hold::Failed(reason) => Some(reason.clone()),
+                Hold::Failed(failure) => Some(failure.message.clone()),
             };
             slot.hold = Some(hold);
         }
@@ -206,10 +208,35 @@ impl Schedule {
             let state = match (&s.hold, s.running) {
                 (Some(h), _) => SlotState::Held(h.clone()),
                 (None, true) => SlotState::Exporting,
-                (None, false) => SlotState::Pending,
+                (None, false) => match self.failed_dependency(s) {
+                    Some(failure) => {
+                        return (
+                            SlotState::Held(Hold::Failed(failure.clone())),
+                            Some(failure.message),
+                        )
+                    }
+                    None => SlotState::Pending,
+                },
             };
             (state, s.last_error.clone())
         })
+    }
+
+    /// A record waiting for one that failed for good cannot export either (until a
+    /// `sync` or a new change releases that one): it counts as failed, with S3 Files'
+    /// `DependencyExportFailed`, so `sync` and unmount do not wait for it.
+    fn failed_dependency(&self, slot: &Slot) -> Option<ExportFailure> {
+        let after = self.slots.get(&slot.after?)?;
+        match &after.hold {
+            Some(Hold::Failed(failure)) => Some(ExportFailure::new(
+                ExportErrorCode::DependencyExportFailed,
+                format!(
+                    "waits for the export of {}, which failed ({}: {})",
+                    after.key, failure.code, failure.message
+                ),
+            )),
+            _ => None,
+        }
     }
 
     fn unindex(&mut self, id: u64) {
@@ -272,13 +299,43 @@ mod tests {
     }
 
     #[test]
+    fn a_record_waiting_for_a_failed_one_fails_with_it() {
+        let t0 = Instant::now();
+        let mut s = Schedule::default();
+        s.touch(1, "new", t0);
+        s.touch_after(2, "old", t0, Some(1));
+        assert_eq!(s.take_due(t0, 10), vec![1]);
+        assert_eq!(s.state(2).unwrap().0, SlotState::Pending);
+        s.hold(
+            1,
+            Hold::Failed(ExportFailure::new(ExportErrorCode::PathTooLong, "long")),
+        );
+        let (state, error) = s.state(2).unwrap();
+        match state {
+            SlotState::Held(Hold::Failed(f)) => {
+                assert_eq!(f.code, ExportErrorCode::DependencyExportFailed)
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(error.unwrap().contains("PathTooLong"));
+        assert!(s.take_due(t0, 10).is_empty(), "it still waits");
+        // A sync releases the failed one: the dependent waits again, not failed.
+        s.expedite(&[1], t0);
+        assert_eq!(s.state(2).unwrap().0, SlotState::Pending);
+        // A conflict is no export failure of the dependency.
+        assert_eq!(s.take_due(t0, 10), vec![1]);
+        s.hold(1, Hold::Conflict);
+        assert_eq!(s.state(2).unwrap().0, SlotState::Pending);
+    }
+
+    #[test]
     fn holds_and_sync() {
         let t0 = Instant::now();
         let mut s = Schedule::default();
         s.touch(1, "a", t0);
         assert_eq!(s.take_due(t0, 10), vec![1]);
         assert_eq!(s.state(1).unwrap().0, SlotState::Exporting);
-        s.hold(1, Hold::Failed("denied".into()));
+        s.hold(1, Hold::Failed(ExportFailure::local("denied")));
         assert!(s.take_due(t0, 10).is_empty());
         assert_eq!(s.state(1).unwrap().1.as_deref(), Some("denied"));
         s.expedite(&[1], t0);

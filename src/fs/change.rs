@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use super::access::{self, Identity};
 use super::inode::{Ino, Node, NodeState};
 use super::life::{Change, Source, SyncLife};
-use super::namespace::{check_segment, MAX_KEY_LEN};
+use super::namespace::{check_segment, MAX_DIR_DEPTH, MAX_KEY_LEN};
 use super::sync::io_error;
 use super::{Attr, FsCore, FsError, FsResult};
 use crate::export::journal::{ExportKind, PendingExport};
@@ -50,8 +50,24 @@ pub(super) async fn copy_into_staging(
     }
     Ok(())
 }
-/// Longest symlink target accepted (PATH_MAX).
-const MAX_SYMLINK_TARGET: usize = 4096;
+/// Longest symlink target accepted: S3 Files' limit, 4,080 bytes (a little under
+/// Linux's PATH_MAX of 4,096, which the kernel enforces before asking us).
+pub const MAX_SYMLINK_TARGET: usize = 4080;
+/// Largest file: S3 Files' limit, 48 TiB (what multipart uploads are sized for).
+pub const MAX_FILE_SIZE: u64 = 48 << 40;
+
+/// How many of `len` bytes a write at `offset` may write: all of them below the size
+/// limit, those up to it when the write crosses it (a short write, as Linux does at a
+/// file system's size limit), and EFBIG when it starts at or past it.
+pub(super) fn writable_len(offset: u64, len: usize) -> FsResult<usize> {
+    if len == 0 {
+        return Ok(0);
+    }
+    if offset >= MAX_FILE_SIZE {
+        return Err(FsError::TooBig);
+    }
+    Ok(len.min((MAX_FILE_SIZE - offset).try_into().unwrap_or(usize::MAX)))
+}
 
 /// What a setattr asks to change.
 #[derive(Debug, Clone, Default)]
@@ -135,6 +151,11 @@ impl FsCore {
             // S3 cannot hold the key: refuse now, not minutes later at export.
             return Err(FsError::NameTooLong);
         }
+        if is_dir && self.depth_of(dir)? + 1 > MAX_DIR_DEPTH {
+            // S3 Files' depth limit; the key limit above keeps new directories well
+            // within it, so this guards the rule rather than a case met today.
+            return Err(FsError::NameTooLong);
+        }
         if self.inodes.child(dir, name).is_some() {
             return Err(FsError::Exists);
         }
@@ -210,6 +231,8 @@ impl FsCore {
         name: &[u8],
         mode: u32,
     ) -> FsResult<(Attr, u64)> {
+        // The open-file limit first: a create that cannot open leaves no entry behind.
+        let slot = self.reserve_handle()?;
         let dir = self.node(parent)?;
         let name = self.prepare_new_entry(caller, &dir, name, false).await?;
         let queue = self.queue()?;
@@ -217,7 +240,7 @@ impl FsCore {
         let staged = Arc::new(queue.staging().create(id).map_err(io_error)?);
         let meta = self.new_meta(caller, S_IFREG | (mode & 0o7777));
         let node = self.add_local_entry(&dir, name, meta, Some(staged.clone()), id)?;
-        let handle = self.add_write_handle(node.clone(), staged, true);
+        let handle = self.add_write_handle(node.clone(), staged, true, slot);
         Ok((self.attr(&node), handle))
     }
 
@@ -245,14 +268,16 @@ impl FsCore {
         name: &[u8],
         target: &[u8],
     ) -> FsResult<Attr> {
-        let dir = self.node(parent)?;
-        let name = self.prepare_new_entry(caller, &dir, name, false).await?;
+        // The target first, as Linux does: an empty one is ENOENT, a long one
+        // ENAMETOOLONG, whatever the name.
         if target.is_empty() {
-            return Err(FsError::Invalid);
+            return Err(FsError::NotFound);
         }
         if target.len() > MAX_SYMLINK_TARGET {
             return Err(FsError::NameTooLong);
         }
+        let dir = self.node(parent)?;
+        let name = self.prepare_new_entry(caller, &dir, name, false).await?;
         let queue = self.queue()?;
         let id = queue.new_id();
         let staged = Arc::new(queue.staging().create(id).map_err(io_error)?);
@@ -564,6 +589,7 @@ impl FsCore {
     pub fn write(&self, handle: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
         let file = self.handle(handle)?;
         let staged = self.live_write_target(&file)?;
+        let data = &data[..writable_len(offset, data.len())?];
         staged.write_at(data, offset).map_err(io_error)?;
         self.mark_data_dirty(&file.node, &staged)?;
         Ok(data.len() as u32)
@@ -577,6 +603,9 @@ impl FsCore {
         let file = self.handle(handle)?;
         let staged = self.live_write_target(&file)?;
         let end = offset.saturating_add(length);
+        if end > MAX_FILE_SIZE {
+            return Err(FsError::TooBig);
+        }
         if end > staged.size() {
             staged.set_len(end).map_err(io_error)?;
             self.mark_data_dirty(&file.node, &staged)?;
@@ -633,6 +662,9 @@ impl FsCore {
                 // As truncate(2) of a FIFO or socket on a local file system (the kernel
                 // refuses it before asking the daemon).
                 return Err(FsError::Invalid);
+            }
+            if size > MAX_FILE_SIZE {
+                return Err(FsError::TooBig);
             }
             // A truncate to the size the file has changes nothing (POSIX leaves even its
             // mtime alone), so it is not a change to export.

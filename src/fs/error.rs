@@ -40,6 +40,9 @@ pub enum FsError {
     NoSpace,
     #[error("file too large")]
     TooBig,
+    /// The mount's open-file limit (S3 Files: 65,536) is reached.
+    #[error("too many open files on this mount")]
+    TooManyOpenFiles,
     /// A request the kernel may stop sending (FLUSH, copy_file_range): it falls back.
     #[error("not implemented")]
     Unimplemented,
@@ -67,6 +70,7 @@ impl FsError {
             FsError::Io => libc::EIO,
             FsError::NoSpace => libc::ENOSPC,
             FsError::TooBig => libc::EFBIG,
+            FsError::TooManyOpenFiles => libc::ENFILE,
             FsError::Unimplemented => libc::ENOSYS,
             FsError::Store(e) => store_errno(e),
         }
@@ -76,7 +80,9 @@ impl FsError {
 fn store_errno(error: &StoreError) -> i32 {
     match error {
         StoreError::NotFound => libc::ENOENT,
-        StoreError::AccessDenied(_) | StoreError::BadCredentials(_) => libc::EACCES,
+        StoreError::AccessDenied(_)
+        | StoreError::BadCredentials(_)
+        | StoreError::KeyInaccessible(_) => libc::EACCES,
         // Everything else (throttling and 5xx after retries, an unreachable endpoint, a
         // vanished bucket, an object that changed under an open handle) is an I/O error.
         _ => libc::EIO,
@@ -118,6 +124,8 @@ mod tests {
                 libc::EIO,
             ),
             (StoreError::PreconditionFailed, libc::EIO),
+            (StoreError::KeyInaccessible(String::new()), libc::EACCES),
+            (StoreError::ObjectArchived(String::new()), libc::EIO),
         ];
         for (error, errno) in cases {
             assert_eq!(FsError::from(error.clone()).errno(), errno, "{error:?}");

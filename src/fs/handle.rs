@@ -2,7 +2,7 @@
 //! reading (local bytes, then the cache, then S3) and releasing. Each handle owns its
 //! data source (docs/SEMANTICS.md "What an open file sees").
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -57,7 +57,38 @@ fn refuse_open(state: &super::inode::NodeState) -> FsResult<()> {
     Ok(())
 }
 
+/// Open file handles a mount allows at once: S3 Files' limit per mount. One more is
+/// ENFILE (the whole file system's table is full, not the caller's).
+pub const MAX_OPEN_FILES: usize = 65_536;
+
+/// One reserved place in the open-file count, taken before an open does any work and
+/// handed to the handle it makes; dropped unused (the open failed), it frees the place.
+pub(super) struct HandleSlot<'a>(Option<&'a AtomicUsize>);
+
+impl Drop for HandleSlot<'_> {
+    fn drop(&mut self) {
+        if let Some(count) = self.0 {
+            count.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
 impl FsCore {
+    /// Reserves a place for one more open file; ENFILE at `MAX_OPEN_FILES`.
+    pub(super) fn reserve_handle(&self) -> FsResult<HandleSlot<'_>> {
+        self.open_files
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_OPEN_FILES).then_some(n + 1)
+            })
+            .map_err(|_| FsError::TooManyOpenFiles)?;
+        Ok(HandleSlot(Some(&self.open_files)))
+    }
+
+    /// Open file handles now.
+    pub fn open_files(&self) -> usize {
+        self.open_files.load(Ordering::Acquire)
+    }
+
     /// Opens a file. `write` and `truncate` say what the open asked for; a file opened
     /// for writing gets local bytes in the staging area.
     /// Returns the handle and whether the kernel may keep the pages it cached from an
@@ -71,6 +102,7 @@ impl FsCore {
     ) -> FsResult<(u64, bool)> {
         let node = self.node(ino)?;
         refuse_open(&node.state())?;
+        let slot = self.reserve_handle()?;
         if write || truncate {
             if self.queue.is_none() {
                 return Err(self.refuse_write());
@@ -81,11 +113,11 @@ impl FsCore {
             }
             let staged = self.open_for_write(&node, truncate).await?;
             node.state().page_cache_etag = None;
-            return Ok((self.add_write_handle(node, staged, write), false));
+            return Ok((self.add_write_handle(node, staged, write, slot), false));
         }
         self.check(caller, &node, access::READ).await?;
         self.ensure_meta(&node).await?;
-        Ok(self.open_for_read(node))
+        Ok(self.open_for_read(node, slot))
     }
 
     /// A read-only open answered without waiting: the node's metadata is known, so the
@@ -117,11 +149,15 @@ impl FsCore {
         if let Err(e) = self.check_known(caller, meta, false, access::READ) {
             return Some(Err(e));
         }
-        Some(Ok(self.open_for_read(node)))
+        let slot = match self.reserve_handle() {
+            Ok(slot) => slot,
+            Err(e) => return Some(Err(e)),
+        };
+        Some(Ok(self.open_for_read(node, slot)))
     }
 
     /// Registers a read-only handle; says whether the kernel may keep cached pages.
-    pub(super) fn open_for_read(&self, node: Arc<Node>) -> (u64, bool) {
+    pub(super) fn open_for_read(&self, node: Arc<Node>, slot: HandleSlot<'_>) -> (u64, bool) {
         let keep_cache = {
             let mut state = node.state();
             let etag = match (&state.sync, &state.remote) {
@@ -133,12 +169,12 @@ impl FsCore {
             keep
         };
         self.import_on_open(&node);
-        (self.add_handle(node, false), keep_cache)
+        (self.add_handle(node, false, slot), keep_cache)
     }
 
     /// Registers a handle on a node, reading from the node's local bytes if it has
     /// them, else from its object version (a pending copy's source, or `remote`).
-    pub(super) fn add_handle(&self, node: Arc<Node>, writable: bool) -> u64 {
+    pub(super) fn add_handle(&self, node: Arc<Node>, writable: bool, slot: HandleSlot<'_>) -> u64 {
         let source = {
             let mut state = node.state();
             state.handles += 1;
@@ -162,7 +198,7 @@ impl FsCore {
                 }
             }
         };
-        self.insert_handle(node, source, writable)
+        self.insert_handle(node, source, writable, slot)
     }
 
     /// Registers a handle that writes to (and reads from) `staged`.
@@ -171,9 +207,10 @@ impl FsCore {
         node: Arc<Node>,
         staged: Arc<StagedFile>,
         writable: bool,
+        slot: HandleSlot<'_>,
     ) -> u64 {
         node.state().handles += 1;
-        self.insert_handle(node, HandleSource::Staged(staged), writable)
+        self.insert_handle(node, HandleSource::Staged(staged), writable, slot)
     }
 
     pub(super) fn insert_handle(
@@ -181,7 +218,10 @@ impl FsCore {
         node: Arc<Node>,
         source: HandleSource,
         writable: bool,
+        mut slot: HandleSlot<'_>,
     ) -> u64 {
+        // The handle holds the place now; `release` frees it.
+        slot.0 = None;
         let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
         self.files.insert(
             handle,
@@ -293,6 +333,7 @@ impl FsCore {
         let Some((_, file)) = self.files.remove(&handle) else {
             return;
         };
+        self.open_files.fetch_sub(1, Ordering::AcqRel);
         let forget = {
             let mut state = file.node.state();
             state.handles = state.handles.saturating_sub(1);

@@ -52,6 +52,10 @@ pub const STATUS_XATTR: &str = "user.s3files.status";
 /// Setting this virtual attribute on a path exports everything pending under it now and
 /// answers once it is in S3 (`s3files sync` uses it).
 pub const SYNC_XATTR: &str = "user.s3files.sync";
+/// How long a status text measured by a size-0 getxattr is kept for the caller's next
+/// call: far longer than the microseconds between a caller's two calls, short enough
+/// that a later read never sees an old text.
+const STATUS_REREAD: std::time::Duration = std::time::Duration::from_secs(1);
 /// Objects no larger than this may be symlinks (a target is at most PATH_MAX bytes), so
 /// a listing alone cannot tell their type: readdir fetches their metadata first.
 const MAX_SYMLINK_SIZE: u64 = 4096;
@@ -127,10 +131,18 @@ pub struct StatFs {
     pub namelen: u32,
 }
 
+/// Status texts measured by a size-0 getxattr, by (inode, attribute name), with when.
+type MeasuredStatus = std::collections::HashMap<(Ino, Vec<u8>), (std::time::Instant, Vec<u8>)>;
+
 pub struct FsCore {
     store: Arc<dyn ObjectStore>,
     inodes: InodeTable,
     files: DashMap<u64, Arc<handle::OpenFile>>,
+    /// Status texts whose length a size-0 getxattr just reported, by (inode, name), for
+    /// the caller's next call (`getxattr_sized`).
+    measured_status: Mutex<MeasuredStatus>,
+    /// Entries in `files` plus places reserved by opens under way (`reserve_handle`).
+    open_files: std::sync::atomic::AtomicUsize,
     dirs: DashMap<u64, Arc<Vec<DirEntry>>>,
     next_handle: AtomicU64,
     options: CoreOptions,
@@ -166,6 +178,8 @@ impl FsCore {
             store,
             inodes: InodeTable::new(&options.root_prefix),
             files: DashMap::new(),
+            open_files: std::sync::atomic::AtomicUsize::new(0),
+            measured_status: Mutex::new(std::collections::HashMap::new()),
             dirs: DashMap::new(),
             next_handle: AtomicU64::new(1),
             options,
@@ -434,7 +448,7 @@ impl FsCore {
 
     pub async fn getxattr(&self, ino: Ino, name: &[u8]) -> FsResult<Vec<u8>> {
         let node = self.node(ino)?;
-        if name == STATUS_XATTR.as_bytes() {
+        if is_status_xattr(name) {
             return Ok(self.status(&node).into_bytes());
         }
         if name.starts_with(b"user.") {
@@ -444,6 +458,39 @@ impl FsCore {
         }
     }
 
+    /// `getxattr` as the kernel asks: size 0 asks for the value's length, and callers
+    /// (getfattr, every libattr user) then ask again with a buffer that long. The status
+    /// changes as the mount works (its counters), so the text measured is kept for that
+    /// second call (for `STATUS_REREAD` at most), which would otherwise find it grown and
+    /// fail with ERANGE. A call with a buffer and nothing measured gets a fresh text.
+    pub async fn getxattr_sized(&self, ino: Ino, name: &[u8], size: u32) -> FsResult<Vec<u8>> {
+        if !is_status_xattr(name) {
+            return self.getxattr(ino, name).await;
+        }
+        let key = (ino, name.to_vec());
+        if size > 0 {
+            let measured = self
+                .measured_status
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&key);
+            return match measured {
+                Some((at, text)) if at.elapsed() < STATUS_REREAD && text.len() <= size as usize => {
+                    Ok(text)
+                }
+                _ => self.getxattr(ino, name).await,
+            };
+        }
+        let text = self.getxattr(ino, name).await?;
+        let mut measured = self
+            .measured_status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        measured.retain(|_, (at, _)| at.elapsed() < STATUS_REREAD);
+        measured.insert(key, (std::time::Instant::now(), text.clone()));
+        Ok(text)
+    }
+
     pub async fn setxattr(&self, ino: Ino, name: &[u8]) -> FsResult<()> {
         self.node(ino)?;
         if name == SYNC_XATTR.as_bytes() {
@@ -451,7 +498,7 @@ impl FsCore {
         }
         // The status is virtual and read-only. ENOTSUP (not EPERM) lets `cp -a` and `mv`
         // carry on quietly when they copy attributes between files of this mount.
-        if self.queue.is_none() && name != STATUS_XATTR.as_bytes() {
+        if self.queue.is_none() && !is_status_xattr(name) {
             return Err(self.refuse_write());
         }
         Err(FsError::NotSupported)
@@ -459,7 +506,7 @@ impl FsCore {
 
     pub fn removexattr(&self, ino: Ino, name: &[u8]) -> FsResult<()> {
         self.node(ino)?;
-        if self.queue.is_none() && name != STATUS_XATTR.as_bytes() {
+        if self.queue.is_none() && !is_status_xattr(name) {
             return Err(self.refuse_write());
         }
         Err(FsError::NotSupported)
@@ -477,16 +524,21 @@ impl FsCore {
         FsError::ReadOnly
     }
 
-    /// The `user.s3files.status` text of a node.
+    /// The `user.s3files.status` text of a node: S3 Files' fields first (`S3Key`,
+    /// `FilePath`, `ExportError` when the export failed for good), so scripts written
+    /// for S3 Files read it unchanged; then s3files' own lines.
     fn status(&self, node: &Node) -> String {
         let key = node.state().key.clone();
-        let (state, last_error) = self.sync_state(node);
-        let mut status = format!(
-            "key: s3://{}/{}\npath: {}\nstate: {state}\nlast-error: {last_error}\n",
+        let path = self.path_of(node);
+        let (state, last_error, export_error) = self.sync_status(node);
+        let mut status = format!("S3Key: {key}\nFilePath: {path}\n");
+        if let Some(code) = export_error {
+            status.push_str(&format!("ExportError: {code}\n"));
+        }
+        status.push_str(&format!(
+            "key: s3://{}/{key}\npath: {path}\nstate: {state}\nlast-error: {last_error}\n",
             self.options.bucket,
-            key,
-            self.path_of(node)
-        );
+        ));
         if let Some((cached, size)) = self.cached_bytes(node) {
             status.push_str(&format!("cached: {cached} of {size} bytes\n"));
         }
@@ -659,6 +711,17 @@ impl FsCore {
     }
 }
 
+/// Whether `name` asks for the status: `user.s3files.status`, or S3 Files' form with a
+/// timestamp, `user.s3files.status;<digits>` (a name no NFS client has cached, so every
+/// read reaches the server; scripts pass `$(date -u +%s)`).
+pub fn is_status_xattr(name: &[u8]) -> bool {
+    match name.strip_prefix(STATUS_XATTR.as_bytes()) {
+        Some([]) => true,
+        Some([b';', digits @ ..]) => !digits.is_empty() && digits.iter().all(u8::is_ascii_digit),
+        _ => false,
+    }
+}
+
 /// An entry's kind: a directory by its node, anything else by the type bits of the
 /// metadata it shows (local first); a file until its metadata is known.
 fn kind_of(state: &inode::NodeState) -> EntryKind {
@@ -675,6 +738,10 @@ fn kind_of(state: &inode::NodeState) -> EntryKind {
 mod access_tests;
 #[cfg(test)]
 mod special_tests;
+#[cfg(test)]
+mod limits_tests;
+#[cfg(test)]
+mod status_tests;
 #[cfg(test)]
 mod sync_tests;
 #[cfg(test)]

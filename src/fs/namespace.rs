@@ -8,6 +8,11 @@ use std::collections::{BTreeMap, BTreeSet};
 pub const MAX_NAME_LEN: usize = 255;
 /// Longest key S3 accepts; a path that would make a longer key cannot be exported.
 pub const MAX_KEY_LEN: usize = 1024;
+/// Deepest a directory may be below the mount root (S3 Files' limit: 1,000 levels).
+/// The root is at depth 0, `/a` at 1. New directories cannot reach it (a key of at most
+/// 1,024 bytes holds at most 512 levels); a directory rename that moves a deep tree
+/// below another can.
+pub const MAX_DIR_DEPTH: usize = 1000;
 
 /// Why a key (or one of its path segments) cannot be shown as a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

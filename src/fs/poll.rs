@@ -66,7 +66,12 @@ impl FsCore {
         }
         let prefix = {
             let state = dir.state();
-            if !state.linked || state.children.is_none() {
+            // A prefix longer than any key (a directory moved below a long name, whose
+            // exports fail with PathTooLong) has nothing below it in S3 to find.
+            if !state.linked
+                || state.children.is_none()
+                || state.key.len() > super::namespace::MAX_KEY_LEN
+            {
                 return Ok(());
             }
             state.key.clone()

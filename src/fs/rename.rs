@@ -3,13 +3,14 @@
 //! moved node takes the version at its new key as its `remote` (docs/SEMANTICS.md
 //! "Conflicts": a conflict is only judged at the same key).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::access::{self, Identity};
 use super::change::record;
 use super::inode::{Ino, Node, RemoteObject, ROOT_INO};
 use super::life::{Change, Source, SyncLife};
-use super::namespace::{check_segment, MAX_KEY_LEN};
+use super::namespace::{check_segment, MAX_DIR_DEPTH, MAX_KEY_LEN};
 use super::{FsCore, FsError, FsResult};
 use crate::export::journal::{ExportKind, PendingExport};
 
@@ -83,20 +84,22 @@ impl FsCore {
                 cursor = self.node(cursor)?.state().parent;
             }
         }
+        // The entry's own new key must fit in S3 (fail early, as create does). Keys
+        // below a moved directory may grow past 1,024 bytes: S3 Files allows the rename
+        // and fails those entries' exports with `PathTooLong` (docs/SEMANTICS.md), and
+        // so does s3files; the old objects stay until their new keys are written.
+        let own_key_len = to.state().key.len() + new_name.len() + usize::from(src_is_dir);
+        if own_key_len > MAX_KEY_LEN {
+            return Err(FsError::NameTooLong);
+        }
         // Everything that moves must be known: list the whole subtree, and read the
         // metadata a server-side copy has to carry.
         let subtree = self.load_subtree(&src).await?;
-        let new_prefix_len = to.state().key.len() + new_name.len() + 1;
-        let old_prefix_len = src.state().key.len();
+        if src_is_dir {
+            self.check_moved_depth(&subtree, self.depth_of(&to)?)?;
+        }
         for node in &subtree {
-            let (key_len, is_dir) = {
-                let s = node.state();
-                (s.key.len(), s.is_dir)
-            };
-            if key_len - old_prefix_len + new_prefix_len > MAX_KEY_LEN {
-                return Err(FsError::NameTooLong);
-            }
-            if !is_dir {
+            if !node.state().is_dir {
                 self.ensure_meta(node).await?;
             }
         }
@@ -151,6 +154,43 @@ impl FsCore {
             // keys that hold nothing yet.
             let at_new_key = if i == 0 { target_remote.clone() } else { None };
             self.rekey(node, old_key, at_new_key)?;
+        }
+        Ok(())
+    }
+
+    /// How many levels below the mount root a node is (the root: 0).
+    pub(super) fn depth_of(&self, node: &Node) -> FsResult<usize> {
+        let mut depth = 0;
+        let mut cursor = node.ino;
+        while cursor != ROOT_INO {
+            depth += 1;
+            cursor = self.node(cursor)?.state().parent;
+        }
+        Ok(depth)
+    }
+
+    /// ENAMETOOLONG if a directory of `subtree` (the moved entry first, parents before
+    /// children, as `load_subtree` returns it) would end up deeper than
+    /// `MAX_DIR_DEPTH` below a new parent at depth `parent_depth`.
+    fn check_moved_depth(&self, subtree: &[Arc<Node>], parent_depth: usize) -> FsResult<()> {
+        let mut depths: HashMap<Ino, usize> = HashMap::with_capacity(subtree.len());
+        for (i, node) in subtree.iter().enumerate() {
+            let (parent, is_dir) = {
+                let s = node.state();
+                (s.parent, s.is_dir)
+            };
+            if !is_dir {
+                continue;
+            }
+            let depth = if i == 0 {
+                parent_depth + 1
+            } else {
+                depths.get(&parent).copied().unwrap_or(parent_depth + 1) + 1
+            };
+            if depth > MAX_DIR_DEPTH {
+                return Err(FsError::NameTooLong);
+            }
+            depths.insert(node.ino, depth);
         }
         Ok(())
     }
@@ -231,10 +271,12 @@ impl FsCore {
                     source = Some(src.clone());
                 }
             }
-            let copy_id = (rec.kind == ExportKind::Copy).then_some(rec.id);
             // The old key is deleted once the new one is written, if anything is there:
             // the entry's object, or (a copy still pending from an earlier rename) that
-            // rename's own delete covers its source.
+            // rename's own delete covers its source. It waits for the new key's export
+            // (copy or upload alike), so S3 never holds neither: if that export fails
+            // for good (a key too long for S3), the old object stays.
+            let new_key_export = Some(rec.id);
             let old_in_s3 = old_remote.is_some();
             let staged = change.staged.clone();
             self.commit(node, rec, staged, |state| {
@@ -246,7 +288,7 @@ impl FsCore {
             })?;
             if old_in_s3 {
                 let seen = old_remote.as_ref().and_then(|r| r.etag.clone());
-                self.record_delete(old_key.to_string(), seen, copy_id)?;
+                self.record_delete(old_key.to_string(), seen, new_key_export)?;
             }
             if at_new_key.is_none() {
                 self.take_over_key(node, change.id, &new_key)?;

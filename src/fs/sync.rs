@@ -18,6 +18,7 @@ use super::inode::{Ino, Node, NodeState, RemoteObject, ROOT_INO};
 use super::life::{Change, Source, SyncLife};
 use super::namespace::DirEntries;
 use super::{FsCore, FsError, FsResult};
+use crate::export::failure::ExportErrorCode;
 use crate::export::journal::{ExportKind, PendingExport};
 use crate::export::lost_found;
 use crate::export::queue::{ExportQueue, ExportSink, Queued, Settled, WaitOutcome};
@@ -759,7 +760,15 @@ impl FsCore {
     }
 
     /// The state part of `user.s3files.status` for a node.
+    #[cfg(test)]
     pub(super) fn sync_state(&self, node: &Node) -> (String, String) {
+        let (state, last_error, _) = self.sync_status(node);
+        (state, last_error)
+    }
+
+    /// State, last error and (for an export that failed for good) its S3 Files code, as
+    /// one snapshot.
+    pub(super) fn sync_status(&self, node: &Node) -> (String, String, Option<ExportErrorCode>) {
         let life = node.state().sync.clone();
         match life {
             SyncLife::Lost {
@@ -768,14 +777,19 @@ impl FsCore {
             } => (
                 "conflict".into(),
                 format!("the object changed in S3; this local copy of {origin} is never exported\noriginal-path: {origin}"),
+                None,
             ),
             SyncLife::Pending(change) => {
                 match self.queue.as_ref().and_then(|q| q.status(change.id)) {
-                    Some((state, err)) => (state, err.unwrap_or_else(|| "none".into())),
-                    None => ("synced".into(), "none".into()),
+                    Some(status) => (
+                        status.state,
+                        status.last_error.unwrap_or_else(|| "none".into()),
+                        status.export_error,
+                    ),
+                    None => ("synced".into(), "none".into(), None),
                 }
             }
-            _ => ("synced".into(), "none".into()),
+            _ => ("synced".into(), "none".into(), None),
         }
     }
 

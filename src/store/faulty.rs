@@ -58,6 +58,8 @@ pub enum Fault {
     PreconditionFailed,
     /// 404: no such key.
     NotFound,
+    /// Any other answer of the store, as given (e.g. `MetadataTooLarge`, `AccessDenied`).
+    Error(StoreError),
     /// The request reaches the wrapped store, after this long (`tokio::time::sleep`, so a
     /// test on a paused clock stays deterministic).
     Slow(Duration),
@@ -79,6 +81,7 @@ impl Fault {
             Fault::Timeout => Some(StoreError::Unreachable("timed out (injected)".into())),
             Fault::PreconditionFailed => Some(StoreError::PreconditionFailed),
             Fault::NotFound => Some(StoreError::NotFound),
+            Fault::Error(error) => Some(error.clone()),
             Fault::Slow(_) => None,
         }
     }

@@ -84,6 +84,11 @@ impl MemoryStore {
         self.lock().get(key).map(|o| o.data.clone())
     }
 
+    /// Every key held, in order (for assertions).
+    pub fn keys(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+
     /// The metadata of an object, if present (for assertions).
     pub fn metadata(&self, key: &str) -> Option<HashMap<String, String>> {
         self.lock().get(key).map(|o| o.metadata.clone())

@@ -59,6 +59,18 @@ pub enum StoreError {
     PreconditionFailed,
     #[error("requested range not satisfiable")]
     InvalidRange,
+    /// The object is archived (a Glacier storage class): S3 answers InvalidObjectState.
+    #[error("object archived (InvalidObjectState){}", fmt_detail(.0))]
+    ObjectArchived(String),
+    /// The KMS key that encrypts the object or the bucket cannot be used.
+    #[error("encryption key inaccessible{}", fmt_detail(.0))]
+    KeyInaccessible(String),
+    /// The request's user metadata is over S3's 2 KB limit (MetadataTooLarge).
+    #[error("user metadata too large (MetadataTooLarge){}", fmt_detail(.0))]
+    MetadataTooLarge(String),
+    /// The key is over S3's 1,024 bytes (KeyTooLongError).
+    #[error("key too long (KeyTooLongError){}", fmt_detail(.0))]
+    KeyTooLong(String),
     #[error("throttled by the store{}", fmt_detail(.0))]
     Throttled(String),
     #[error("endpoint unreachable: {0}")]

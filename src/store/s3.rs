@@ -596,6 +596,17 @@ fn from_service(status: u16, code: &str, message: &str) -> StoreError {
         (_, "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "InvalidToken" | "ExpiredToken") => {
             StoreError::BadCredentials(code.to_string())
         }
+        // Refusals S3 Files reports with their own export error codes: kept apart from
+        // plain access denials (KMS answers 403 too, as does an archived object).
+        (_, "InvalidObjectState") => StoreError::ObjectArchived(message.to_string()),
+        (_, "MetadataTooLarge") => StoreError::MetadataTooLarge(message.to_string()),
+        (_, "KeyTooLongError") => StoreError::KeyTooLong(message.to_string()),
+        (_, code) if code.starts_with("KMS.") => {
+            StoreError::KeyInaccessible(format!("{code}: {message}"))
+        }
+        // A denial by KMS (the caller may not use the key) comes as AccessDenied whose
+        // message names the KMS action.
+        (403, _) if message.contains("kms:") => StoreError::KeyInaccessible(message.to_string()),
         (403, _) => StoreError::AccessDenied(message.to_string()),
         (412, _) => StoreError::PreconditionFailed,
         (416, _) => StoreError::InvalidRange,
@@ -672,6 +683,32 @@ mod tests {
         assert_eq!(
             from_service(503, "SlowDown", ""),
             StoreError::Throttled("SlowDown".into())
+        );
+        assert_eq!(
+            from_service(403, "InvalidObjectState", "archived"),
+            StoreError::ObjectArchived("archived".into())
+        );
+        assert_eq!(
+            from_service(400, "MetadataTooLarge", "big"),
+            StoreError::MetadataTooLarge("big".into())
+        );
+        assert_eq!(
+            from_service(400, "KeyTooLongError", "long"),
+            StoreError::KeyTooLong("long".into())
+        );
+        assert_eq!(
+            from_service(400, "KMS.DisabledException", "off"),
+            StoreError::KeyInaccessible("KMS.DisabledException: off".into())
+        );
+        assert_eq!(
+            from_service(
+                403,
+                "AccessDenied",
+                "User: x is not authorized to perform: kms:GenerateDataKey"
+            ),
+            StoreError::KeyInaccessible(
+                "User: x is not authorized to perform: kms:GenerateDataKey".into()
+            )
         );
         assert!(matches!(
             from_service(500, "InternalError", "boom"),
