@@ -394,6 +394,8 @@ mod model {
             let mut lru: Vec<(u32, usize, u8)> = Vec::new();
             let mut exact = true;
             let mut version = 0u8;
+            // The bytes last written for each block: what it must hold if it is served.
+            let mut last: std::collections::HashMap<u32, (usize, u8)> = Default::default();
             for op in ops {
                 match op {
                     Op::Insert(i, len) => {
@@ -401,6 +403,7 @@ mod model {
                         tier.insert(id("m", i), &vec![version; len]).unwrap();
                         lru.retain(|e| e.0 != i);
                         lru.push((i, len, version));
+                        last.insert(i, (len, version));
                         while lru.iter().map(|e| e.1 as u64).sum::<u64>() > BOUND {
                             lru.remove(0);
                         }
@@ -408,23 +411,27 @@ mod model {
                     Op::Read(i) => {
                         let want = lru.iter().position(|e| e.0 == i);
                         let len = want.map_or(1, |p| lru[p].1);
+                        let len = last.get(&i).map_or(len, |e| e.0);
                         let got = tier.read_block(&id("m", i), len as u64);
                         if let Some(data) = &got {
-                            let expected = lru.iter().find(|e| e.0 == i);
-                            prop_assert!(expected.is_some(), "block {} should be gone", i);
-                            let (_, len, fill) = expected.unwrap();
-                            prop_assert_eq!(data.len(), *len);
-                            prop_assert!(data.iter().all(|b| b == fill));
+                            // Whatever is served is the bytes last written for the block.
+                            let (len, fill) = last.get(&i).copied().unwrap_or((0, 0));
+                            prop_assert_eq!(data.len(), len);
+                            prop_assert!(data.iter().all(|b| *b == fill));
                         }
                         if exact {
                             prop_assert_eq!(got.is_some(), want.is_some(), "block {}", i);
                         }
-                        if let (Some(p), true) = (want, got.is_some()) {
-                            let e = lru.remove(p);
-                            lru.push(e);
-                        } else if let Some(p) = want {
-                            // Gone after a reopen: the model forgets it too.
+                        // After a reopen the tier's order is only as fine as the block
+                        // files' mtimes (recency within the touch interval is not
+                        // persisted), so it may keep a block the model dropped or drop
+                        // one the model kept: the model follows the tier.
+                        if let Some(p) = want {
                             lru.remove(p);
+                        }
+                        if got.is_some() {
+                            let (len, fill) = last[&i];
+                            lru.push((i, len, fill));
                         }
                     }
                     Op::Damage(i, how, wait) => {

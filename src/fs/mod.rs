@@ -737,9 +737,9 @@ fn kind_of(state: &inode::NodeState) -> EntryKind {
 #[cfg(test)]
 mod access_tests;
 #[cfg(test)]
-mod special_tests;
-#[cfg(test)]
 mod limits_tests;
+#[cfg(test)]
+mod special_tests;
 #[cfg(test)]
 mod status_tests;
 #[cfg(test)]
