@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use super::access::{self, Identity};
 use super::inode::{Ino, Node, NodeState};
 use super::life::{Change, Source, SyncLife};
-use super::namespace::{check_segment, MAX_DIR_DEPTH, MAX_KEY_LEN};
+use super::namespace::{check_segment, name_error, MAX_DIR_DEPTH, MAX_KEY_LEN};
 use super::sync::io_error;
 use super::{Attr, FsCore, FsError, FsResult};
 use crate::export::journal::{ExportKind, PendingExport};
@@ -138,7 +138,7 @@ impl FsCore {
     ) -> FsResult<&'a str> {
         self.queue()?;
         let name = std::str::from_utf8(name).map_err(|_| FsError::Invalid)?;
-        check_segment(name).map_err(|_| FsError::Invalid)?;
+        check_segment(name).map_err(|r| name_error(r, FsError::Invalid))?;
         self.require_dir(dir)?;
         if self.in_lost_found(dir) {
             return Err(FsError::Perm);
@@ -233,15 +233,34 @@ impl FsCore {
     ) -> FsResult<(Attr, u64)> {
         // The open-file limit first: a create that cannot open leaves no entry behind.
         let slot = self.reserve_handle()?;
+        let (node, staged) = self
+            .add_staged_entry(caller, parent, name, S_IFREG | (mode & 0o7777), b"")
+            .await?;
+        let handle = self.add_write_handle(node.clone(), staged, true, slot);
+        Ok((self.attr(&node), handle))
+    }
+
+    /// A new local entry that is exported as an upload of `body` (a file, a symlink, a
+    /// FIFO or socket): its staged bytes and its record.
+    async fn add_staged_entry(
+        &self,
+        caller: Identity,
+        parent: Ino,
+        name: &[u8],
+        mode: u32,
+        body: &[u8],
+    ) -> FsResult<(Arc<Node>, Arc<StagedFile>)> {
         let dir = self.node(parent)?;
         let name = self.prepare_new_entry(caller, &dir, name, false).await?;
         let queue = self.queue()?;
         let id = queue.new_id();
         let staged = Arc::new(queue.staging().create(id).map_err(io_error)?);
-        let meta = self.new_meta(caller, S_IFREG | (mode & 0o7777));
+        if !body.is_empty() {
+            staged.write_at(body, 0).map_err(io_error)?;
+        }
+        let meta = self.new_meta(caller, mode);
         let node = self.add_local_entry(&dir, name, meta, Some(staged.clone()), id)?;
-        let handle = self.add_write_handle(node.clone(), staged, true, slot);
-        Ok((self.attr(&node), handle))
+        Ok((node, staged))
     }
 
     /// mkdir(2): a local directory, exported as a `dir/` marker with its metadata.
@@ -276,14 +295,9 @@ impl FsCore {
         if target.len() > MAX_SYMLINK_TARGET {
             return Err(FsError::NameTooLong);
         }
-        let dir = self.node(parent)?;
-        let name = self.prepare_new_entry(caller, &dir, name, false).await?;
-        let queue = self.queue()?;
-        let id = queue.new_id();
-        let staged = Arc::new(queue.staging().create(id).map_err(io_error)?);
-        staged.write_at(target, 0).map_err(io_error)?;
-        let meta = self.new_meta(caller, S_IFLNK | 0o777);
-        let node = self.add_local_entry(&dir, name, meta, Some(staged), id)?;
+        let (node, _) = self
+            .add_staged_entry(caller, parent, name, S_IFLNK | 0o777, target)
+            .await?;
         Ok(self.attr(&node))
     }
 
@@ -307,15 +321,11 @@ impl FsCore {
                 Ok(attr)
             }
             S_IFIFO | S_IFSOCK => {
-                let dir = self.node(parent)?;
-                let name = self.prepare_new_entry(caller, &dir, name, false).await?;
-                let queue = self.queue()?;
-                let id = queue.new_id();
                 // An empty staged body: the export (and crash recovery) treat it as any
                 // upload, of zero bytes.
-                let staged = Arc::new(queue.staging().create(id).map_err(io_error)?);
-                let meta = self.new_meta(caller, kind | (mode & 0o7777));
-                let node = self.add_local_entry(&dir, name, meta, Some(staged), id)?;
+                let (node, _) = self
+                    .add_staged_entry(caller, parent, name, kind | (mode & 0o7777), b"")
+                    .await?;
                 Ok(self.attr(&node))
             }
             _ => Err(FsError::Perm),

@@ -242,7 +242,7 @@ impl FsCore {
 
     pub async fn lookup(&self, caller: Identity, parent: Ino, name: &[u8]) -> FsResult<Attr> {
         let name = std::str::from_utf8(name).map_err(|_| FsError::NotFound)?;
-        check_segment(name).map_err(|_| FsError::NotFound)?;
+        check_segment(name).map_err(|r| namespace::name_error(r, FsError::NotFound))?;
         let dir = self.node(parent)?;
         self.require_dir(&dir)?;
         self.check(caller, &dir, access::EXEC).await?;
@@ -269,8 +269,11 @@ impl FsCore {
             return None; // the permission check may need metadata
         }
         let name = match std::str::from_utf8(name) {
-            Ok(name) if check_segment(name).is_ok() => name,
-            _ => return Some(Err(FsError::NotFound)),
+            Ok(name) => match check_segment(name) {
+                Ok(()) => name,
+                Err(r) => return Some(Err(namespace::name_error(r, FsError::NotFound))),
+            },
+            Err(_) => return Some(Err(FsError::NotFound)),
         };
         let dir = self.inodes.get(parent)?;
         if !dir.state().is_dir || dir.state().children.is_none() {

@@ -49,6 +49,16 @@ pub fn check_segment(name: &str) -> Result<(), SkipReason> {
     }
 }
 
+/// The errno for a name given to the mount that cannot be a file's name: too long is
+/// `ENAMETOOLONG` as on any Linux file system; `otherwise` (EINVAL for a new name,
+/// ENOENT for a lookup) for names that can never exist.
+pub fn name_error(reason: SkipReason, otherwise: super::FsError) -> super::FsError {
+    match reason {
+        SkipReason::NameTooLong => super::FsError::NameTooLong,
+        _ => otherwise,
+    }
+}
+
 /// Checks a mount prefix given without its trailing `/`: every segment must be valid.
 pub fn validate_prefix(prefix: &str) -> Result<(), SkipReason> {
     prefix.split('/').try_for_each(check_segment)

@@ -10,7 +10,7 @@ use super::access::{self, Identity};
 use super::change::record;
 use super::inode::{Ino, Node, RemoteObject, ROOT_INO};
 use super::life::{Change, Source, SyncLife};
-use super::namespace::{check_segment, MAX_DIR_DEPTH, MAX_KEY_LEN};
+use super::namespace::{check_segment, name_error, MAX_DIR_DEPTH, MAX_KEY_LEN};
 use super::{FsCore, FsError, FsResult};
 use crate::export::journal::{ExportKind, PendingExport};
 
@@ -38,7 +38,7 @@ impl FsCore {
         self.require_dir(&to)?;
         let name = std::str::from_utf8(name).map_err(|_| FsError::NotFound)?;
         let new_name = std::str::from_utf8(new_name).map_err(|_| FsError::Invalid)?;
-        check_segment(new_name).map_err(|_| FsError::Invalid)?;
+        check_segment(new_name).map_err(|r| name_error(r, FsError::Invalid))?;
         self.check(caller, &from, access::WRITE | access::EXEC)
             .await?;
         self.check(caller, &to, access::WRITE | access::EXEC)

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use super::access::Identity;
 use super::inode::ROOT_INO;
-use super::write::{WriteOptions, Writer};
 use super::*;
 use crate::export::failure::ExportErrorCode;
 use crate::store::faulty::{Fault, FaultyStore, RequestKind};
@@ -25,46 +24,10 @@ pub(super) struct Rig {
 
 pub(super) fn rig(mem: Arc<MemoryStore>, prefix: &str) -> Rig {
     let dir = tempfile::tempdir().unwrap();
-    let metrics = Arc::new(Metrics::default());
     let faulty = Arc::new(FaultyStore::new(mem.clone()));
-    let store: Arc<dyn ObjectStore> = faulty.clone();
-    let cache = crate::cache::DataCache::open(
-        &crate::cache::CacheOptions {
-            dir: dir.path().join("data"),
-            disk_bytes: 1 << 30,
-            memory_bytes: 64 << 20,
-            expiry: Duration::from_secs(3600),
-        },
-        metrics.clone(),
-    )
-    .unwrap()
-    .0;
-    let writer = Writer::open(&WriteOptions {
-        cache_dir: dir.path().to_path_buf(),
-        // Exports happen only when a test syncs.
-        write_back_delay: Duration::from_secs(3600),
-        mount_id: "m".into(),
-    })
-    .unwrap();
-    let core = Arc::new(
-        FsCore::new(
-            store,
-            CoreOptions {
-                bucket: "b".into(),
-                root_prefix: prefix.into(),
-                access_point: None,
-                secondary_gids: Vec::new(),
-                root_squash: false,
-                fs_prefix: None,
-                import_size_threshold: 0,
-                stream_budget: crate::read::stream::DEFAULT_BUDGET,
-            },
-            metrics,
-            Arc::new(cache),
-        )
-        .with_writer(writer),
-    );
-    tokio::spawn(core.clone().run_exports());
+    let core = super::sync_tests::writing_core(faulty.clone(), dir.path(), |o| {
+        o.root_prefix = prefix.into()
+    });
     Rig {
         core,
         mem,

@@ -26,11 +26,27 @@ pub(super) fn rig(mem: Arc<MemoryStore>) -> Rig {
 /// A rig whose core options `adjust` changes first (an access point, a root directory).
 pub(super) fn rig_with(mem: Arc<MemoryStore>, adjust: impl FnOnce(&mut CoreOptions)) -> Rig {
     let dir = tempfile::tempdir().unwrap();
-    let metrics = Arc::new(Metrics::default());
     let store: Arc<dyn ObjectStore> = mem.clone();
+    let core = writing_core(store.clone(), dir.path(), adjust);
+    Rig {
+        core,
+        mem,
+        store,
+        _dir: dir,
+    }
+}
+
+/// A core with a write path over `store`, its local state in `dir`, exporting only when a
+/// test syncs (deterministic without a clock); `adjust` changes its options first.
+pub(super) fn writing_core(
+    store: Arc<dyn ObjectStore>,
+    dir: &std::path::Path,
+    adjust: impl FnOnce(&mut CoreOptions),
+) -> Arc<FsCore> {
+    let metrics = Arc::new(Metrics::default());
     let cache = crate::cache::DataCache::open(
         &crate::cache::CacheOptions {
-            dir: dir.path().join("data"),
+            dir: dir.join("data"),
             disk_bytes: 1 << 30,
             memory_bytes: 64 << 20,
             expiry: Duration::from_secs(3600),
@@ -40,8 +56,7 @@ pub(super) fn rig_with(mem: Arc<MemoryStore>, adjust: impl FnOnce(&mut CoreOptio
     .unwrap()
     .0;
     let writer = Writer::open(&WriteOptions {
-        cache_dir: dir.path().to_path_buf(),
-        // Exports happen only when a test syncs: deterministic without a clock.
+        cache_dir: dir.to_path_buf(),
         write_back_delay: Duration::from_secs(3600),
         mount_id: "m".into(),
     })
@@ -57,15 +72,9 @@ pub(super) fn rig_with(mem: Arc<MemoryStore>, adjust: impl FnOnce(&mut CoreOptio
         stream_budget: crate::read::stream::DEFAULT_BUDGET,
     };
     adjust(&mut options);
-    let core =
-        Arc::new(FsCore::new(store.clone(), options, metrics, Arc::new(cache)).with_writer(writer));
+    let core = Arc::new(FsCore::new(store, options, metrics, Arc::new(cache)).with_writer(writer));
     tokio::spawn(core.clone().run_exports());
-    Rig {
-        core,
-        mem,
-        store,
-        _dir: dir,
-    }
+    core
 }
 
 impl Rig {

@@ -403,3 +403,15 @@ async fn import_rules_choose_what_is_imported_and_when() {
     let node = core.node(multi.ino).unwrap();
     assert_eq!(core.cached_bytes(&node), Some((3 << 20, 3 << 20)));
 }
+
+/// A name longer than 255 bytes is ENAMETOOLONG, for a new entry and for a lookup, as a
+/// local file system answers (the kernel passes FUSE names up to 1,024 bytes on).
+#[tokio::test]
+async fn names_over_255_bytes_are_too_long() {
+    let core = core_with(Arc::new(MemoryStore::new()), "", None);
+    let long = "n".repeat(256);
+    assert_eq!(
+        resolve(&core, &long).await.map(|a| a.ino),
+        Err(FsError::NameTooLong)
+    );
+}
