@@ -48,26 +48,9 @@ fn names(dir: &Path) -> Vec<String> {
     names
 }
 
-/// The `user.s3files.status` text of a path (getxattr(2); getfattr is not always
-/// installed).
+/// The `user.s3files.status` text of a path.
 fn status(path: &Path) -> String {
-    use std::os::unix::ffi::OsStrExt;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
-    bounded(LIMIT, "getxattr", move || {
-        let mut buf = vec![0u8; 8192];
-        // SAFETY: valid C strings and a buffer of the length passed.
-        let n = unsafe {
-            libc::getxattr(
-                c_path.as_ptr(),
-                c"user.s3files.status".as_ptr(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-            )
-        };
-        assert!(n >= 0, "getxattr: {}", std::io::Error::last_os_error());
-        buf.truncate(n as usize);
-        String::from_utf8(buf).unwrap()
-    })
+    common::status_xattr(path, Duration::from_secs(20))
 }
 
 /// `cat PATH` run as `uid:gid` with the given supplementary groups: Ok(stdout) or

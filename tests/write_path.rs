@@ -13,32 +13,7 @@ use common::{block_on, sync, wait_for, Mount, S3Server};
 
 /// The `user.s3files.status` text of a path.
 fn status(path: &Path) -> String {
-    let out = std::process::Command::new("getfattr")
-        .args(["--only-values", "-n", "user.s3files.status"])
-        .arg(path)
-        .output();
-    match out {
-        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).into_owned(),
-        _ => {
-            // getfattr is not always installed; read it with the syscall.
-            use std::ffi::CString;
-            use std::os::unix::ffi::OsStrExt;
-            let p = CString::new(path.as_os_str().as_bytes()).unwrap();
-            let mut buf = vec![0u8; 4096];
-            // SAFETY: valid C strings and a buffer of the length passed.
-            let n = unsafe {
-                libc::getxattr(
-                    p.as_ptr(),
-                    c"user.s3files.status".as_ptr(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                )
-            };
-            assert!(n >= 0, "getxattr: {}", std::io::Error::last_os_error());
-            buf.truncate(n as usize);
-            String::from_utf8(buf).unwrap()
-        }
-    }
+    common::status_xattr(path, Duration::from_secs(20))
 }
 
 #[test]

@@ -878,3 +878,25 @@ pub fn lost_found_files(root: &Path) -> Vec<String> {
     names.sort();
     names
 }
+
+/// The `user.s3files.status` text of a path, read with getxattr(2) (getfattr is not
+/// always installed), within `limit`.
+pub fn status_xattr(path: &Path, limit: Duration) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    bounded(limit, "getxattr user.s3files.status", move || {
+        let mut buf = vec![0u8; 16384];
+        // SAFETY: valid C strings and a buffer of the length passed.
+        let n = unsafe {
+            libc::getxattr(
+                c_path.as_ptr(),
+                c"user.s3files.status".as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        assert!(n >= 0, "getxattr: {}", std::io::Error::last_os_error());
+        buf.truncate(n as usize);
+        String::from_utf8(buf).unwrap()
+    })
+}
