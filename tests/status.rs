@@ -2,7 +2,8 @@
 //! script it: `getfattr --only-values -n "user.s3files.status;$(date -u +%s)" PATH`
 //! (the timestamp keeps NFS clients from answering from their xattr cache), fields
 //! `S3Key`, `FilePath` and `ExportError`; `s3files status PATH` prints the same. Also the
-//! PathTooLong export error as a user meets it, unsupported custom xattrs, and S3 Files'
+//! PathTooLong export error as a user meets it, the export errors of S3 error answers
+//! (injected by a fault proxy in front of moto), unsupported custom xattrs, and S3 Files'
 //! limits as a program meets them.
 
 mod common;
@@ -11,7 +12,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{assert_answers, run_s3files, sync, Mount, S3Server};
+use common::fault_proxy::{Fault, FaultProxy, KeyMatch};
+use common::{assert_answers, run_s3files, sync, wait_for, Mount, S3Server};
 
 /// Runs a shell script with the path as `$1`; (success, stdout, stderr).
 fn sh(script: &str, path: &Path) -> (bool, String, String) {
@@ -150,7 +152,7 @@ fn a_key_too_long_for_s3_is_path_too_long() {
     let err = sync(&mount.path, Duration::from_secs(30)).unwrap_err();
     assert!(err.contains("failed"), "{err}");
     assert!(
-        common::wait_for(Duration::from_secs(10), || field(&moved, "ExportError")
+        wait_for(Duration::from_secs(10), || field(&moved, "ExportError")
             == "PathTooLong"),
         "{}\n{}",
         status(&moved),
@@ -206,6 +208,307 @@ fn a_key_too_long_for_s3_is_path_too_long() {
     assert!(!server.exists("long", &old_key));
     assert_eq!(field(&again.join(&back), "ExportError"), "");
     assert_answers(&again.path, Duration::from_secs(5));
+}
+
+/// The proxy the next test relies on, checked on its own with the independent client and
+/// a raw socket: requests pass through whole (a 5 MiB PUT and GET, several requests per
+/// keep-alive connection, a chunked request body), a rule answers its canned S3 error to
+/// its method and key only (the key matched percent-decoded), counts its hits, and once
+/// removed lets requests through again.
+#[test]
+fn fault_proxy_forwards_and_injects_s3_errors() {
+    use aws_sdk_s3::error::ProvideErrorMetadata;
+    use std::io::{BufRead, BufReader, Read, Write};
+
+    let server = S3Server::start();
+    server.create_bucket("proxied");
+    let proxy = FaultProxy::start(server.port);
+    let client = common::make_client(&proxy.endpoint);
+    let big: Vec<u8> = (0..5 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let put = |key: &str, body: Vec<u8>| {
+        common::block_on(
+            client
+                .put_object()
+                .bucket("proxied")
+                .key(key)
+                .body(body.into())
+                .send(),
+        )
+        .map(drop)
+        .map_err(Box::new) // SDK errors are large
+    };
+    put("big.bin", big.clone()).expect("put through the proxy");
+    assert_eq!(server.get("proxied", "big.bin"), big);
+    for _ in 0..3 {
+        let got = common::block_on(async {
+            let out = client
+                .get_object()
+                .bucket("proxied")
+                .key("big.bin")
+                .send()
+                .await?;
+            Ok::<_, Box<dyn std::error::Error>>(out.body.collect().await?.to_vec())
+        })
+        .expect("get through the proxy");
+        assert_eq!(common::sha256(&got), common::sha256(&big));
+    }
+
+    let odd = "a dir/é x.txt";
+    let refused = proxy.add(Fault::new(
+        "PUT",
+        KeyMatch::Exact(odd.into()),
+        400,
+        "MetadataTooLarge",
+        "Your metadata headers exceed the maximum allowed metadata size",
+    ));
+    let head_denied = proxy.add(Fault::new(
+        "HEAD",
+        KeyMatch::Contains("big".into()),
+        403,
+        "AccessDenied",
+        "Access Denied",
+    ));
+    let err = put(odd, b"x".to_vec()).unwrap_err();
+    assert_eq!(err.code(), Some("MetadataTooLarge"), "{err:?}");
+    assert_eq!(
+        err.message(),
+        Some("Your metadata headers exceed the maximum allowed metadata size")
+    );
+    assert_eq!(refused.hits(), 1);
+    assert!(!server.exists("proxied", odd));
+    // Other keys and methods pass.
+    put("a dir/other.txt", b"y".to_vec()).expect("another key");
+    let head = |key: &str| {
+        common::block_on(client.head_object().bucket("proxied").key(key).send())
+            .map(drop)
+            .map_err(Box::new)
+    };
+    let err = head("big.bin").unwrap_err();
+    assert_eq!(err.raw_response().map(|r| r.status().as_u16()), Some(403));
+    assert_eq!(head_denied.hits(), 1);
+    assert_eq!(
+        common::block_on(client.get_object().bucket("proxied").key("big.bin").send())
+            .expect("GET is not HEAD")
+            .content_length(),
+        Some(5 << 20)
+    );
+    proxy.remove(&refused);
+    proxy.remove(&head_denied);
+    put(odd, b"x".to_vec()).expect("the rule is gone");
+    head("big.bin").expect("the rule is gone");
+    assert_eq!((refused.hits(), head_denied.hits()), (1, 1));
+    assert_eq!(server.get("proxied", odd), b"x");
+
+    // A chunked request body, then a second request on the same connection (moto checks
+    // no signatures, but treats a request without one as anonymous).
+    let port = proxy.endpoint.rsplit(':').next().unwrap();
+    let stream = std::net::TcpStream::connect(format!("127.0.0.1:{port}")).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = BufReader::new(stream);
+    let auth =
+        "Authorization: AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/s3/aws4_request, \
+                SignedHeaders=host, Signature=0000\r\nx-amz-date: 20260101T000000Z\r\n\
+                x-amz-content-sha256: UNSIGNED-PAYLOAD\r\n";
+    let answer = |reader: &mut BufReader<std::net::TcpStream>| -> (String, Vec<u8>) {
+        let mut status = String::new();
+        reader.read_line(&mut status).unwrap();
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().unwrap();
+                }
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).unwrap();
+        (status, body)
+    };
+    writer
+        .write_all(
+            format!(
+                "PUT /proxied/chunked.txt HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}\
+                 Transfer-Encoding: chunked\r\n\r\n6\r\nhello \r\n7;ext=1\r\nchunked\r\n0\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    let (status, _) = answer(&mut reader);
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    writer
+        .write_all(
+            format!("GET /proxied/chunked.txt HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}\r\n")
+                .as_bytes(),
+        )
+        .unwrap();
+    let (status, body) = answer(&mut reader);
+    assert!(
+        status.starts_with("HTTP/1.1 200"),
+        "{status}{}",
+        String::from_utf8_lossy(&body)
+    );
+    assert_eq!(body, b"hello chunked");
+    assert_eq!(server.get("proxied", "chunked.txt"), b"hello chunked");
+}
+
+/// S3 error answers that moto never gives, injected by the fault proxy between the
+/// daemon and moto, become the S3 Files `ExportError` codes a script reads with getfattr:
+/// MetadataTooLarge (our own metadata is ~120 bytes, so only S3 can refuse it) is
+/// `S3UserMetadataTooLarge`, AccessDenied `S3AccessDenied`, InvalidObjectState on the
+/// CopyObject of a chmod `S3ObjectArchived`. Nothing reaches the bucket under those keys,
+/// the bytes stay on the mount, other files export meanwhile, and once S3 takes the
+/// requests again `s3files sync` exports them.
+#[test]
+fn s3_error_answers_are_export_errors() {
+    let server = S3Server::start();
+    server.create_bucket("faults");
+    let proxy = FaultProxy::start(server.port);
+    // PUT covers PutObject and CopyObject alike.
+    let too_large = proxy.add(Fault::new(
+        "PUT",
+        KeyMatch::Exact("meta/big.txt".into()),
+        400,
+        "MetadataTooLarge",
+        "Your metadata headers exceed the maximum allowed metadata size",
+    ));
+    let denied = proxy.add(Fault::new(
+        "PUT",
+        KeyMatch::Exact("top-secret.txt".into()),
+        403,
+        "AccessDenied",
+        "Access Denied",
+    ));
+    let mount = Mount::start_via(
+        &proxy.endpoint,
+        "s3://faults",
+        &["--write-back-delay", "3600s"],
+    );
+    std::fs::create_dir(mount.join("meta")).unwrap();
+    std::fs::write(mount.join("meta/big.txt"), "held back").unwrap();
+    std::fs::write(mount.join("meta/small.txt"), "goes through").unwrap();
+    std::fs::write(mount.join("top-secret.txt"), "not for you").unwrap();
+    std::fs::write(mount.join("cold.txt"), "archived later").unwrap();
+    // A held failure makes `s3files sync` exit 1 with EIO.
+    let err = sync(&mount.path, Duration::from_secs(60)).unwrap_err();
+    assert!(err.contains("failed (Input/output error"), "{err}");
+
+    let big = mount.join("meta/big.txt");
+    assert!(
+        wait_for(Duration::from_secs(10), || field(&big, "ExportError")
+            == "S3UserMetadataTooLarge"),
+        "{}\n{}",
+        status(&big),
+        mount.log()
+    );
+    assert_eq!(field(&big, "S3Key"), "meta/big.txt");
+    assert_eq!(field(&big, "FilePath"), "/meta/big.txt");
+    let text = status(&big);
+    assert!(text.contains("\nstate: export failed\n"), "{text}");
+    assert!(
+        text.contains("exceed the maximum allowed metadata size"),
+        "{text}"
+    );
+    assert!(s3files_status(&big).contains("ExportError: S3UserMetadataTooLarge\n"));
+    assert!(too_large.hits() >= 1);
+    // A sync of the file asks S3 again, and says why it failed.
+    let hits = too_large.hits();
+    let err = sync(&big, Duration::from_secs(30)).unwrap_err();
+    assert!(
+        err.contains(
+            "last-error: user metadata too large (MetadataTooLarge): Your metadata headers exceed"
+        ),
+        "{err}"
+    );
+    assert!(too_large.hits() > hits);
+    assert_eq!(field(&big, "ExportError"), "S3UserMetadataTooLarge");
+    assert!(!server.exists("faults", "meta/big.txt"));
+    assert_eq!(std::fs::read(&big).unwrap(), b"held back");
+
+    let secret = mount.join("top-secret.txt");
+    assert!(
+        wait_for(Duration::from_secs(10), || field(&secret, "ExportError")
+            == "S3AccessDenied"),
+        "{}",
+        status(&secret)
+    );
+    assert_eq!(field(&secret, "S3Key"), "top-secret.txt");
+    assert!(denied.hits() >= 1);
+    assert!(!server.exists("faults", "top-secret.txt"));
+    assert_eq!(std::fs::read(&secret).unwrap(), b"not for you");
+
+    // The other files export meanwhile.
+    for (path, bytes) in [
+        ("meta/small.txt", "goes through"),
+        ("cold.txt", "archived later"),
+    ] {
+        sync(&mount.join(path), Duration::from_secs(30)).unwrap();
+        assert_eq!(server.get("faults", path), bytes.as_bytes());
+        assert_eq!(field(&mount.join(path), "ExportError"), "");
+    }
+
+    // A chmod of a synced file is a CopyObject onto itself; S3 refuses it for an object
+    // in an archive storage class.
+    use std::os::unix::fs::PermissionsExt;
+    let before = server.metadata("faults", "cold.txt")["file-permissions"].clone();
+    let archived = proxy.add(Fault::new(
+        "PUT",
+        KeyMatch::Exact("cold.txt".into()),
+        403,
+        "InvalidObjectState",
+        "The operation is not valid for the object's storage class",
+    ));
+    let cold = mount.join("cold.txt");
+    std::fs::set_permissions(&cold, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let err = sync(&cold, Duration::from_secs(30)).unwrap_err();
+    assert!(err.contains("(InvalidObjectState)"), "{err}");
+    assert_eq!(
+        field(&cold, "ExportError"),
+        "S3ObjectArchived",
+        "{}",
+        status(&cold)
+    );
+    assert!(archived.hits() >= 1);
+    assert_eq!(
+        server.metadata("faults", "cold.txt")["file-permissions"],
+        before
+    );
+    assert_eq!(std::fs::read(&cold).unwrap(), b"archived later");
+    assert_answers(&mount.path, Duration::from_secs(5));
+
+    // S3 takes the requests again: a sync tries the held exports again and they go.
+    for rule in [&too_large, &denied, &archived] {
+        proxy.remove(rule);
+    }
+    let hits = (too_large.hits(), denied.hits(), archived.hits());
+    sync(&mount.path, Duration::from_secs(60)).unwrap();
+    assert_eq!((too_large.hits(), denied.hits(), archived.hits()), hits);
+    assert_eq!(server.get("faults", "meta/big.txt"), b"held back");
+    assert_eq!(server.get("faults", "top-secret.txt"), b"not for you");
+    assert_eq!(
+        server.metadata("faults", "cold.txt")["file-permissions"],
+        "0100600"
+    );
+    for path in [&big, &secret, &cold] {
+        assert_eq!(field(path, "ExportError"), "");
+        assert!(status(path).contains("\nstate: synced\n"));
+    }
+    assert_answers(&mount.path, Duration::from_secs(5));
+    let mut mount = mount;
+    let started = Instant::now();
+    assert!(mount.stop().success());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "stop took {:?}",
+        started.elapsed()
+    );
 }
 
 #[test]

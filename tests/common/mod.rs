@@ -4,6 +4,8 @@
 //! panics.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod fault_proxy;
+
 use std::collections::HashMap;
 use std::io::Read;
 use std::net::{TcpListener, TcpStream};
@@ -410,17 +412,24 @@ impl Mount {
 
     /// Like `start`, but returns the daemon's log if it exits before mounting.
     pub fn try_start(server: &S3Server, source: &str, extra: &[&str]) -> Result<Self, String> {
-        Self::try_start_with_cache(server, source, extra, None)
+        Self::try_start_with_cache(&server.endpoint, source, extra, None)
+    }
+
+    /// Mounts through another endpoint in front of the server (e.g. a
+    /// `fault_proxy::FaultProxy`).
+    pub fn start_via(endpoint: &str, source: &str, extra: &[&str]) -> Self {
+        Self::try_start_with_cache(endpoint, source, extra, None)
+            .unwrap_or_else(|log| panic!("mount failed:\n{log}"))
     }
 
     /// Mounts with a given cache dir (to restart a daemon on the same journal).
     pub fn start_with_cache(server: &S3Server, source: &str, extra: &[&str], cache: &Path) -> Self {
-        Self::try_start_with_cache(server, source, extra, Some(cache))
+        Self::try_start_with_cache(&server.endpoint, source, extra, Some(cache))
             .unwrap_or_else(|log| panic!("mount failed:\n{log}"))
     }
 
     fn try_start_with_cache(
-        server: &S3Server,
+        endpoint: &str,
         source: &str,
         extra: &[&str],
         cache: Option<&Path>,
@@ -436,7 +445,7 @@ impl Mount {
             .arg("mount")
             .arg(source)
             .arg(&path)
-            .args(["--endpoint-url", &server.endpoint, "--force-path-style"])
+            .args(["--endpoint-url", endpoint, "--force-path-style"])
             .arg("--cache-dir")
             .arg(&cache_dir)
             .arg("--foreground")
