@@ -84,13 +84,9 @@ fn create(kind: Kind, path: &Path, mode: u32) -> Result<(), i32> {
     }
 }
 
-/// The kind, permission bits, owner, group and (for non-directories) size of an entry,
-/// not following a symlink; with its mtime when `with_mtime` (creation times differ
-/// between the two sides, times set by utimens do not).
-fn stat(path: &Path, with_mtime: bool) -> Answer {
-    let meta = std::fs::symlink_metadata(path).map_err(errno)?;
-    let ft = meta.file_type();
-    let kind = if ft.is_dir() {
+/// The name of a file type, as the tables say it.
+fn type_name(ft: std::fs::FileType) -> &'static str {
+    if ft.is_dir() {
         "dir"
     } else if ft.is_symlink() {
         "symlink"
@@ -102,7 +98,16 @@ fn stat(path: &Path, with_mtime: bool) -> Answer {
         "file"
     } else {
         "other"
-    };
+    }
+}
+
+/// The kind, permission bits, owner, group and (for non-directories) size of an entry,
+/// not following a symlink; with its mtime when `with_mtime` (creation times differ
+/// between the two sides, times set by utimens do not).
+fn stat(path: &Path, with_mtime: bool) -> Answer {
+    let meta = std::fs::symlink_metadata(path).map_err(errno)?;
+    let ft = meta.file_type();
+    let kind = type_name(ft);
     let size = if ft.is_dir() {
         "-".to_string()
     } else {
@@ -361,18 +366,7 @@ fn staged_view(dir: &Path) -> BTreeMap<String, (Answer, String)> {
     let mut types = BTreeMap::new();
     if let Ok(entries) = std::fs::read_dir(dir) {
         for entry in entries.flatten() {
-            let ft = entry.file_type().expect("d_type");
-            let t = if ft.is_dir() {
-                "dir"
-            } else if ft.is_symlink() {
-                "symlink"
-            } else if ft.is_fifo() {
-                "fifo"
-            } else if ft.is_socket() {
-                "socket"
-            } else {
-                "file"
-            };
+            let t = type_name(entry.file_type().expect("d_type"));
             types.insert(entry.file_name().to_string_lossy().into_owned(), t);
         }
     }

@@ -38,11 +38,7 @@ pub(super) fn rig(mem: Arc<MemoryStore>, prefix: &str) -> Rig {
 
 impl Rig {
     pub(super) async fn ino(&self, path: &str) -> FsResult<Ino> {
-        let mut ino = ROOT_INO;
-        for part in path.split('/').filter(|p| !p.is_empty()) {
-            ino = self.core.lookup(ROOT, ino, part.as_bytes()).await?.ino;
-        }
-        Ok(ino)
+        super::sync_tests::ino_of(&self.core, path).await
     }
 
     pub(super) async fn write_file(&self, path: &str, data: &[u8]) {

@@ -77,13 +77,18 @@ pub(super) fn writing_core(
     core
 }
 
+/// The inode of `path` below the root, looked up as root.
+pub(super) async fn ino_of(core: &FsCore, path: &str) -> FsResult<Ino> {
+    let mut ino = ROOT_INO;
+    for part in path.split('/').filter(|p| !p.is_empty()) {
+        ino = core.lookup(ROOT, ino, part.as_bytes()).await?.ino;
+    }
+    Ok(ino)
+}
+
 impl Rig {
     pub(super) async fn ino(&self, path: &str) -> FsResult<Ino> {
-        let mut ino = ROOT_INO;
-        for part in path.split('/').filter(|p| !p.is_empty()) {
-            ino = self.core.lookup(ROOT, ino, part.as_bytes()).await?.ino;
-        }
-        Ok(ino)
+        ino_of(&self.core, path).await
     }
 
     pub(super) async fn write_file(&self, dir: Ino, name: &str, data: &[u8]) -> u64 {
