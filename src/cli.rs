@@ -91,6 +91,18 @@ pub struct MountArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub poll_interval: Option<std::time::Duration>,
 
+    /// How long the kernel may keep names and attributes without asking the daemon. The
+    /// daemon invalidates them whenever it learns of a change (the poller, conflicts), so
+    /// this only bounds staleness should a notification be lost; 1s for names when the
+    /// daemon checks permissions (--uid, --root-squash) [default: 60s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub kernel_cache_ttl: Option<std::time::Duration>,
+
+    /// FUSE requests served at once (kernel event loops); 1 serves them one at a time
+    /// [default: the number of CPUs, at least 2]
+    #[arg(long, value_name = "N")]
+    pub fuse_threads: Option<usize>,
+
     /// Files smaller than this are fetched into the cache in the background when their
     /// directory is first listed; 0 turns this off. The root's import rule, unless an
     /// --import-rule has prefix= (giving both is an error) [default: 128KiB]

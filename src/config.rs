@@ -93,6 +93,10 @@ pub struct MountConfig {
     pub write_back_delay: Duration,
     /// How often listed directories are listed again; zero turns polling off.
     pub poll_interval: Duration,
+    /// How long the kernel may keep names and attributes.
+    pub kernel_cache_ttl: Duration,
+    /// FUSE event loops serving requests at once.
+    pub fuse_threads: usize,
     /// Bound on the disk tier of the data cache.
     pub cache_size: u64,
     /// Bound on the memory tier of the data cache.
@@ -118,6 +122,8 @@ pub enum ConfigError {
     BadPrefix { uri: String, reason: String },
     #[error("--cache-expiry must be longer than 0s")]
     ZeroExpiry,
+    #[error("--fuse-threads must be at least 1")]
+    ZeroFuseThreads,
     #[error("--uid and --gid must be given together")]
     PartialAccessPoint,
     #[error("--gids (--secondary-gids) needs --uid and --gid: secondary groups belong to an access point identity")]
@@ -169,6 +175,11 @@ impl MountConfig {
         if cache_expiry.is_zero() {
             return Err(ConfigError::ZeroExpiry);
         }
+        let fuse_threads = match args.fuse_threads {
+            Some(0) => return Err(ConfigError::ZeroFuseThreads),
+            Some(n) => n,
+            None => default_fuse_threads(),
+        };
         let access_point = match (args.uid, args.gid) {
             (Some(uid), Some(gid)) => Some(AccessPoint {
                 uid,
@@ -212,6 +223,10 @@ impl MountConfig {
             allow_unversioned: args.allow_unversioned,
             write_back_delay: args.write_back_delay.unwrap_or(DEFAULT_WRITE_BACK_DELAY),
             poll_interval: args.poll_interval.unwrap_or(DEFAULT_POLL_INTERVAL),
+            fuse_threads,
+            kernel_cache_ttl: args
+                .kernel_cache_ttl
+                .unwrap_or(crate::fs::DEFAULT_KERNEL_TTL),
             cache_size: args.cache_size.unwrap_or(DEFAULT_CACHE_SIZE),
             memory_cache_size: args.memory_cache_size.unwrap_or(DEFAULT_MEMORY_CACHE_SIZE),
             cache_expiry,
@@ -235,6 +250,15 @@ impl MountConfig {
             None => self.location.prefix.clone(),
         }
     }
+}
+
+/// One FUSE event loop per CPU, and at least two, so that one request answered inline
+/// (a disk read, a journal write) never holds up every other process using the mount.
+fn default_fuse_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .max(2)
 }
 
 /// Validates `--root-dir` and its creation info. A root dir of `/` is the file-system
@@ -676,6 +700,23 @@ mod tests {
                 "{mode}"
             );
         }
+    }
+
+    #[test]
+    fn fuse_threads_flag() {
+        assert_eq!(config(&["--fuse-threads", "1"]).unwrap().fuse_threads, 1);
+        let ttl = |flags: &[&str]| config(flags).unwrap().kernel_cache_ttl;
+        assert_eq!(ttl(&[]), Duration::from_secs(60));
+        assert_eq!(ttl(&["--kernel-cache-ttl", "1s"]), Duration::from_secs(1));
+        assert_eq!(config(&["--fuse-threads", "6"]).unwrap().fuse_threads, 6);
+        // Sized to the machine, never a single loop unless asked for.
+        let default = config(&[]).unwrap().fuse_threads;
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(default, cpus.max(2));
+        assert_eq!(
+            config(&["--fuse-threads", "0"]).unwrap_err(),
+            ConfigError::ZeroFuseThreads
+        );
     }
 
     #[test]

@@ -280,7 +280,8 @@ fn serve(config: &MountConfig, notifier: &mut Notifier) -> Result<(), String> {
         metrics,
         cache.clone(),
     )
-    .with_import_rules(config.import_rules.clone());
+    .with_import_rules(config.import_rules.clone())
+    .with_kernel_ttl(config.kernel_cache_ttl);
     if !config.read_only {
         let writer = Writer::open(&WriteOptions {
             cache_dir: config.cache_dir.clone(),
@@ -317,6 +318,7 @@ fn serve(config: &MountConfig, notifier: &mut Notifier) -> Result<(), String> {
         mount_id = %config.mount_id,
         cache_dir = %config.cache_dir.display(),
         import_rules = %config.import_rules,
+        fuse_threads = config.fuse_threads,
         "mounted"
     );
     notifier.send("ok");
@@ -520,6 +522,16 @@ fn fuse_config(config: &MountConfig) -> fuser::Config {
     }
     let mut fuse = fuser::Config::default();
     fuse.mount_options = options;
+    fuse.n_threads = Some(config.fuse_threads);
+    // Each event loop gets its own device fd (its own reply queue in the kernel), as
+    // libfuse's clone_fd does. Cloning opens /dev/fuse again; where that is not allowed
+    // the loops share the one fd, which still serves requests in parallel.
+    fuse.clone_fd = config.fuse_threads > 1
+        && std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/fuse")
+            .is_ok();
     // Root mounts serve every user (the agents of a shared workspace run as anyone);
     // an unprivileged mount keeps FUSE's owner-only default.
     // SAFETY: geteuid has no preconditions.

@@ -6,7 +6,7 @@ use std::ffi::OsStr;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use fuser::{
     AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType,
@@ -21,10 +21,6 @@ use crate::fs::access::Identity;
 use crate::fs::write::SetAttr;
 use crate::fs::{Attr, FsCore, FsError};
 use crate::posix::EntryKind;
-
-/// How long the kernel may cache attributes and entries before asking again. Short, so
-/// that changes picked up from the bucket show promptly.
-const TTL: Duration = Duration::from_secs(1);
 
 pub struct FuseAdapter {
     core: Arc<FsCore>,
@@ -130,7 +126,7 @@ impl Filesystem for FuseAdapter {
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         if let Some(result) = self.core.lookup_cached(parent.0, name.as_encoded_bytes()) {
             match result {
-                Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
+                Ok(attr) => reply.entry(&self.core.entry_ttl(), &file_attr(&attr), Generation(0)),
                 Err(e) => reply.error(errno(&e)),
             }
             return;
@@ -139,7 +135,7 @@ impl Filesystem for FuseAdapter {
         let span = debug_span!("lookup", parent = parent.0, name = ?name);
         self.spawn(span, async move {
             match core.lookup(who, parent.0, name.as_encoded_bytes()).await {
-                Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
+                Ok(attr) => reply.entry(&core.entry_ttl(), &file_attr(&attr), Generation(0)),
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -152,7 +148,7 @@ impl Filesystem for FuseAdapter {
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         if let Some(result) = self.core.getattr_cached(ino.0) {
             match result {
-                Ok(attr) => reply.attr(&TTL, &file_attr(&attr)),
+                Ok(attr) => reply.attr(&self.core.attr_ttl(), &file_attr(&attr)),
                 Err(e) => reply.error(errno(&e)),
             }
             return;
@@ -160,7 +156,7 @@ impl Filesystem for FuseAdapter {
         let core = self.core.clone();
         self.spawn(debug_span!("getattr", ino = ino.0), async move {
             match core.getattr(ino.0).await {
-                Ok(attr) => reply.attr(&TTL, &file_attr(&attr)),
+                Ok(attr) => reply.attr(&core.attr_ttl(), &file_attr(&attr)),
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -197,14 +193,14 @@ impl Filesystem for FuseAdapter {
         };
         if let Some(result) = core.setattr_cached(ino.0, &change) {
             match result {
-                Ok(attr) => reply.attr(&TTL, &file_attr(&attr)),
+                Ok(attr) => reply.attr(&core.attr_ttl(), &file_attr(&attr)),
                 Err(e) => reply.error(errno(&e)),
             }
             return;
         }
         self.spawn(debug_span!("setattr", ino = ino.0), async move {
             match core.setattr(who, ino.0, change).await {
-                Ok(attr) => reply.attr(&TTL, &file_attr(&attr)),
+                Ok(attr) => reply.attr(&core.attr_ttl(), &file_attr(&attr)),
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -239,7 +235,7 @@ impl Filesystem for FuseAdapter {
                     .mknod(who, parent.0, name.as_encoded_bytes(), mode & !umask)
                     .await
                 {
-                    Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
+                    Ok(attr) => reply.entry(&core.entry_ttl(), &file_attr(&attr), Generation(0)),
                     Err(e) => reply.error(errno(&e)),
                 }
             },
@@ -263,7 +259,7 @@ impl Filesystem for FuseAdapter {
                     .mkdir(who, parent.0, name.as_encoded_bytes(), mode & !umask)
                     .await
                 {
-                    Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
+                    Ok(attr) => reply.entry(&core.entry_ttl(), &file_attr(&attr), Generation(0)),
                     Err(e) => reply.error(errno(&e)),
                 }
             },
@@ -318,7 +314,7 @@ impl Filesystem for FuseAdapter {
                     )
                     .await
                 {
-                    Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
+                    Ok(attr) => reply.entry(&core.entry_ttl(), &file_attr(&attr), Generation(0)),
                     Err(e) => reply.error(errno(&e)),
                 }
             },
@@ -565,11 +561,11 @@ impl Filesystem for FuseAdapter {
         });
     }
 
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let (core, name) = (self.core.clone(), name.to_owned());
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let (core, name, pid) = (self.core.clone(), name.to_owned(), req.pid());
         self.spawn(debug_span!("getxattr", ino = ino.0), async move {
             let result = core
-                .getxattr_sized(ino.0, name.as_encoded_bytes(), size)
+                .getxattr_sized(ino.0, name.as_encoded_bytes(), size, pid)
                 .await;
             reply_xattr(reply, size, result);
         });
@@ -615,7 +611,7 @@ impl Filesystem for FuseAdapter {
                     .await
                 {
                     Ok((attr, fh)) => reply.created(
-                        &TTL,
+                        &core.entry_ttl(),
                         &file_attr(&attr),
                         Generation(0),
                         FileHandle(fh),

@@ -164,6 +164,11 @@ fn bad_configuration_fails_fast_with_one_line() {
     );
 
     let mut args = base("s3://exists", &endpoint);
+    args.extend(["--fuse-threads".to_string(), "0".to_string()]);
+    let line = mount_fails(&as_refs(&args), &[], Path::new(&mnt));
+    assert!(line.contains("--fuse-threads must be at least 1"), "{line}");
+
+    let mut args = base("s3://exists", &endpoint);
     args.extend(["--uid".to_string(), "1000".to_string()]);
     let line = mount_fails(&as_refs(&args), &[], Path::new(&mnt));
     assert!(line.contains("--uid and --gid"), "{line}");

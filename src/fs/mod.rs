@@ -63,6 +63,15 @@ const MAX_SYMLINK_SIZE: u64 = 4096;
 const HEAD_CONCURRENCY: usize = 32;
 /// Size reported for directories, as most local file systems do.
 const DIR_SIZE: u64 = 4096;
+/// How long the kernel may keep names and attributes by default. Every change the daemon
+/// learns of (its own, the poller's, a conflict's) is pushed to the kernel as an
+/// invalidation, so expiry is only a bound should a notification be lost; it is not
+/// what makes changes visible. docs/SEMANTICS.md "Kernel caching".
+pub const DEFAULT_KERNEL_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+/// Entry timeout when the daemon checks permissions (access point, root squash): a
+/// cached name skips the lookup, and with it the daemon's search-permission check on the
+/// directory, so names are kept no longer than before this was made configurable.
+const CHECKED_ENTRY_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The kernel's caches of names and attributes, which the core must invalidate when an
 /// entry changes behind the kernel's back (e.g. the bucket winning a conflict). The FUSE
@@ -132,7 +141,9 @@ pub struct StatFs {
 }
 
 /// Status texts measured by a size-0 getxattr, by (inode, attribute name), with when.
-type MeasuredStatus = std::collections::HashMap<(Ino, Vec<u8>), (std::time::Instant, Vec<u8>)>;
+/// Keyed by the calling process too: two processes reading one status at once (FUSE
+/// requests are served in parallel) each get the text they measured.
+type MeasuredStatus = std::collections::HashMap<(Ino, Vec<u8>, u32), (std::time::Instant, Vec<u8>)>;
 
 pub struct FsCore {
     store: Arc<dyn ObjectStore>,
@@ -161,6 +172,8 @@ pub struct FsCore {
     eager: Arc<tokio::sync::Semaphore>,
     /// Which files' data is imported, and when (listing or open).
     import_rules: ImportRules,
+    /// How long the kernel may cache names and attributes (`entry_ttl`, `attr_ttl`).
+    kernel_ttl: std::time::Duration,
 }
 
 impl FsCore {
@@ -188,6 +201,7 @@ impl FsCore {
             reported: Mutex::new(HashSet::new()),
             queue: None,
             kernel: std::sync::OnceLock::new(),
+            kernel_ttl: DEFAULT_KERNEL_TTL,
         }
     }
 
@@ -220,6 +234,28 @@ impl FsCore {
     pub fn with_import_rules(mut self, rules: ImportRules) -> Self {
         self.import_rules = rules;
         self
+    }
+
+    /// Sets how long the kernel may cache names and attributes (`--metadata-ttl`).
+    pub fn with_kernel_ttl(mut self, ttl: std::time::Duration) -> Self {
+        self.kernel_ttl = ttl;
+        self
+    }
+
+    /// How long the kernel may keep a name -> inode answer (lookup, create, mkdir...).
+    /// Negative answers are never cached (ENOENT is a plain error reply), so a new key
+    /// shows as soon as the daemon knows of it.
+    pub fn entry_ttl(&self) -> std::time::Duration {
+        if self.daemon_checks() {
+            self.kernel_ttl.min(CHECKED_ENTRY_TTL)
+        } else {
+            self.kernel_ttl
+        }
+    }
+
+    /// How long the kernel may keep an inode's attributes.
+    pub fn attr_ttl(&self) -> std::time::Duration {
+        self.kernel_ttl
     }
 
     /// The export queue, if writes are enabled.
@@ -466,11 +502,18 @@ impl FsCore {
     /// changes as the mount works (its counters), so the text measured is kept for that
     /// second call (for `STATUS_REREAD` at most), which would otherwise find it grown and
     /// fail with ERANGE. A call with a buffer and nothing measured gets a fresh text.
-    pub async fn getxattr_sized(&self, ino: Ino, name: &[u8], size: u32) -> FsResult<Vec<u8>> {
+    /// `pid` is the caller's: what one process measured is for that process's next call.
+    pub async fn getxattr_sized(
+        &self,
+        ino: Ino,
+        name: &[u8],
+        size: u32,
+        pid: u32,
+    ) -> FsResult<Vec<u8>> {
         if !is_status_xattr(name) {
             return self.getxattr(ino, name).await;
         }
-        let key = (ino, name.to_vec());
+        let key = (ino, name.to_vec(), pid);
         if size > 0 {
             let measured = self
                 .measured_status

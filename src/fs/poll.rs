@@ -92,6 +92,12 @@ impl FsCore {
             self.invalidate_entry(dir.ino, name);
         }
         for ino in &report.changed {
+            // The name too: a changed object may have changed type (file <-> symlink),
+            // and the kernel only learns a new type from a fresh lookup.
+            let name = self.inodes.get(*ino).map(|node| node.state().name.clone());
+            if let Some(name) = name {
+                self.invalidate_entry(dir.ino, &name);
+            }
             self.invalidate_inode(*ino);
         }
         for (key, old) in &report.stale {

@@ -458,7 +458,7 @@ async fn the_measured_status_is_what_the_next_call_gets() {
     let r = rig(mem, "");
     let ino = r.ino("f").await.unwrap();
     let name = b"user.s3files.status;1764442800";
-    let measured = r.core.getxattr_sized(ino, name, 0).await.unwrap();
+    let measured = r.core.getxattr_sized(ino, name, 0, 7).await.unwrap();
     // The mount works on: the status's counters grow.
     r.read("f").await;
     let fresh = r.core.getxattr(ino, name).await.unwrap();
@@ -468,12 +468,42 @@ async fn the_measured_status_is_what_the_next_call_gets() {
     );
     let second = r
         .core
-        .getxattr_sized(ino, name, measured.len() as u32)
+        .getxattr_sized(ino, name, measured.len() as u32, 7)
         .await
         .unwrap();
     assert_eq!(second, measured);
     // Once answered, the next read is fresh again.
-    let third = r.core.getxattr_sized(ino, name, 65536).await.unwrap();
+    let third = r.core.getxattr_sized(ino, name, 65536, 7).await.unwrap();
     assert_eq!(third, r.core.getxattr(ino, name).await.unwrap());
     assert_ne!(third, measured);
+}
+
+/// Two processes reading one status at once: each gets the text it measured, not the
+/// other's (which may be longer than its buffer).
+#[tokio::test]
+async fn each_caller_gets_the_status_it_measured() {
+    let mem = Arc::new(MemoryStore::new());
+    mem.put("f", "0123456789", &[]);
+    let r = rig(mem, "");
+    let ino = r.ino("f").await.unwrap();
+    let name = b"user.s3files.status";
+    let first = r.core.getxattr_sized(ino, name, 0, 100).await.unwrap();
+    r.read("f").await;
+    let other = r.core.getxattr_sized(ino, name, 0, 200).await.unwrap();
+    assert_ne!(
+        first, other,
+        "the counters did not move; the test proves nothing"
+    );
+    let again = r
+        .core
+        .getxattr_sized(ino, name, first.len() as u32, 100)
+        .await
+        .unwrap();
+    assert_eq!(again, first);
+    let again = r
+        .core
+        .getxattr_sized(ino, name, other.len() as u32, 200)
+        .await
+        .unwrap();
+    assert_eq!(again, other);
 }
