@@ -1,6 +1,6 @@
 //! Thin fuser adapter: each kernel request becomes one call on `FsCore`, and its result a
-//! reply. Requests that may reach S3 run as tokio tasks so a slow GET never blocks the
-//! FUSE session thread; purely in-memory ones are answered inline. No logic lives here.
+//! reply. Requests that may reach S3 run as tokio tasks so a slow GET never blocks a
+//! FUSE worker thread; purely in-memory ones are answered inline. No logic lives here.
 
 use std::ffi::OsStr;
 use std::future::Future;

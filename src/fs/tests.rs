@@ -415,3 +415,73 @@ async fn names_over_255_bytes_are_too_long() {
         Err(FsError::NameTooLong)
     );
 }
+
+/// What the core told the kernel to forget, in order.
+#[derive(Default)]
+struct Recorded(std::sync::Mutex<Vec<String>>);
+
+impl KernelCache for Arc<Recorded> {
+    fn invalidate_entry(&self, parent: Ino, name: &str) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("entry {parent} {name}"));
+    }
+    fn invalidate_inode(&self, ino: Ino) {
+        self.0.lock().unwrap().push(format!("inode {ino}"));
+    }
+}
+
+/// The kernel keeps names and attributes long (`DEFAULT_KERNEL_TTL`) because every change
+/// a poll finds is pushed to it: new and deleted keys drop the name, a changed object its
+/// name (its type may have changed) and its attributes.
+#[tokio::test]
+async fn a_poll_invalidates_every_name_and_attribute_it_changes() {
+    let store = Arc::new(MemoryStore::new());
+    store.put("d/same", "1", &[]);
+    store.put("d/changed", "1", &[]);
+    store.put("d/gone", "1", &[]);
+    let core = core_with(store.clone(), "", None);
+    let recorded = Arc::new(Recorded::default());
+    core.set_kernel_cache(Box::new(recorded.clone()));
+    let dir = resolve(&core, "d").await.unwrap().ino;
+    let changed = resolve(&core, "d/changed").await.unwrap().ino;
+    resolve(&core, "d/gone").await.unwrap();
+    resolve(&core, "d/same").await.unwrap();
+    store.put("d/changed", "22", &[]);
+    crate::store::ObjectStore::delete(store.as_ref(), "d/gone")
+        .await
+        .unwrap();
+    store.put("d/new", "1", &[]);
+    let poller: Arc<dyn crate::store::ObjectStore> = store.clone();
+    core.poll_once(&poller).await;
+    let mut seen = recorded.0.lock().unwrap().clone();
+    seen.sort();
+    let mut expected = vec![
+        format!("entry {dir} new"),
+        format!("entry {dir} gone"),
+        format!("entry {dir} changed"),
+        format!("inode {changed}"),
+    ];
+    expected.sort();
+    assert_eq!(seen, expected);
+    // Nothing unchanged was dropped, and the new state is what the kernel asks for next.
+    assert_eq!(resolve(&core, "d/changed").await.unwrap().size, 2);
+    assert_eq!(
+        resolve(&core, "d/gone").await.unwrap_err(),
+        FsError::NotFound
+    );
+}
+
+#[test]
+fn names_are_kept_briefly_only_when_the_daemon_checks_permissions() {
+    let store = Arc::new(MemoryStore::new());
+    let core = core_with(store.clone(), "", None);
+    assert_eq!(core.entry_ttl(), DEFAULT_KERNEL_TTL);
+    assert_eq!(core.attr_ttl(), DEFAULT_KERNEL_TTL);
+    let core = core_with(store.clone(), "", None).with_kernel_ttl(Duration::from_millis(500));
+    assert_eq!(core.entry_ttl(), Duration::from_millis(500));
+    let checked = core_with(store, "", Some(Identity::new(1000, 1000)));
+    assert_eq!(checked.entry_ttl(), Duration::from_secs(1));
+    assert_eq!(checked.attr_ttl(), DEFAULT_KERNEL_TTL);
+}
