@@ -502,7 +502,13 @@ impl Filesystem for FuseAdapter {
             Ok(entries) => {
                 for (i, entry) in entries.iter().enumerate().skip(offset as usize) {
                     let next = (i + 1) as u64;
-                    if reply.add(INodeNo(entry.ino), next, file_type(entry.kind), &entry.name) {
+                    let full = match entry.kind {
+                        Some(kind) => {
+                            reply.add(INodeNo(entry.ino), next, file_type(kind), &entry.name)
+                        }
+                        None => reply.add_unknown_type(INodeNo(entry.ino), next, &entry.name),
+                    };
+                    if full {
                         break;
                     }
                 }

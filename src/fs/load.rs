@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use tracing::{debug, info, warn};
 
-use super::inode::{Node, RemoteObject};
+use dashmap::DashMap;
+
+use super::inode::{Ino, Node, RemoteObject};
 use super::namespace::{self, build_entries};
 use super::{FsCore, FsResult};
 use crate::import_rules::Trigger;
@@ -16,6 +18,39 @@ use crate::store::{ObjectStore, StoreError};
 
 /// Skipped or hidden keys remembered so a re-listing does not report them again.
 const MAX_REPORTED_KEYS: usize = 100_000;
+
+/// HeadObject requests of the metadata prefetch in flight at once, per mount. A HEAD is
+/// a round trip of a few ms (moto, loopback) to tens of ms (S3) with almost no bytes, so
+/// 32 in flight keep a server busy (moto serves a few hundred a second on 2 cores; S3
+/// far more per prefix) while leaving room for a stat's own HEAD, which never waits for
+/// this budget. The SDK's connection pool has no per-host cap below that.
+pub(super) const META_PREFETCH: usize = 32;
+
+/// Counts one piece of background work on a directory (an eager import, a metadata
+/// prefetch) while it lives; the poller leaves a directory with work under way alone.
+pub(super) struct DirWork {
+    work: Arc<DashMap<Ino, usize>>,
+    dir: Ino,
+}
+
+impl DirWork {
+    pub(super) fn start(work: &Arc<DashMap<Ino, usize>>, dir: Ino) -> DirWork {
+        *work.entry(dir).or_insert(0) += 1;
+        DirWork {
+            work: work.clone(),
+            dir,
+        }
+    }
+}
+
+impl Drop for DirWork {
+    fn drop(&mut self) {
+        self.work.remove_if_mut(&self.dir, |_, n| {
+            *n -= 1;
+            *n == 0
+        });
+    }
+}
 
 impl FsCore {
     /// Lists a directory (all pages) the first time it is needed.
@@ -85,7 +120,9 @@ impl FsCore {
         };
         for (node, version) in imports {
             let (fetcher, eager) = (self.fetcher.clone(), self.eager.clone());
+            let work = DirWork::start(&self.dir_work, dir.ino);
             runtime.spawn(async move {
+                let _work = work;
                 let Ok(_permit) = eager.acquire().await else {
                     return;
                 };
@@ -248,49 +285,116 @@ impl FsCore {
 
     /// Fetches a node's metadata (HeadObject) if it is not known.
     pub(super) async fn ensure_meta(&self, node: &Node) -> FsResult<()> {
-        if node.state().meta.is_some() {
-            return Ok(());
-        }
-        let _loading = node.load_lock.lock().await;
-        let (key, is_dir) = {
-            let state = node.state();
-            if state.meta.is_some() {
-                return Ok(());
-            }
-            (state.key.clone(), state.is_dir)
-        };
-        if is_dir && key.is_empty() {
-            // The bucket root has no marker object.
-            node.state().meta = Some(PosixMeta::default_for(true));
-            return Ok(());
-        }
-        let head = match self.store.head(&key).await {
-            Ok(head) => Some(head),
-            // A directory without a marker is implicit: it takes the defaults.
-            Err(StoreError::NotFound) if is_dir => None,
-            Err(e) => return Err(self.store_error(&key, e)),
-        };
-        let mut state = node.state();
-        match head {
-            Some(head) => {
-                state.meta = Some(PosixMeta::from_user_metadata(&head.metadata, is_dir));
-                let changed = state.remote.as_ref().map(|r| &r.etag) != Some(&head.etag);
-                if changed {
-                    state.symlink_target = None;
-                }
-                state.remote = Some(RemoteObject {
-                    size: head.size,
-                    etag: head.etag,
-                    last_modified: head.last_modified,
-                });
-            }
-            None => {
-                state.meta = Some(PosixMeta::default_for(true));
-                state.remote = None;
-            }
-        }
-        Ok(())
+        load_meta(&self.store, node)
+            .await
+            .map_err(|(key, e)| self.store_error(&key, e))
     }
+
+    /// Fetches in the background, in name order, the metadata of a listed directory's
+    /// entries that have none and that no eager import is about to bring, so a `ls -l`
+    /// or `find -type` that stats them one after the other finds it known. Started by
+    /// the first stat that misses, never by readdir, so a plain listing costs only the
+    /// listing. A stat's own HEAD does not wait for this budget, and an entry is fetched
+    /// once either way (the node's load lock serialises both).
+    pub(super) fn prefetch_meta(&self, dir: &Node) {
+        if self.meta_prefetched.insert(dir.ino, ()).is_some() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let children: Vec<Arc<Node>> = {
+            let state = dir.state();
+            state
+                .children
+                .iter()
+                .flatten()
+                .filter_map(|(_, ino)| self.inodes.get(*ino))
+                .collect()
+        };
+        let todo: Vec<Arc<Node>> = children
+            .into_iter()
+            .filter(|node| {
+                {
+                    let state = node.state();
+                    if state.is_dir || state.meta.is_some() || state.sync.is_local() {
+                        return false;
+                    }
+                }
+                self.import_version(node).is_none()
+            })
+            .collect();
+        if todo.is_empty() {
+            return;
+        }
+        let work = DirWork::start(&self.dir_work, dir.ino);
+        let (store, budget) = (self.store.clone(), self.prefetch.clone());
+        runtime.spawn(async move {
+            let _work = work;
+            let mut tasks = tokio::task::JoinSet::new();
+            for node in todo {
+                let Ok(permit) = budget.clone().acquire_owned().await else {
+                    return;
+                };
+                let store = store.clone();
+                tasks.spawn(async move {
+                    let _permit = permit;
+                    // Only a head start: a stat fetches it again and reports any error.
+                    if let Err((key, e)) = load_meta(&store, &node).await {
+                        debug!(key, error = %e, "metadata prefetch failed");
+                    }
+                });
+                while tasks.try_join_next().is_some() {}
+            }
+            while tasks.join_next().await.is_some() {}
+        });
+    }
+}
+
+/// Fetches a node's metadata (HeadObject) if it is not known; on error, the key with it.
+async fn load_meta(store: &Arc<dyn ObjectStore>, node: &Node) -> Result<(), (String, StoreError)> {
+    if node.state().meta.is_some() {
+        return Ok(());
+    }
+    let _loading = node.load_lock.lock().await;
+    let (key, is_dir) = {
+        let state = node.state();
+        if state.meta.is_some() {
+            return Ok(());
+        }
+        (state.key.clone(), state.is_dir)
+    };
+    if is_dir && key.is_empty() {
+        // The bucket root has no marker object.
+        node.state().meta = Some(PosixMeta::default_for(true));
+        return Ok(());
+    }
+    let head = match store.head(&key).await {
+        Ok(head) => Some(head),
+        // A directory without a marker is implicit: it takes the defaults.
+        Err(StoreError::NotFound) if is_dir => None,
+        Err(e) => return Err((key, e)),
+    };
+    let mut state = node.state();
+    match head {
+        Some(head) => {
+            state.meta = Some(PosixMeta::from_user_metadata(&head.metadata, is_dir));
+            let changed = state.remote.as_ref().map(|r| &r.etag) != Some(&head.etag);
+            if changed {
+                state.symlink_target = None;
+            }
+            state.remote = Some(RemoteObject {
+                size: head.size,
+                etag: head.etag,
+                last_modified: head.last_modified,
+            });
+        }
+        None => {
+            state.meta = Some(PosixMeta::default_for(true));
+            state.remote = None;
+        }
+    }
+    Ok(())
 }
 
 /// Eager import of one small file: its bytes into the cache and its POSIX metadata onto

@@ -32,7 +32,6 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use dashmap::DashMap;
-use futures::stream::{self, StreamExt};
 use tracing::{info, warn};
 
 use crate::cache::DataCache;
@@ -56,11 +55,10 @@ pub const SYNC_XATTR: &str = "user.s3files.sync";
 /// call: far longer than the microseconds between a caller's two calls, short enough
 /// that a later read never sees an old text.
 const STATUS_REREAD: std::time::Duration = std::time::Duration::from_secs(1);
-/// Objects no larger than this may be symlinks (a target is at most PATH_MAX bytes), so
-/// a listing alone cannot tell their type: readdir fetches their metadata first.
+/// Objects no larger than this may be symlinks (a target is at most PATH_MAX bytes), and
+/// FIFOs and sockets have no body, so a listing alone cannot tell their type: readdir
+/// reports it as unknown (DT_UNKNOWN) until their metadata is known.
 const MAX_SYMLINK_SIZE: u64 = 4096;
-/// HeadObject requests in flight at once while a directory's entries are typed.
-const HEAD_CONCURRENCY: usize = 32;
 /// Size reported for directories, as most local file systems do.
 const DIR_SIZE: u64 = 4096;
 /// How long the kernel may keep names and attributes by default. Every change the daemon
@@ -126,7 +124,9 @@ pub struct Attr {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirEntry {
     pub ino: Ino,
-    pub kind: EntryKind,
+    /// None: not known without a request for the object's metadata (a small object that
+    /// may be a symlink, FIFO or socket); readdir says DT_UNKNOWN and a stat tells.
+    pub kind: Option<EntryKind>,
     pub name: String,
 }
 
@@ -174,6 +174,13 @@ pub struct FsCore {
     import_rules: ImportRules,
     /// How long the kernel may cache names and attributes (`entry_ttl`, `attr_ttl`).
     kernel_ttl: std::time::Duration,
+    /// Background work (eager imports, metadata prefetch) still running per directory,
+    /// by its inode: the poller does not re-list a directory while this is above zero.
+    dir_work: Arc<DashMap<Ino, usize>>,
+    /// Directories whose metadata prefetch has been started since their listing.
+    meta_prefetched: DashMap<Ino, ()>,
+    /// Budget of the metadata prefetch's HeadObject requests, apart from `eager`'s GETs.
+    prefetch: Arc<tokio::sync::Semaphore>,
 }
 
 impl FsCore {
@@ -188,6 +195,9 @@ impl FsCore {
             budget: StreamBudget::new(options.stream_budget),
             eager: Arc::new(tokio::sync::Semaphore::new(EAGER_IMPORTS)),
             import_rules: ImportRules::root_only(options.import_size_threshold),
+            dir_work: Arc::new(DashMap::new()),
+            meta_prefetched: DashMap::new(),
+            prefetch: Arc::new(tokio::sync::Semaphore::new(load::META_PREFETCH)),
             store,
             inodes: InodeTable::new(&options.root_prefix),
             files: DashMap::new(),
@@ -286,6 +296,11 @@ impl FsCore {
         // The entry can be replaced while its metadata is fetched; a few tries settle it.
         for _ in 0..3 {
             let child = self.inodes.child(&dir, name).ok_or(FsError::NotFound)?;
+            if child.state().meta.is_none() {
+                // One stat of an unknown entry (`ls -l`, `find -type`, `ls --color`)
+                // usually means its siblings come next: fetch theirs in the background.
+                self.prefetch_meta(&dir);
+            }
             self.ensure_meta(&child).await?;
             if self.inodes.remember(&dir, name, &child) {
                 return Ok(self.attr(&child));
@@ -393,51 +408,22 @@ impl FsCore {
                 .filter_map(|(name, ino)| Some((name.clone(), self.inodes.get(*ino)?)))
                 .collect()
         };
-        // A small object may be a symlink: fetch the metadata that decides its d_type.
-        let untyped: Vec<Arc<Node>> = children
-            .iter()
-            .filter(|(_, node)| {
-                let state = node.state();
-                !state.is_dir
-                    && state.meta.is_none()
-                    && state
-                        .remote
-                        .as_ref()
-                        .is_some_and(|r| r.size <= MAX_SYMLINK_SIZE)
-            })
-            .map(|(_, node)| node.clone())
-            .collect();
-        stream::iter(untyped)
-            .map(|node| async move {
-                // A small file's import brings its metadata with its bytes, in one GET.
-                // A file deleted since the listing just keeps the regular-file type.
-                let imported = match self.import_version(&node) {
-                    Some(version) => load::import_node(&self.fetcher, &node, &version)
-                        .await
-                        .is_ok(),
-                    None => false,
-                };
-                if !imported {
-                    let _ = self.ensure_meta(&node).await;
-                }
-            })
-            .buffer_unordered(HEAD_CONCURRENCY)
-            .collect::<Vec<()>>()
-            .await;
         let parent = dir.state().parent;
         let mut entries = Vec::with_capacity(children.len() + 2);
         entries.push(DirEntry {
             ino: dir.ino,
-            kind: EntryKind::Dir,
+            kind: Some(EntryKind::Dir),
             name: ".".into(),
         });
         entries.push(DirEntry {
             ino: parent,
-            kind: EntryKind::Dir,
+            kind: Some(EntryKind::Dir),
             name: "..".into(),
         });
+        // No request per entry: readdir costs the listing, and an entry whose type needs
+        // its metadata is reported as unknown.
         for (name, node) in children {
-            let kind = kind_of(&node.state());
+            let kind = listed_kind(&node.state());
             entries.push(DirEntry {
                 ino: node.ino,
                 kind,
@@ -768,6 +754,19 @@ pub fn is_status_xattr(name: &[u8]) -> bool {
     }
 }
 
+/// An entry's kind as readdir reports it: None while it needs metadata not known yet (a
+/// small object may be a symlink, a FIFO or a socket; a larger one is a file).
+fn listed_kind(state: &inode::NodeState) -> Option<EntryKind> {
+    let unknown = !state.is_dir
+        && state.meta.is_none()
+        && state.sync.local_meta().is_none()
+        && state
+            .remote
+            .as_ref()
+            .is_some_and(|r| r.size <= MAX_SYMLINK_SIZE);
+    (!unknown).then(|| kind_of(state))
+}
+
 /// An entry's kind: a directory by its node, anything else by the type bits of the
 /// metadata it shows (local first); a file until its metadata is known.
 fn kind_of(state: &inode::NodeState) -> EntryKind {
@@ -782,6 +781,8 @@ fn kind_of(state: &inode::NodeState) -> EntryKind {
 
 #[cfg(test)]
 mod access_tests;
+#[cfg(test)]
+mod bigdir_tests;
 #[cfg(test)]
 mod limits_tests;
 #[cfg(test)]

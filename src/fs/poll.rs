@@ -33,6 +33,14 @@ impl FsCore {
                     let core = self.clone();
                     let store = store.clone();
                     async move {
+                        // Its last listing's imports or metadata prefetch are still under
+                        // way: listing it again now would only compete with them for the
+                        // server (a 20-page listing on moto takes longer than a poll
+                        // interval). This round skips it; a later round lists it.
+                        if core.dir_work.contains_key(&dir.ino) {
+                            debug!(ino = dir.ino, "poll: directory still importing; skipped");
+                            return;
+                        }
                         if let Err(e) = core.refresh_dir(&dir, &store).await {
                             debug!(ino = dir.ino, error = %e, "poll: listing failed; next round retries");
                         }
@@ -85,6 +93,10 @@ impl FsCore {
         let report =
             self.inodes
                 .merge_listing(dir, &entries, &pending.hidden, &pending.keep, started);
+        if !report.added.is_empty() {
+            // New entries have no metadata yet: the next stat that misses prefetches again.
+            self.meta_prefetched.remove(&dir.ino);
+        }
         for name in &report.added {
             self.invalidate_entry(dir.ino, name);
         }

@@ -389,7 +389,8 @@ pub(crate) async fn snapshot(core: &FsCore) -> (BTreeMap<String, Snap>, Vec<(Str
                     tree.insert(
                         child,
                         Snap {
-                            kind: entry.kind,
+                            // Unknown to readdir (a small object): a file until stat says.
+                            kind: entry.kind.unwrap_or(EntryKind::File),
                             size: 0,
                             perm: 0,
                             content: Err(errno(e)),
@@ -423,11 +424,12 @@ pub(crate) async fn snapshot(core: &FsCore) -> (BTreeMap<String, Snap>, Vec<(Str
                 // No data: the kernel serves their I/O itself.
                 EntryKind::Fifo | EntryKind::Socket => Ok(String::new()),
             };
-            if entry.kind != attr.kind {
+            // readdir may not know a type (DT_UNKNOWN) but must never say a wrong one.
+            if let Some(listed) = entry.kind.filter(|k| *k != attr.kind) {
                 tree.insert(
-                    format!("{child}<readdir says {:?}>", entry.kind),
+                    format!("{child}<readdir says {listed:?}>"),
                     Snap {
-                        kind: entry.kind,
+                        kind: listed,
                         size: 0,
                         perm: 0,
                         content: Ok(String::new()),
