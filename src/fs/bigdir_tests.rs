@@ -11,29 +11,7 @@ use crate::store::memory::MemoryStore;
 const ROOT: Identity = Identity::new(0, 0);
 
 fn core_with(store: Arc<MemoryStore>, import_size_threshold: u64) -> FsCore {
-    let metrics = Arc::new(Metrics::default());
-    let cache = crate::cache::DataCache::open(
-        &crate::cache::CacheOptions {
-            dir: tempfile::tempdir().unwrap().keep().join("data"),
-            disk_bytes: 1 << 30,
-            memory_bytes: 64 << 20,
-            expiry: Duration::from_secs(3600),
-        },
-        metrics.clone(),
-    )
-    .unwrap()
-    .0;
-    let options = CoreOptions {
-        bucket: "b".into(),
-        root_prefix: String::new(),
-        access_point: None,
-        secondary_gids: Vec::new(),
-        root_squash: false,
-        fs_prefix: None,
-        import_size_threshold,
-        stream_budget: crate::read::stream::DEFAULT_BUDGET,
-    };
-    FsCore::new(store, options, metrics, Arc::new(cache))
+    super::tests::read_core(store, |o| o.import_size_threshold = import_size_threshold)
 }
 
 /// A flat directory `big/` of `n` ten-byte files, a symlink, a FIFO and one large file.
@@ -49,14 +27,7 @@ fn big_dir(n: usize) -> Arc<MemoryStore> {
 }
 
 async fn listing(core: &FsCore, dir: Ino) -> Vec<(String, Option<EntryKind>)> {
-    let fh = core.opendir(ROOT, dir).await.unwrap();
-    let entries = core.readdir(fh).unwrap();
-    core.releasedir(fh);
-    entries
-        .iter()
-        .skip(2)
-        .map(|e| (e.name.clone(), e.kind))
-        .collect()
+    super::tests::names(core, dir).await
 }
 
 fn kind_in(listed: &[(String, Option<EntryKind>)], name: &str) -> Option<EntryKind> {

@@ -10,37 +10,41 @@ use crate::store::memory::MemoryStore;
 const ROOT: Identity = Identity::new(0, 0);
 
 fn core_with(store: Arc<MemoryStore>, prefix: &str, access_point: Option<Identity>) -> FsCore {
-    let metrics = Arc::new(Metrics::default());
-    FsCore::new(
-        store,
-        CoreOptions {
-            bucket: "b".into(),
-            root_prefix: prefix.into(),
-            access_point,
-            secondary_gids: Vec::new(),
-            root_squash: false,
-            fs_prefix: None,
-            import_size_threshold: 0,
-            stream_budget: crate::read::stream::DEFAULT_BUDGET,
-        },
-        metrics.clone(),
-        Arc::new(
-            crate::cache::DataCache::open(
-                &crate::cache::CacheOptions {
-                    dir: tempfile::tempdir().unwrap().keep().join("data"),
-                    disk_bytes: 1 << 30,
-                    memory_bytes: 64 << 20,
-                    expiry: Duration::from_secs(3600),
-                },
-                metrics,
-            )
-            .unwrap()
-            .0,
-        ),
-    )
+    read_core(store, |o| {
+        o.root_prefix = prefix.into();
+        o.access_point = access_point;
+    })
 }
 
-async fn names(core: &FsCore, ino: Ino) -> Vec<(String, Option<EntryKind>)> {
+/// A core without a write path over `store`; `adjust` changes its options first.
+pub(super) fn read_core(store: Arc<MemoryStore>, adjust: impl FnOnce(&mut CoreOptions)) -> FsCore {
+    let metrics = Arc::new(Metrics::default());
+    let mut options = CoreOptions {
+        bucket: "b".into(),
+        root_prefix: String::new(),
+        access_point: None,
+        secondary_gids: Vec::new(),
+        root_squash: false,
+        fs_prefix: None,
+        import_size_threshold: 0,
+        stream_budget: crate::read::stream::DEFAULT_BUDGET,
+    };
+    adjust(&mut options);
+    let cache = crate::cache::DataCache::open(
+        &crate::cache::CacheOptions {
+            dir: tempfile::tempdir().unwrap().keep().join("data"),
+            disk_bytes: 1 << 30,
+            memory_bytes: 64 << 20,
+            expiry: Duration::from_secs(3600),
+        },
+        metrics.clone(),
+    )
+    .unwrap()
+    .0;
+    FsCore::new(store, options, metrics, Arc::new(cache))
+}
+
+pub(super) async fn names(core: &FsCore, ino: Ino) -> Vec<(String, Option<EntryKind>)> {
     let fh = core.opendir(ROOT, ino).await.unwrap();
     let entries = core.readdir(fh).unwrap();
     core.releasedir(fh);
