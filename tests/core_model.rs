@@ -405,3 +405,17 @@ fn a_fifo_that_loses_a_conflict_leaves_nothing_in_lost_found() {
         Op::Sync,
     ]);
 }
+
+/// Two conflicts on either side of a remount: record ids start again after a restart with
+/// an empty journal, so the second local copy's lost+found name (`<id>_<name>`) was the
+/// first one's, and moving it in replaced the first (found by the 20,000-case run).
+#[test]
+fn lost_found_never_replaces_a_copy_kept_before_a_remount() {
+    replay(&[
+        Op::Write("a", 0, "first local copy".into()),
+        put_then("a", "theirs", Refresh::Poll),
+        Op::Remount,
+        Op::Write("d/a", 0, "second local copy".into()),
+        put_then("d/a", "theirs", Refresh::Poll),
+    ]);
+}

@@ -5,7 +5,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::local_state::DIR_MODE;
@@ -41,7 +41,9 @@ impl LostFound {
         self.dir.join(file_name)
     }
 
-    /// Moves a staged file in; returns its lost+found name.
+    /// Moves a staged file in; returns its lost+found name. Never replaces a file kept
+    /// before: record ids start again after a restart with an empty journal, so
+    /// `<hex-id>_<name>` may already be taken, and then `<hex-id>-<n>_<name>` is used.
     pub fn keep(
         &self,
         staged: &Path,
@@ -49,11 +51,33 @@ impl LostFound {
         name: &str,
         origin: &str,
     ) -> std::io::Result<String> {
-        let file_name = Self::file_name(id, name);
-        crate::local_state::create_private(&self.dir.join(format!("{file_name}{ORIGIN_SUFFIX}")))?
-            .write_all(origin.as_bytes())?;
-        fs::rename(staged, self.dir.join(&file_name))?;
-        Ok(file_name)
+        let base = Self::file_name(id, name);
+        let (prefix, rest) = base.split_once('_').unwrap_or((&base, ""));
+        for n in 0u32.. {
+            let file_name = match n {
+                0 => base.clone(),
+                n => format!("{prefix}-{n}_{rest}"),
+            };
+            if self.dir.join(&file_name).exists() {
+                continue;
+            }
+            // The sidecar is created exclusively: it claims the name.
+            let sidecar = self.dir.join(format!("{file_name}{ORIGIN_SUFFIX}"));
+            let mut file = match fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(crate::local_state::FILE_MODE)
+                .open(&sidecar)
+            {
+                Ok(file) => file,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            };
+            file.write_all(origin.as_bytes())?;
+            fs::rename(staged, self.dir.join(&file_name))?;
+            return Ok(file_name);
+        }
+        unreachable!("a free lost+found name")
     }
 
     /// Every kept file with the path it came from.
@@ -104,5 +128,24 @@ mod tests {
         );
         lost.remove(&name);
         assert!(lost.entries().unwrap().is_empty());
+    }
+
+    #[test]
+    fn never_replaces_a_kept_file() {
+        // After a restart with an empty journal, record ids start again: the same id and
+        // name can come back.
+        let dir = tempfile::tempdir().unwrap();
+        let lost = LostFound::open(dir.path()).unwrap();
+        let mut names = Vec::new();
+        for bytes in ["first", "second", "third"] {
+            let staged = dir.path().join("staged");
+            fs::write(&staged, bytes).unwrap();
+            names.push(lost.keep(&staged, 2, "a", &format!("/{bytes}")).unwrap());
+        }
+        assert_eq!(names, ["2_a", "2-1_a", "2-2_a"]);
+        for (name, bytes) in names.iter().zip(["first", "second", "third"]) {
+            assert_eq!(fs::read_to_string(lost.path(name)).unwrap(), bytes);
+        }
+        assert_eq!(lost.entries().unwrap().len(), 3);
     }
 }
