@@ -43,36 +43,13 @@ pub(super) fn writing_core(
     dir: &std::path::Path,
     adjust: impl FnOnce(&mut CoreOptions),
 ) -> Arc<FsCore> {
-    let metrics = Arc::new(Metrics::default());
-    let cache = crate::cache::DataCache::open(
-        &crate::cache::CacheOptions {
-            dir: dir.join("data"),
-            disk_bytes: 1 << 30,
-            memory_bytes: 64 << 20,
-            expiry: Duration::from_secs(3600),
-        },
-        metrics.clone(),
-    )
-    .unwrap()
-    .0;
     let writer = Writer::open(&WriteOptions {
         cache_dir: dir.to_path_buf(),
         write_back_delay: Duration::from_secs(3600),
         mount_id: "m".into(),
     })
     .unwrap();
-    let mut options = CoreOptions {
-        bucket: "b".into(),
-        root_prefix: String::new(),
-        access_point: None,
-        secondary_gids: Vec::new(),
-        root_squash: false,
-        fs_prefix: None,
-        import_size_threshold: 0,
-        stream_budget: crate::read::stream::DEFAULT_BUDGET,
-    };
-    adjust(&mut options);
-    let core = Arc::new(FsCore::new(store, options, metrics, Arc::new(cache)).with_writer(writer));
+    let core = Arc::new(super::tests::core_in(store, dir, adjust).with_writer(writer));
     tokio::spawn(core.clone().run_exports());
     core
 }

@@ -18,6 +18,16 @@ fn core_with(store: Arc<MemoryStore>, prefix: &str, access_point: Option<Identit
 
 /// A core without a write path over `store`; `adjust` changes its options first.
 pub(super) fn read_core(store: Arc<MemoryStore>, adjust: impl FnOnce(&mut CoreOptions)) -> FsCore {
+    core_in(store, &tempfile::tempdir().unwrap().keep(), adjust)
+}
+
+/// A core over `store` with its data cache in `dir`, the options every in-process test
+/// starts from changed by `adjust`; no write path (`sync_tests::writing_core` adds one).
+pub(super) fn core_in(
+    store: Arc<dyn ObjectStore>,
+    dir: &std::path::Path,
+    adjust: impl FnOnce(&mut CoreOptions),
+) -> FsCore {
     let metrics = Arc::new(Metrics::default());
     let mut options = CoreOptions {
         bucket: "b".into(),
@@ -32,7 +42,7 @@ pub(super) fn read_core(store: Arc<MemoryStore>, adjust: impl FnOnce(&mut CoreOp
     adjust(&mut options);
     let cache = crate::cache::DataCache::open(
         &crate::cache::CacheOptions {
-            dir: tempfile::tempdir().unwrap().keep().join("data"),
+            dir: dir.join("data"),
             disk_bytes: 1 << 30,
             memory_bytes: 64 << 20,
             expiry: Duration::from_secs(3600),
