@@ -103,6 +103,14 @@ pub struct MountArgs {
     #[arg(long, value_name = "N")]
     pub fuse_threads: Option<usize>,
 
+    /// Serve every read and write through the daemon. By default an open file whose
+    /// bytes are local (being written, or wholly in the disk cache) is handed to the
+    /// kernel, which reads and writes the local file directly (FUSE passthrough, Linux
+    /// 6.9+, needs CAP_SYS_ADMIN); where the kernel lacks it the mount falls back by
+    /// itself
+    #[arg(long)]
+    pub no_passthrough: bool,
+
     /// Files smaller than this are fetched into the cache in the background when their
     /// directory is first listed; 0 turns this off. The root's import rule, unless an
     /// --import-rule has prefix= (giving both is an error) [default: 128KiB]

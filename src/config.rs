@@ -97,6 +97,8 @@ pub struct MountConfig {
     pub kernel_cache_ttl: Duration,
     /// FUSE event loops serving requests at once.
     pub fuse_threads: usize,
+    /// Hand open files with local bytes to the kernel (FUSE passthrough).
+    pub passthrough: bool,
     /// Bound on the disk tier of the data cache.
     pub cache_size: u64,
     /// Bound on the memory tier of the data cache.
@@ -224,6 +226,7 @@ impl MountConfig {
             write_back_delay: args.write_back_delay.unwrap_or(DEFAULT_WRITE_BACK_DELAY),
             poll_interval: args.poll_interval.unwrap_or(DEFAULT_POLL_INTERVAL),
             fuse_threads,
+            passthrough: !args.no_passthrough,
             kernel_cache_ttl: args
                 .kernel_cache_ttl
                 .unwrap_or(crate::fs::DEFAULT_KERNEL_TTL),

@@ -29,7 +29,7 @@ use crate::config::{CreationInfo, MountConfig, RootDir};
 use crate::fs::access::Identity;
 use crate::fs::write::{WriteOptions, Writer};
 use crate::fs::{CoreOptions, FsCore};
-use crate::fuse::{FuseAdapter, FuseKernelCache};
+use crate::fuse::{FuseAdapter, FuseKernelCache, Passthrough};
 use crate::local_state::{self, LockBusy, LOG_FILE};
 use crate::metrics::Metrics;
 use crate::mounts;
@@ -308,7 +308,12 @@ fn serve(config: &MountConfig, notifier: &mut Notifier) -> Result<(), String> {
     if !config.poll_interval.is_zero() {
         spawn_poller(config, core.clone());
     }
-    let adapter = FuseAdapter::new(core.clone(), runtime.handle().clone());
+    runtime.spawn(watch_external_writes(core.clone()));
+    let adapter = FuseAdapter::new(
+        core.clone(),
+        runtime.handle().clone(),
+        passthrough_request(config),
+    );
     let session = fuser::spawn_mount(adapter, &config.mountpoint, &fuse_config(config))
         .map_err(|e| format!("cannot mount on {}: {e}", config.mountpoint.display()))?;
     core.set_kernel_cache(Box::new(FuseKernelCache(session.notifier())));
@@ -377,6 +382,31 @@ fn open_cache(config: &MountConfig, metrics: Arc<Metrics>) -> Result<Arc<DataCac
 }
 
 /// Drops cached data that went unused for the expiry, a few times per expiry period.
+/// What to ask the kernel for at INIT: passthrough unless turned off, with the stacking
+/// depth the cache dir's file system needs (overlayfs, e.g. a container's own file
+/// system, is itself stacked once).
+fn passthrough_request(config: &MountConfig) -> Passthrough {
+    if !config.passthrough {
+        return Passthrough::Off("turned off with --no-passthrough".into());
+    }
+    const OVERLAYFS_MAGIC: i64 = 0x794c_7630;
+    const ECRYPTFS_MAGIC: i64 = 0xf15f;
+    let stacked = crate::local_state::fs_type(&config.cache_dir)
+        .is_some_and(|t| t == OVERLAYFS_MAGIC || t == ECRYPTFS_MAGIC);
+    Passthrough::Want {
+        max_stack_depth: if stacked { 2 } else { 1 },
+    }
+}
+
+/// Writes made through the kernel (passthrough) are found by looking at the files, once
+/// a second while such a writer is open.
+async fn watch_external_writes(core: Arc<FsCore>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        core.watch_external_writes();
+    }
+}
+
 async fn sweep_cache(cache: Arc<DataCache>, expiry: Duration) {
     let every = (expiry / 10).clamp(Duration::from_secs(1), Duration::from_secs(600));
     loop {

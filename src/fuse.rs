@@ -10,14 +10,15 @@ use std::time::SystemTime;
 
 use fuser::{
     AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType,
-    Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner, OpenAccMode, OpenFlags,
-    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
 use tracing::{debug_span, Instrument, Span};
 
 use crate::fs::access::Identity;
+use crate::fs::passthrough::{IoMode, Registration};
 use crate::fs::write::SetAttr;
 use crate::fs::{Attr, FsCore, FsError};
 use crate::posix::EntryKind;
@@ -25,11 +26,26 @@ use crate::posix::EntryKind;
 pub struct FuseAdapter {
     core: Arc<FsCore>,
     runtime: Handle,
+    passthrough: Passthrough,
+}
+
+/// Whether to ask the kernel for passthrough at INIT.
+#[derive(Debug, Clone)]
+pub enum Passthrough {
+    /// Not asked for, for this reason (shown by status).
+    Off(String),
+    /// Asked for, with the stacking depth of the backing files' file system plus one (2
+    /// when the cache dir is itself on a stacked file system such as overlayfs).
+    Want { max_stack_depth: u32 },
 }
 
 impl FuseAdapter {
-    pub fn new(core: Arc<FsCore>, runtime: Handle) -> Self {
-        FuseAdapter { core, runtime }
+    pub fn new(core: Arc<FsCore>, runtime: Handle, passthrough: Passthrough) -> Self {
+        FuseAdapter {
+            core,
+            runtime,
+            passthrough,
+        }
     }
 
     fn spawn(&self, span: Span, task: impl Future<Output = ()> + Send + 'static) {
@@ -94,15 +110,46 @@ fn file_type(kind: EntryKind) -> FileType {
     }
 }
 
-fn reply_opened(reply: ReplyOpen, result: Result<(u64, bool), FsError>) {
+/// How to answer an open or create of handle `fh`: its flags, and the kernel's
+/// registration of its backing file when it is passed through. `register` makes the
+/// registration (the reply's `open_backing`) for the first handle on a backing.
+fn open_reply(
+    core: &FsCore,
+    fh: u64,
+    keep_cache: bool,
+    register: impl FnOnce(&std::fs::File) -> std::io::Result<fuser::BackingId>,
+) -> (FopenFlags, Option<Registration>) {
+    match core.io_mode(fh) {
+        IoMode::Cached if keep_cache => (FopenFlags::FOPEN_KEEP_CACHE, None),
+        IoMode::Cached => (FopenFlags::empty(), None),
+        IoMode::Direct => (FopenFlags::FOPEN_DIRECT_IO, None),
+        IoMode::Passthrough(backing) => {
+            match backing.registration(|file| register(file).map(|id| Arc::new(id) as Registration))
+            {
+                Ok(registration) => (FopenFlags::empty(), Some(registration)),
+                Err(e) => {
+                    // Direct I/O is allowed whatever the inode's other opens are.
+                    core.passthrough_failed(fh, &format!("the kernel refused a backing file: {e}"));
+                    (FopenFlags::FOPEN_DIRECT_IO, None)
+                }
+            }
+        }
+    }
+}
+
+fn backing_id(registration: &Registration) -> Option<&fuser::BackingId> {
+    registration.downcast_ref::<fuser::BackingId>()
+}
+
+fn reply_opened(core: &FsCore, reply: ReplyOpen, result: Result<(u64, bool), FsError>) {
     match result {
         Ok((fh, keep_cache)) => {
-            let flags = if keep_cache {
-                FopenFlags::FOPEN_KEEP_CACHE
-            } else {
-                FopenFlags::empty()
-            };
-            reply.opened(FileHandle(fh), flags)
+            let (flags, registration) =
+                open_reply(core, fh, keep_cache, |file| reply.open_backing(file));
+            match registration.as_ref().and_then(backing_id) {
+                Some(id) => reply.opened_passthrough(FileHandle(fh), flags, id),
+                None => reply.opened(FileHandle(fh), flags),
+            }
         }
         Err(e) => reply.error(errno(&e)),
     }
@@ -119,7 +166,24 @@ fn reply_xattr(reply: ReplyXattr, size: u32, result: Result<Vec<u8>, FsError>) {
 }
 
 impl Filesystem for FuseAdapter {
-    fn init(&mut self, _req: &Request, _config: &mut KernelConfig) -> std::io::Result<()> {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        match &self.passthrough {
+            Passthrough::Off(why) => self.core.disable_passthrough(why),
+            Passthrough::Want { max_stack_depth } => {
+                match config.add_capabilities(InitFlags::FUSE_PASSTHROUGH) {
+                    Ok(()) => match config.set_max_stack_depth(*max_stack_depth) {
+                        Ok(_) => self.core.enable_passthrough(),
+                        Err(_) => self.core.disable_passthrough(
+                            "the cache dir's file system is stacked too deep for passthrough",
+                        ),
+                    },
+                    Err(_) => self.core.disable_passthrough(
+                        "the kernel does not offer FUSE passthrough (Linux 6.9 or later, \
+                         CONFIG_FUSE_PASSTHROUGH)",
+                    ),
+                }
+            }
+        }
         Ok(())
     }
 
@@ -375,11 +439,12 @@ impl Filesystem for FuseAdapter {
             core.open_cached(who, ino.0, write, truncate)
         };
         if let Some(result) = cached {
-            reply_opened(reply, result);
+            reply_opened(&self.core, reply, result);
             return;
         }
         self.spawn(debug_span!("open", ino = ino.0), async move {
-            reply_opened(reply, core.open(who, ino.0, write, truncate).await);
+            let result = core.open(who, ino.0, write, truncate).await;
+            reply_opened(&core, reply, result);
         });
     }
 
@@ -616,13 +681,24 @@ impl Filesystem for FuseAdapter {
                     .create(who, parent.0, name.as_encoded_bytes(), mode & !umask)
                     .await
                 {
-                    Ok((attr, fh)) => reply.created(
-                        &core.entry_ttl(),
-                        &file_attr(&attr),
-                        Generation(0),
-                        FileHandle(fh),
-                        FopenFlags::empty(),
-                    ),
+                    Ok((attr, fh)) => {
+                        let (flags, registration) =
+                            open_reply(&core, fh, false, |file| reply.open_backing(file));
+                        let (ttl, attr) = (core.entry_ttl(), file_attr(&attr));
+                        match registration.as_ref().and_then(backing_id) {
+                            Some(id) => reply.created_passthrough(
+                                &ttl,
+                                &attr,
+                                Generation(0),
+                                FileHandle(fh),
+                                flags,
+                                id,
+                            ),
+                            None => {
+                                reply.created(&ttl, &attr, Generation(0), FileHandle(fh), flags)
+                            }
+                        }
+                    }
                     Err(e) => reply.error(errno(&e)),
                 }
             },

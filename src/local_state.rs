@@ -281,6 +281,16 @@ fn try_flock(file: &File, operation: libc::c_int) -> std::io::Result<bool> {
     }
 }
 
+/// The file-system type (statfs `f_type`) of the file system holding `path`.
+pub fn fs_type(path: &Path) -> Option<i64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid C string and `st` a writable statfs.
+    let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    (rc == 0).then_some(st.f_type as i64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

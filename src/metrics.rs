@@ -71,6 +71,11 @@ pub struct Metrics {
     pub streams: AtomicU64,
     /// Largest read-ahead window any stream reached, in bytes.
     pub prefetch_window_max: AtomicU64,
+    /// Opens handed to the kernel to read and write a local file directly (passthrough).
+    pub opens_passthrough: AtomicU64,
+    /// Opens served through the daemon without the page cache, because other opens of
+    /// the file are passed through to other bytes.
+    pub opens_direct: AtomicU64,
 }
 
 impl Metrics {
@@ -100,7 +105,7 @@ impl Metrics {
              cache hits memory={} disk={} misses={} evictions={} (memory {}) expired={} \
              corrupt={} write-errors={}; eager imports={}; imports on open={}; \
              imported bytes on listing={} on open={}; bytes from cache={} streamed={}; \
-             streams={} max prefetch window={}",
+             streams={} max prefetch window={}; opens passthrough={} direct={}",
             get(&self.s3_list),
             get(&self.s3_head),
             get(&self.s3_get),
@@ -131,6 +136,8 @@ impl Metrics {
             get(&self.bytes_streamed),
             get(&self.streams),
             get(&self.prefetch_window_max),
+            get(&self.opens_passthrough),
+            get(&self.opens_direct),
         )
     }
 }

@@ -281,6 +281,35 @@ impl DiskTier {
         }
     }
 
+    /// A cached block's file, opened read-only, after checking its whole length and every
+    /// checksum (it is about to be handed to the kernel, which reads it unchecked). None:
+    /// not cached, or damaged (then dropped and reported, as on any read).
+    pub fn open_verified(&self, id: &BlockId, block_len: u64) -> Option<(File, PathBuf)> {
+        let mut buf = vec![0u8; block_len as usize];
+        let n = self.read_mode(id, block_len, 0, &mut buf, true).ok()?;
+        if n as u64 != block_len {
+            return None;
+        }
+        let (sums, _) = self.note_use(id, block_len)?;
+        let path = self.path(id, &sums);
+        let file = File::open(&path).ok()?;
+        Some((file, path))
+    }
+
+    /// Moves a cached block's file to `dest` (a writer takes the bytes the kernel is
+    /// reading as its staged file) and forgets the block.
+    pub fn adopt(&self, id: &BlockId, block_len: u64, dest: &Path) -> io::Result<()> {
+        let (sums, _) = self
+            .note_use(id, block_len)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "block not cached"))?;
+        fs::rename(self.path(id, &sums), dest)?;
+        let mut index = self.lock();
+        if let Some(entry) = index.blocks.pop(id) {
+            index.bytes -= entry.len;
+        }
+        Ok(())
+    }
+
     /// Reads a whole cached block.
     pub fn read_block(&self, id: &BlockId, block_len: u64) -> Option<Bytes> {
         self.read_block_mode(id, block_len, true).ok()

@@ -98,6 +98,25 @@ pub struct CacheOptions {
     pub expiry: Duration,
 }
 
+/// A cached object's bytes as one local file, for the kernel to read directly (FUSE
+/// passthrough). The file is never rewritten in place: eviction unlinks it, and the
+/// kernel keeps reading the bytes it opened.
+#[derive(Debug)]
+pub struct CacheBacking {
+    file: std::fs::File,
+    path: std::path::PathBuf,
+}
+
+impl CacheBacking {
+    pub fn file(&self) -> &std::fs::File {
+        &self.file
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
 pub struct DataCache {
     memory: Mutex<memory::MemoryTier>,
     disk: disk::DiskTier,
@@ -274,6 +293,31 @@ impl DataCache {
     /// move the block in either tier's eviction order.
     pub fn contains(&self, id: &BlockId) -> bool {
         self.memory_lock().contains(id) || self.disk.contains(id)
+    }
+
+    /// The object's bytes as one local file, for the kernel to read directly (FUSE
+    /// passthrough), when every byte of [0, size) is on disk: verified against the
+    /// checksums first, since the kernel will not check them. Today's layout (a file per
+    /// block) has such a file for objects of one block only.
+    pub fn backing(&self, object: ObjectId, size: u64) -> Option<CacheBacking> {
+        if size == 0 || size > BLOCK_SIZE {
+            return None;
+        }
+        let (file, path) = self
+            .disk
+            .open_verified(&BlockId { object, index: 0 }, size)?;
+        Some(CacheBacking { file, path })
+    }
+
+    /// Moves the file `backing` returned for the object to `dest` and forgets the object:
+    /// a writer adopts the bytes the kernel reads as its own staged file.
+    pub fn adopt(&self, object: ObjectId, size: u64, dest: &std::path::Path) -> io::Result<()> {
+        if size == 0 || size > BLOCK_SIZE {
+            return Err(io::Error::new(io::ErrorKind::Unsupported, "not one file"));
+        }
+        let id = BlockId { object, index: 0 };
+        self.memory_lock().remove(&id);
+        self.disk.adopt(&id, size, dest)
     }
 
     /// How many bytes of an object version of `size` bytes are cached.

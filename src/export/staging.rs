@@ -8,10 +8,11 @@
 //! read is one consistent version, never a mix.
 
 use std::fs::{DirBuilder, File, OpenOptions};
-use std::os::unix::fs::{DirBuilderExt, FileExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use crate::local_state::DIR_MODE;
 
@@ -76,13 +77,46 @@ pub struct StagedFile {
     changes: AtomicU64,
     /// Changes under way.
     in_flight: AtomicU64,
+    /// Handles whose writes the kernel makes to this file directly (FUSE passthrough):
+    /// they bypass `write_at`, so while any is open the size and the changes are read
+    /// off the file itself.
+    external: AtomicU32,
+    /// The file as last seen by `external_changes`.
+    stamp: Mutex<Option<Stamp>>,
 }
+
+/// What a write leaves on a file: its length and change times. Any write(2) updates
+/// mtime and ctime (at the start of the write, before the bytes are copied).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    pub len: u64,
+    pub mtime: SystemTime,
+    ctime_ns: i128,
+}
+
+impl Stamp {
+    fn of(file: &File) -> std::io::Result<Self> {
+        let m = file.metadata()?;
+        Ok(Stamp {
+            len: m.len(),
+            mtime: m.modified()?,
+            ctime_ns: m.ctime() as i128 * 1_000_000_000 + m.ctime_nsec() as i128,
+        })
+    }
+}
+
+/// Writes landing within this long of a stamp may share its (coarse, clock-tick)
+/// timestamps: a read that starts this soon after the file's last change cannot prove
+/// no write overlapped it, so it is tried again later.
+const TIMESTAMP_GRAIN: Duration = Duration::from_millis(50);
 
 /// A token proving no change happened between `begin_read` and `end_read`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReadToken {
     changes: u64,
     clean: bool,
+    /// The file's stamp, taken when writers outside the daemon were on it.
+    stamp: Option<Stamp>,
 }
 
 impl StagedFile {
@@ -99,11 +133,71 @@ impl StagedFile {
             size: AtomicU64::new(size),
             changes: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
+            external: AtomicU32::new(0),
+            stamp: Mutex::new(None),
         }
     }
 
     pub fn size(&self) -> u64 {
+        if self.has_external_writers() {
+            // Passthrough writes grow the file without telling us.
+            if let Ok(len) = self.fd().and_then(|f| f.metadata()).map(|m| m.len()) {
+                return len;
+            }
+        }
         self.size.load(Ordering::Acquire)
+    }
+
+    /// The open descriptor (opened if it was closed), e.g. to hand to the kernel.
+    pub fn file(&self) -> std::io::Result<Arc<File>> {
+        self.fd()
+    }
+
+    /// A handle that writes through the kernel directly now uses the file.
+    pub fn add_external_writer(&self) -> std::io::Result<()> {
+        let stamp = Stamp::of(&*self.fd()?)?;
+        let mut seen = self.stamp.lock().unwrap_or_else(|e| e.into_inner());
+        if self.external.fetch_add(1, Ordering::AcqRel) == 0 {
+            *seen = Some(stamp);
+        }
+        Ok(())
+    }
+
+    /// Such a handle was released (call `external_changes` first, to see its last writes).
+    pub fn remove_external_writer(&self) {
+        let _ = self
+            .external
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+
+    pub fn has_external_writers(&self) -> bool {
+        self.external.load(Ordering::Acquire) > 0
+    }
+
+    /// Whether writers outside the daemon changed the file since it was last looked at:
+    /// its new mtime if they did (the caller records the change). Each change is
+    /// reported once.
+    pub fn external_changes(&self) -> std::io::Result<Option<SystemTime>> {
+        if !self.has_external_writers() {
+            return Ok(None);
+        }
+        let now = Stamp::of(&*self.fd()?)?;
+        let mut seen = self.stamp.lock().unwrap_or_else(|e| e.into_inner());
+        if *seen == Some(now) {
+            return Ok(None);
+        }
+        *seen = Some(now);
+        self.size.store(now.len, Ordering::Release);
+        self.changes.fetch_add(1, Ordering::AcqRel);
+        Ok(Some(now.mtime))
+    }
+
+    /// The file's current stamp, when writers outside the daemon may change it.
+    fn external_stamp(&self) -> Option<Stamp> {
+        if !self.has_external_writers() {
+            return None;
+        }
+        self.fd().and_then(|f| Stamp::of(&f)).ok()
     }
 
     /// The open descriptor, opening the file if it was closed.
@@ -173,13 +267,27 @@ impl StagedFile {
     pub fn begin_read(&self) -> ReadToken {
         let changes = self.changes.load(Ordering::Acquire);
         let clean = self.in_flight.load(Ordering::Acquire) == 0;
-        ReadToken { changes, clean }
+        let stamp = self.external_stamp();
+        // A change too recent to be told apart from the next one by its timestamps.
+        let settled =
+            stamp.is_none_or(|s| s.mtime.elapsed().is_ok_and(|age| age >= TIMESTAMP_GRAIN));
+        ReadToken {
+            changes,
+            clean: clean && settled,
+            stamp,
+        }
     }
 
     /// True when nothing changed the file since `token` was taken.
     pub fn end_read(&self, token: ReadToken) -> bool {
         let idle = self.in_flight.load(Ordering::Acquire) == 0;
-        token.clean && idle && self.changes.load(Ordering::Acquire) == token.changes
+        // Writes through the kernel show only on the file: its stamp must not have
+        // moved (and a writer that arrived during the read makes the read unprovable).
+        let external_same = token.stamp == self.external_stamp();
+        token.clean
+            && idle
+            && external_same
+            && self.changes.load(Ordering::Acquire) == token.changes
     }
 
     fn change<T>(&self, f: impl FnOnce() -> std::io::Result<T>) -> std::io::Result<T> {

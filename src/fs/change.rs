@@ -236,7 +236,7 @@ impl FsCore {
         let (node, staged) = self
             .add_staged_entry(caller, parent, name, S_IFREG | (mode & 0o7777), b"")
             .await?;
-        let handle = self.add_write_handle(node.clone(), staged, true, slot);
+        let handle = self.add_write_handle(node.clone(), staged, true, slot)?;
         Ok((self.attr(&node), handle))
     }
 
@@ -472,8 +472,19 @@ impl FsCore {
             )
         };
         let id = existing_id.unwrap_or_else(|| queue.new_id());
-        let staged = Arc::new(queue.staging().create(id).map_err(io_error)?);
-        if let (false, Some(source)) = (truncate, &source) {
+        // The kernel reads a cached copy of the object for this node's open handles
+        // (passthrough): that very file becomes the staged bytes, so they see the writes.
+        let adopted = self.adopt_backing(node, queue.staging().path(id));
+        let staged = match &adopted {
+            Some((staged, _)) => {
+                if truncate {
+                    staged.set_len(0).map_err(io_error)?;
+                }
+                staged.clone()
+            }
+            None => Arc::new(queue.staging().create(id).map_err(io_error)?),
+        };
+        if let (false, None, Some(source)) = (truncate, &adopted, &source) {
             copy_into_staging(&self.store, source, &staged)
                 .await
                 .map_err(|e| match e {
@@ -503,6 +514,10 @@ impl FsCore {
                     return Err(FsError::Io);
                 }
             }
+            drop(state);
+            if let Some((staged, backing)) = adopted {
+                backing.adopted_as(staged);
+            }
             return Ok(staged);
         }
         let base = node.state().remote.as_ref().and_then(|r| r.etag.clone());
@@ -519,6 +534,9 @@ impl FsCore {
             });
             true
         })?;
+        if let Some((staged, backing)) = adopted {
+            backing.adopted_as(staged);
+        }
         Ok(staged)
     }
 
@@ -536,8 +554,18 @@ impl FsCore {
     /// timer restarts. EIO if the node's bytes are no longer `staged` (a conflict moved
     /// them to lost+found, or a change in S3 replaced them).
     fn mark_data_dirty(&self, node: &Node, staged: &Arc<StagedFile>) -> FsResult<()> {
+        self.mark_data_dirty_at(node, staged, SystemTime::now())
+    }
+
+    /// `mark_data_dirty` for a write made at `when` (through the kernel, found later).
+    pub(super) fn mark_data_dirty_at(
+        &self,
+        node: &Node,
+        staged: &Arc<StagedFile>,
+        when: SystemTime,
+    ) -> FsResult<()> {
         let queue = self.queue()?;
-        let now = nanos_since_epoch(SystemTime::now());
+        let now = nanos_since_epoch(when);
         let rec = {
             let mut state = node.state();
             if !state.linked {
@@ -630,6 +658,8 @@ impl FsCore {
             return None;
         }
         let node = self.inodes.get(ino)?;
+        // Writes made through the kernel come before this change (cp -p, tar).
+        self.notice_external_writes(&node);
         Some(
             self.change_metadata(&node, change)
                 .map(|()| self.attr(&node)),
@@ -640,6 +670,7 @@ impl FsCore {
     pub async fn setattr(&self, caller: Identity, ino: Ino, change: SetAttr) -> FsResult<Attr> {
         let node = self.node(ino)?;
         self.queue()?;
+        self.notice_external_writes(&node);
         if self.daemon_checks() {
             let who = self.effective(caller);
             let meta = self.attr(&node);
@@ -761,6 +792,7 @@ impl FsCore {
             return Ok(());
         };
         let node = self.node(ino)?;
+        self.notice_external_writes(&node);
         let pending = node.state().sync.pending().cloned();
         if let Some(change) = pending {
             if let Some(staged) = &change.staged {

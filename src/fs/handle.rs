@@ -3,7 +3,7 @@
 //! data source (docs/SEMANTICS.md "What an open file sees").
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use tracing::warn;
@@ -11,6 +11,7 @@ use tracing::warn;
 use super::access::{self, Identity};
 use super::inode::{Ino, Node};
 use super::life::SyncLife;
+use super::passthrough::{Candidate, IoMode};
 use super::{sync, FsCore, FsError, FsResult};
 use crate::export::staging::StagedFile;
 use crate::read::{ObjectReader, Version};
@@ -24,6 +25,8 @@ pub(super) struct OpenFile {
     pub(super) node: Arc<Node>,
     pub(super) source: HandleSource,
     pub(super) writable: bool,
+    /// How the kernel serves it (`passthrough`); Direct if its backing was refused.
+    pub(super) io: Mutex<IoMode>,
 }
 
 pub(super) enum HandleSource {
@@ -36,6 +39,10 @@ pub(super) enum HandleSource {
 }
 
 impl OpenFile {
+    pub(super) fn mode(&self) -> IoMode {
+        self.io.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// The staged bytes a write on this handle goes to.
     pub(super) fn write_target(&self) -> FsResult<Arc<StagedFile>> {
         match (&self.source, self.writable) {
@@ -113,11 +120,33 @@ impl FsCore {
             }
             let staged = self.open_for_write(&node, truncate).await?;
             node.state().page_cache_etag = None;
-            return Ok((self.add_write_handle(node, staged, write, slot), false));
+            return Ok((self.add_write_handle(node, staged, write, slot)?, false));
         }
         self.check(caller, &node, access::READ).await?;
         self.ensure_meta(&node).await?;
-        Ok(self.open_for_read(node, slot))
+        let cache = self.prepare_cache_candidate(&node).await;
+        self.open_for_read(node, slot, cache)
+    }
+
+    /// The node's wholly cached object as a passthrough candidate, verified on a blocking
+    /// thread when it is large (reading a big file to check it must not hold up others).
+    async fn prepare_cache_candidate(&self, node: &Arc<Node>) -> Option<Candidate> {
+        if !self.wants_offline_verify(node) {
+            return self.cache_candidate(node, true);
+        }
+        let cache = self.cache().clone();
+        let (object, size) = {
+            let state = node.state();
+            let remote = state.remote.as_ref()?;
+            (
+                crate::cache::ObjectId::new(&state.key, remote.etag.as_deref()?),
+                remote.size,
+            )
+        };
+        let backing = tokio::task::spawn_blocking(move || cache.backing(object, size))
+            .await
+            .ok()??;
+        Some(Candidate::Cache(object, backing))
     }
 
     /// A read-only open answered without waiting: the node's metadata is known, so the
@@ -146,6 +175,10 @@ impl FsCore {
             }
             state.meta?
         };
+        // A large wholly cached object is verified off the FUSE thread.
+        if self.wants_offline_verify(&node) {
+            return None;
+        }
         if let Err(e) = self.check_known(caller, meta, false, access::READ) {
             return Some(Err(e));
         }
@@ -153,11 +186,17 @@ impl FsCore {
             Ok(slot) => slot,
             Err(e) => return Some(Err(e)),
         };
-        Some(Ok(self.open_for_read(node, slot)))
+        let cache = self.cache_candidate(&node, true);
+        Some(self.open_for_read(node, slot, cache))
     }
 
     /// Registers a read-only handle; says whether the kernel may keep cached pages.
-    pub(super) fn open_for_read(&self, node: Arc<Node>, slot: HandleSlot<'_>) -> (u64, bool) {
+    pub(super) fn open_for_read(
+        &self,
+        node: Arc<Node>,
+        slot: HandleSlot<'_>,
+        cache: Option<Candidate>,
+    ) -> FsResult<(u64, bool)> {
         let keep_cache = {
             let mut state = node.state();
             let etag = match (&state.sync, &state.remote) {
@@ -169,12 +208,18 @@ impl FsCore {
             keep
         };
         self.import_on_open(&node);
-        (self.add_handle(node, false, slot), keep_cache)
+        Ok((self.add_handle(node, false, slot, cache)?, keep_cache))
     }
 
     /// Registers a handle on a node, reading from the node's local bytes if it has
     /// them, else from its object version (a pending copy's source, or `remote`).
-    pub(super) fn add_handle(&self, node: Arc<Node>, writable: bool, slot: HandleSlot<'_>) -> u64 {
+    pub(super) fn add_handle(
+        &self,
+        node: Arc<Node>,
+        writable: bool,
+        slot: HandleSlot<'_>,
+        cache: Option<Candidate>,
+    ) -> FsResult<u64> {
         let source = {
             let mut state = node.state();
             state.handles += 1;
@@ -198,7 +243,7 @@ impl FsCore {
                 }
             }
         };
-        self.insert_handle(node, source, writable, slot)
+        self.insert_handle(node, source, writable, slot, cache)
     }
 
     /// Registers a handle that writes to (and reads from) `staged`.
@@ -208,9 +253,9 @@ impl FsCore {
         staged: Arc<StagedFile>,
         writable: bool,
         slot: HandleSlot<'_>,
-    ) -> u64 {
+    ) -> FsResult<u64> {
         node.state().handles += 1;
-        self.insert_handle(node, HandleSource::Staged(staged), writable, slot)
+        self.insert_handle(node, HandleSource::Staged(staged), writable, slot, None)
     }
 
     pub(super) fn insert_handle(
@@ -219,7 +264,19 @@ impl FsCore {
         source: HandleSource,
         writable: bool,
         mut slot: HandleSlot<'_>,
-    ) -> u64 {
+        cache: Option<Candidate>,
+    ) -> FsResult<u64> {
+        // A cache candidate only for a handle that reads the object it is a copy of.
+        let cache = cache.filter(|_| matches!(source, HandleSource::Object(_)));
+        // The caller counted the handle on the node (with its choice of source).
+        let io = match self.admit_io(&node, &source, writable, cache) {
+            Ok(io) => io,
+            Err(e) => {
+                let mut state = node.state();
+                state.handles = state.handles.saturating_sub(1);
+                return Err(e);
+            }
+        };
         // The handle holds the place now; `release` frees it.
         slot.0 = None;
         let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
@@ -229,9 +286,10 @@ impl FsCore {
                 node,
                 source,
                 writable,
+                io: Mutex::new(io),
             }),
         );
-        handle
+        Ok(handle)
     }
 
     pub(super) fn handle(&self, handle: u64) -> FsResult<Arc<OpenFile>> {
@@ -334,6 +392,9 @@ impl FsCore {
             return;
         };
         self.open_files.fetch_sub(1, Ordering::AcqRel);
+        // Writes made through the kernel are recorded before the node may go clean.
+        let mode = file.mode();
+        self.forget_io(&file, &mode);
         let forget = {
             let mut state = file.node.state();
             state.handles = state.handles.saturating_sub(1);

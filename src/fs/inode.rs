@@ -71,6 +71,8 @@ pub struct NodeState {
     /// ETag of the object version whose pages the kernel may still cache from an
     /// earlier open: reopening the same version keeps them (FOPEN_KEEP_CACHE).
     pub page_cache_etag: Option<String>,
+    /// Open handles by how the kernel serves them (passthrough or not).
+    pub io: super::passthrough::NodeIo,
 }
 
 impl NodeState {
@@ -95,6 +97,7 @@ impl NodeState {
             sync: SyncLife::Remote,
             handles: 0,
             page_cache_etag: None,
+            io: Default::default(),
         }
     }
 }

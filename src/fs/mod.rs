@@ -14,6 +14,7 @@ pub mod inode;
 pub mod life;
 mod load;
 pub mod namespace;
+pub mod passthrough;
 mod poll;
 mod rename;
 mod sync;
@@ -181,6 +182,8 @@ pub struct FsCore {
     meta_prefetched: DashMap<Ino, ()>,
     /// Budget of the metadata prefetch's HeadObject requests, apart from `eager`'s GETs.
     prefetch: Arc<tokio::sync::Semaphore>,
+    /// Whether open files with local bytes are handed to the kernel (`passthrough`).
+    passthrough: passthrough::PassthroughState,
 }
 
 impl FsCore {
@@ -212,6 +215,7 @@ impl FsCore {
             queue: None,
             kernel: std::sync::OnceLock::new(),
             kernel_ttl: DEFAULT_KERNEL_TTL,
+            passthrough: Default::default(),
         }
     }
 
@@ -351,12 +355,14 @@ impl FsCore {
     pub fn getattr_cached(&self, ino: Ino) -> Option<FsResult<Attr>> {
         let node = self.inodes.get(ino)?;
         node.state().meta?;
+        self.notice_external_writes(&node);
         Some(Ok(self.attr(&node)))
     }
 
     pub async fn getattr(&self, ino: Ino) -> FsResult<Attr> {
         let node = self.node(ino)?;
         self.ensure_meta(&node).await?;
+        self.notice_external_writes(&node);
         Ok(self.attr(&node))
     }
 
@@ -574,8 +580,13 @@ impl FsCore {
         if let Some((cached, size)) = self.cached_bytes(node) {
             status.push_str(&format!("cached: {cached} of {size} bytes\n"));
         }
+        let open = self.open_modes(node);
+        if !open.is_empty() {
+            status.push_str(&format!("open: {open}\n"));
+        }
         status.push_str(&format!(
-            "{}\nmetrics: {}\n",
+            "passthrough: {}\n{}\nmetrics: {}\n",
+            self.passthrough_mode(),
             self.cache().summary(),
             self.metrics.summary()
         ));
