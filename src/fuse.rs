@@ -167,6 +167,9 @@ fn reply_xattr(reply: ReplyXattr, size: u32, result: Result<Vec<u8>, FsError>) {
 
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // O_TRUNC comes with the OPEN (not as a SETATTR after it), so an open that
+        // truncates is a change from the start and its writes may be passed through.
+        let _ = config.add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC);
         match &self.passthrough {
             Passthrough::Off(why) => self.core.disable_passthrough(why),
             Passthrough::Want { max_stack_depth } => {

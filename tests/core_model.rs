@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use s3files::cache::{CacheOptions, DataCache};
 use s3files::fs::access::Identity;
 use s3files::fs::inode::{Ino, ROOT_INO};
+use s3files::fs::passthrough::IoMode;
 use s3files::fs::write::{SetAttr, WriteOptions, Writer};
 use s3files::fs::{CoreOptions, FsCore, FsError, STATUS_XATTR};
 use s3files::metrics::Metrics;

@@ -305,3 +305,48 @@ fn many_handles_on_one_file_agree_with_a_local_file() {
     );
     assert_answers(&mount.join(""), Duration::from_secs(5));
 }
+
+/// The bucket wins a conflict while a writer passed through to the local bytes is still
+/// open: the path shows the bucket's version at once (a new inode), the open handle keeps
+/// its bytes, which go to lost+found and never reach the bucket.
+#[test]
+fn a_conflict_under_an_open_passed_through_writer() {
+    let server = S3Server::start();
+    server.create_bucket("pass");
+    server.put("pass", "doc.txt", "base", &[]);
+    let mount = Mount::start(
+        &server,
+        "s3://pass",
+        &["--write-back-delay", "1h", "--poll-interval", "1s"],
+    );
+    let path = mount.join("doc.txt");
+    let mut mine = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .truncate(true)
+        .open(&path)
+        .expect("open");
+    mine.write_all(b"mine").expect("write");
+    assert!(
+        status(&path).contains("open: 1 passthrough"),
+        "{}",
+        status(&path)
+    );
+    server.put("pass", "doc.txt", "theirs", &[]);
+    assert!(
+        wait_for(LIMIT, || std::fs::read(&path).ok().as_deref()
+            == Some(&b"theirs"[..])),
+        "the bucket's version shows to new opens"
+    );
+    let mut buf = [0u8; 4];
+    mine.read_exact_at(&mut buf, 0)
+        .expect("the old handle still reads");
+    assert_eq!(&buf, b"mine");
+    mine.write_all(b" more").expect("write to the old handle");
+    drop(mine);
+    sync(&mount.join(""), LIMIT).expect("sync");
+    assert_eq!(server.get("pass", "doc.txt"), b"theirs", "the bucket wins");
+    let lost = common::lost_found_files(&mount.join(""));
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    assert_answers(&mount.join(""), Duration::from_secs(5));
+}

@@ -15,6 +15,11 @@
 //!   3. the export queue's records, then 4. its schedule (`export::queue`);
 //!   5. the journal's log file (held only across its own append).
 //!
+//! Leaf locks, taken last and released before anything else is taken: an open file's
+//! io mode, a passthrough backing's description, a staged file's descriptor and stamp.
+//! A passthrough backing's registration lock is held across one ioctl on the FUSE device
+//! (registering the file with the kernel), which waits for no request.
+//!
 //! A thread may only take a lock of a later level than every lock it holds. No lock is
 //! held across a request to S3, a kernel notification or a disk write (those call sites
 //! assert it). `load_lock` and `stage_lock` are async mutexes that only make concurrent
@@ -335,6 +340,26 @@ impl InodeTable {
                 listing.files.get(&name),
                 listing.dirs.contains(&name),
             ) {
+                (false, Some(remote), _)
+                    if !newer_than_listing
+                        && child.io.backing().is_some()
+                        && child.remote.as_ref().map(|r| &r.etag) != Some(&remote.etag) =>
+                {
+                    // Changed while open handles are passed through to its old bytes,
+                    // which the kernel keeps them on and would refuse others for: the
+                    // new version shows under a new inode (added below), as if another
+                    // writer had renamed a new file over this one.
+                    if let Some(old) = child.remote.clone() {
+                        report.stale.push((child.key.clone(), old));
+                    }
+                    if let SyncLife::Clean { id, .. } = std::mem::take(&mut child.sync) {
+                        report.dropped_staged.push(id);
+                    }
+                    drop(child);
+                    children.remove(&name);
+                    unlinked.push(ino);
+                    report.removed.push((name, ino));
+                }
                 (false, Some(remote), _) => {
                     if !newer_than_listing
                         && child.remote.as_ref().map(|r| &r.etag) != Some(&remote.etag)

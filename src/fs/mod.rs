@@ -797,6 +797,8 @@ mod bigdir_tests;
 #[cfg(test)]
 mod limits_tests;
 #[cfg(test)]
+mod passthrough_tests;
+#[cfg(test)]
 mod special_tests;
 #[cfg(test)]
 mod status_tests;

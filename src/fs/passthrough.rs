@@ -515,9 +515,19 @@ impl FsCore {
     fn notice_external_writes_of(&self, node: &Node, staged: &Arc<StagedFile>) {
         match staged.external_changes() {
             Ok(Some(mtime)) => {
+                // The file's times come from the kernel's coarse clock, a tick behind the
+                // daemon's: a write never moves the recorded mtime back.
+                let recorded = node.state().sync.local_meta().and_then(|m| m.mtime_ns);
+                let when = match recorded {
+                    Some(ns) => {
+                        let ns = u64::try_from(ns).unwrap_or(u64::MAX);
+                        mtime.max(std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns))
+                    }
+                    None => mtime,
+                };
                 // Fails only if the bytes are no longer the node's (a conflict moved
                 // them to lost+found, or the file was replaced): nothing to record.
-                let _ = self.mark_data_dirty_at(node, staged, mtime);
+                let _ = self.mark_data_dirty_at(node, staged, when);
             }
             Ok(None) => {}
             Err(e) => warn!(ino = node.ino, "cannot stat a passthrough file: {e}"),

@@ -282,12 +282,20 @@ impl FsCore {
         // (a node that moved on has its own record).
         let node = entry.ino.and_then(|ino| self.inodes.get(ino));
         let mut unlink = None;
+        let mut replace = None;
         if let Some(node) = &node {
             let mut state = node.state();
             if state.sync.pending().map(|c| c.id) == Some(id) {
                 state.sync = SyncLife::Remote;
                 state.symlink_target = None;
                 match &head {
+                    // The kernel keeps this inode's open handles passed through to the
+                    // bytes just kept in lost+found, and would refuse any other bytes for
+                    // it: the bucket's version shows under a new inode, as if another
+                    // writer had renamed a new file over this one.
+                    Some(_) if state.io.backing().is_some() => {
+                        replace = Some((state.parent, state.name.clone()));
+                    }
                     Some(head) => {
                         state.meta = Some(PosixMeta::from_user_metadata(&head.metadata, false));
                         state.remote = Some(RemoteObject {
@@ -300,7 +308,20 @@ impl FsCore {
                 }
             }
         }
-        if let Some(node) = &node {
+        if let (Some(node), Some((parent, node_name)), Some(head)) = (&node, &replace, &head) {
+            if let Some(dir) = self.inodes.get(*parent) {
+                if self
+                    .inodes
+                    .child(&dir, node_name)
+                    .is_some_and(|c| c.ino == node.ino)
+                {
+                    self.inodes.remove_child(&dir, node_name);
+                    self.invalidate_entry(*parent, node_name);
+                    self.show_remote(&record.key, head);
+                }
+            }
+        }
+        if let (Some(node), None) = (&node, &replace) {
             match unlink {
                 // Deleted in S3: the delete wins.
                 Some((parent, node_name)) => {

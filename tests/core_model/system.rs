@@ -83,6 +83,8 @@ impl System {
                 Arc::new(cache),
             )
             .with_writer(writer);
+            // As a kernel with FUSE passthrough would have it.
+            core.enable_passthrough();
             Arc::new(core)
         };
         runtime.spawn(core.clone().run_exports());
@@ -193,7 +195,24 @@ pub(crate) async fn apply_core(core: &FsCore, handles: &mut BTreeMap<usize, u64>
                 return Ok(Val::Skipped);
             };
             let (fh, _) = core.open(ROOT, ino, true, false).await.map_err(errno)?;
-            let written = core.write(fh, *offset, data.as_bytes());
+            let written = match core.io_mode(fh) {
+                // The kernel writes a passed-through file itself; the core finds the
+                // change at release.
+                IoMode::Passthrough(backing) => {
+                    // As the kernel does: the backing file opened anew with the open's
+                    // flags (the descriptor given to the kernel may be read-only).
+                    use std::os::fd::AsRawFd;
+                    use std::os::unix::fs::FileExt;
+                    let fd = backing.file().as_raw_fd();
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(format!("/proc/self/fd/{fd}"))
+                        .and_then(|f| f.write_all_at(data.as_bytes(), *offset))
+                        .map(|()| data.len() as u32)
+                        .map_err(|_| FsError::Io)
+                }
+                _ => core.write(fh, *offset, data.as_bytes()),
+            };
             core.release(fh);
             match written.map_err(errno)? {
                 n if n as usize == data.len() => Ok(Val::Unit),
