@@ -77,6 +77,9 @@ struct Entry {
     len: u64,
     sums: Checksums,
     last_used: SystemTime,
+    /// Tells this copy of the block from a later one (dropped and written again): a read
+    /// that found damage drops the copy it read, never a newer one it did not read.
+    seq: u64,
 }
 
 /// Serializes the writes to one object's files; counts the records in its log.
@@ -109,6 +112,7 @@ struct Index {
     bytes: u64,
     objects: HashMap<ObjectId, ObjectState>,
     next_gen: u64,
+    next_seq: u64,
 }
 
 /// File work decided under the index lock, done after it is released.
@@ -363,6 +367,7 @@ impl DiskTier {
                 bytes: 0,
                 objects: HashMap::new(),
                 next_gen: 0,
+                next_seq: 0,
             })),
             bound,
             expiry,
@@ -440,10 +445,12 @@ impl DiskTier {
                     };
                     index.bytes += len;
                     state.present.insert(block);
+                    index.next_seq += 1;
                     let entry = Entry {
                         len,
                         sums,
                         last_used: mtime,
+                        seq: index.next_seq,
                     };
                     index.blocks.put(id, entry);
                 }
@@ -478,7 +485,7 @@ impl DiskTier {
         buf: &mut [u8],
         wait: bool,
     ) -> Result<usize, Missed> {
-        let (sums, touch) = self.note_use(id, block_len).ok_or(Missed::Absent)?;
+        let (sums, seq, touch) = self.note_use(id, block_len).ok_or(Missed::Absent)?;
         let path = self.data_path(id.object);
         if let Some(when) = touch {
             self.touch_or_defer(path.clone(), when, wait);
@@ -488,11 +495,11 @@ impl DiskTier {
             Err(Fault::WouldBlock) => Err(Missed::WouldBlock),
             Err(Fault::Gone) => {
                 // Removed or unreadable under us: forget it.
-                self.drop_if_same(id, &sums);
+                self.drop_if_same(id, seq);
                 Err(Missed::Absent)
             }
             Err(Fault::Damaged(damage)) => {
-                if self.drop_if_same(id, &sums) {
+                if self.drop_if_same(id, seq) {
                     self.report_damage(&path, id.index, damage);
                 }
                 Err(Missed::Absent)
@@ -517,10 +524,14 @@ impl DiskTier {
         Ok(Bytes::from(buf))
     }
 
-    /// Marks a block used; returns None if it is not cached, else its checksums and
-    /// whether (and to when) the data file's mtime should be brought up to date. A block
+    /// Marks a block used; returns None if it is not cached, else its checksums, its
+    /// copy's `seq` and whether (and to when) the data file's mtime should be brought up to date. A block
     /// indexed with another length than `block_len` is dropped as damaged.
-    fn note_use(&self, id: &BlockId, block_len: u64) -> Option<(Checksums, Option<SystemTime>)> {
+    fn note_use(
+        &self,
+        id: &BlockId,
+        block_len: u64,
+    ) -> Option<(Checksums, u64, Option<SystemTime>)> {
         let mut index = self.lock();
         let entry = index.blocks.get_mut(id)?;
         if entry.len != block_len {
@@ -541,9 +552,9 @@ impl DiskTier {
         }
         let now = SystemTime::now();
         entry.last_used = now;
-        let sums = entry.sums.clone();
+        let (sums, seq) = (entry.sums.clone(), entry.seq);
         let state = index.objects.get_mut(&id.object)?;
-        Some((sums, self.due_touch(state, now)))
+        Some((sums, seq, self.due_touch(state, now)))
     }
 
     /// Whether an object's use at `now` should be written to its mtime (and notes it).
@@ -655,10 +666,12 @@ impl DiskTier {
                 });
                 if live.is_some() && matches!(written, Ok(true)) {
                     index.bytes += len;
+                    index.next_seq += 1;
                     let entry = Entry {
                         len,
                         sums,
                         last_used: now,
+                        seq: index.next_seq,
                     };
                     index.blocks.put(id, entry);
                 }
@@ -824,14 +837,14 @@ impl DiskTier {
         self.process(victims);
     }
 
-    /// Drops a block if the index still holds it with the checksums `sums` (not a newer
-    /// copy written meanwhile); returns whether it did.
-    fn drop_if_same(&self, id: &BlockId, sums: &Checksums) -> bool {
+    /// Drops a block if the index still holds the copy `seq` of it (not a newer copy
+    /// written meanwhile); returns whether it did.
+    fn drop_if_same(&self, id: &BlockId, seq: u64) -> bool {
         let mut victims = Vec::new();
         {
             let mut index = self.lock();
             match index.blocks.peek(id) {
-                Some(entry) if entry.sums == *sums => {
+                Some(entry) if entry.seq == seq => {
                     index.drop_block(id, &mut victims, &mut Vec::new());
                 }
                 _ => return false,
@@ -880,7 +893,7 @@ impl DiskTier {
                     return None;
                 }
                 entry.last_used = now;
-                sums.push(entry.sums.clone());
+                sums.push((entry.sums.clone(), entry.seq));
             }
             let state = index.objects.get_mut(&object)?;
             state.pins += 1;
@@ -909,7 +922,7 @@ impl DiskTier {
                     object,
                     index: block,
                 };
-                if self.drop_if_same(&id, &sums[block as usize]) {
+                if self.drop_if_same(&id, sums[block as usize].1) {
                     self.report_damage(&path, block, damage);
                 }
             }
@@ -944,7 +957,7 @@ impl DiskTier {
                         expected: range.end,
                     })
                 } else {
-                    bad_chunk(&buf[..len], &sums[block as usize], 0)
+                    bad_chunk(&buf[..len], &sums[block as usize].0, 0)
                         .map(|chunk| Damage::Checksum { chunk })
                 };
                 if let Some(damage) = damage {
@@ -986,7 +999,7 @@ impl DiskTier {
     /// expiry and its place in the eviction order follow its real use.
     /// Memory hits are answered inline, so the file's mtime is written later.
     pub fn note_hit(&self, id: &BlockId, block_len: u64) {
-        if let Some((_, Some(when))) = self.note_use(id, block_len) {
+        if let Some((_, _, Some(when))) = self.note_use(id, block_len) {
             self.touch_or_defer(self.data_path(id.object), when, false);
         }
     }
