@@ -404,7 +404,7 @@ impl DiskTier {
                     report.corrupt += 1;
                     warn!(
                         file = %data.display(),
-                        "damaged cache block {index} dropped ({})",
+                        "damaged cache block dropped at start-up (block {index}, {})",
                         Damage::Length { found: file_len, expected }
                     );
                 }
