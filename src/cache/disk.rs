@@ -645,7 +645,15 @@ impl DiskTier {
                     .is_some_and(|s| s.gen == gen && !s.doomed && !s.present.contains(&id.index))
             };
             let written = if ours {
-                self.write_block(&mut io, &id, data, &sums).map(|()| true)
+                let written = self.write_block(&mut io, &id, data, &sums);
+                if written.is_err() {
+                    // Whatever part was written has no record (it is never served); give
+                    // its space back now rather than at the next start.
+                    if let Ok(file) = open_for_write(&self.data_path(id.object), false) {
+                        let _ = punch_hole(&file, u64::from(id.index) * BLOCK_SIZE, BLOCK_SIZE);
+                    }
+                }
+                written.map(|()| true)
             } else {
                 Ok(false)
             };
