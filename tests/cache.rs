@@ -9,17 +9,15 @@ use std::time::Duration;
 
 use common::{sync, wait_for, Mount, S3Server};
 
-/// Bytes held by the disk tier: the block files under CACHE_DIR/data.
+/// Disk space the disk tier's data files take under CACHE_DIR/data (they are sparse:
+/// evicted blocks are holes, which take none).
 fn disk_cache_bytes(cache_dir: &Path) -> u64 {
-    std::fs::read_dir(cache_dir.join("data"))
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok()?.metadata().ok())
-                .filter(|m| m.is_file())
-                .map(|m| m.len())
-                .sum()
-        })
-        .unwrap_or(0)
+    use std::os::unix::fs::MetadataExt;
+    data_files(cache_dir)
+        .iter()
+        .filter_map(|(path, _)| std::fs::metadata(path).ok())
+        .map(|m| m.blocks() * 512)
+        .sum()
 }
 
 fn body(seed: u8, len: usize) -> Vec<u8> {
@@ -336,8 +334,9 @@ fn unused_data_expires() {
     assert!(!text.contains("expired=0 "), "{text}");
 }
 
-/// The block files of the disk tier, with their lengths (temporary files left out).
-fn block_files(cache_dir: &Path) -> Vec<(std::path::PathBuf, u64)> {
+/// The disk tier's data files (one per cached object, named by 32 hex digits; their
+/// checksum logs and temporary files left out), with their lengths.
+fn data_files(cache_dir: &Path) -> Vec<(std::path::PathBuf, u64)> {
     let mut files: Vec<_> = std::fs::read_dir(cache_dir.join("data"))
         .map(|entries| {
             entries
@@ -345,7 +344,8 @@ fn block_files(cache_dir: &Path) -> Vec<(std::path::PathBuf, u64)> {
                     let e = e.ok()?;
                     let len = e.metadata().ok().filter(|m| m.is_file())?.len();
                     let name = e.file_name().into_string().ok()?;
-                    (!name.starts_with('.')).then(|| (e.path(), len))
+                    (name.len() == 32 && name.bytes().all(|b| b.is_ascii_hexdigit()))
+                        .then(|| (e.path(), len))
                 })
                 .collect()
         })
@@ -390,33 +390,52 @@ fn damaged_cache_blocks_are_never_served() {
     }
     let cache = tempfile::tempdir().unwrap();
     // Eager import off, so the reads fill the cache; a small memory tier, so that reads
-    // after the remount come from the block files.
+    // after the remount come from the block files; no passthrough, so that the daemon
+    // serves (and checks) every read (the check at hand-over to the kernel is
+    // tests/passthrough.rs's).
     let flags = [
         "--import-size-threshold",
         "0",
         "--memory-cache-size",
         "256KiB",
+        "--no-passthrough",
     ];
     let mut mount = Mount::start_with_cache(&server, "s3://damaged", &flags, cache.path());
     for (i, &size) in sizes.iter().enumerate() {
         assert!(std::fs::read(mount.join(&key(i))).unwrap() == body(i as u8 + 1, size));
     }
-    // Block files are written in the background: wait for all 20.
+    // Blocks are written in the background: wait until all 20 are on disk, bytes and
+    // checksum records (whose length the log's format gives: an 8-byte header, then per
+    // block 12 bytes and 4 per 16 KiB; docs/ARCHITECTURE.md).
+    let log_len = |size: u64| -> u64 {
+        let blocks = (0..size.div_ceil(256 << 10)).map(|b| (size - b * (256 << 10)).min(256 << 10));
+        8 + blocks
+            .map(|len| 12 + 4 * len.div_ceil(16 << 10))
+            .sum::<u64>()
+    };
+    let complete = || {
+        let files = data_files(cache.path());
+        files.len() == 8
+            && files.iter().all(|(path, len)| {
+                let log = std::fs::metadata(path.with_extension("sums")).map_or(0, |m| m.len());
+                sizes.contains(&(*len as usize)) && log == log_len(*len)
+            })
+    };
     assert!(
-        wait_for(Duration::from_secs(10), || block_files(cache.path()).len()
-            == 20),
+        wait_for(Duration::from_secs(10), complete),
         "{:?}",
-        block_files(cache.path())
+        data_files(cache.path())
     );
     assert!(mount.stop().success());
 
-    // While the daemon is down: 32 bytes flipped in the middle of one 256 KiB block,
-    // another cut short, a third extended, and 32 bytes flipped in a small block.
-    let files = block_files(cache.path());
-    let large: Vec<_> = files.iter().filter(|f| f.1 == 256 << 10).collect();
+    // While the daemon is down: 32 bytes flipped in the middle of a 256 KiB block, a file
+    // cut short inside its last block, another extended past its end, and 32 bytes flipped
+    // in a small file.
+    let files = data_files(cache.path());
+    let large: Vec<_> = files.iter().filter(|f| f.1 == 600 << 10).collect();
     let small = files.iter().find(|f| f.1 == 20_000).unwrap();
-    assert!(large.len() >= 3, "{files:?}");
-    let flip = |path: &Path, len: u64| {
+    assert_eq!(large.len(), 6, "{files:?}");
+    let flip = |path: &Path, at: u64| {
         use std::os::unix::fs::FileExt;
         let file = std::fs::OpenOptions::new()
             .read(true)
@@ -424,15 +443,15 @@ fn damaged_cache_blocks_are_never_served() {
             .open(path)
             .unwrap();
         let mut bytes = [0u8; 32];
-        file.read_exact_at(&mut bytes, len / 2 - 16).unwrap();
+        file.read_exact_at(&mut bytes, at - 16).unwrap();
         bytes.iter_mut().for_each(|b| *b = !*b);
-        file.write_all_at(&bytes, len / 2 - 16).unwrap();
+        file.write_all_at(&bytes, at - 16).unwrap();
     };
-    flip(&large[0].0, large[0].1);
-    flip(&small.0, small.1);
+    flip(&large[0].0, (256 << 10) + (128 << 10));
+    flip(&small.0, small.1 / 2);
     let open = |path: &Path| std::fs::OpenOptions::new().write(true).open(path).unwrap();
-    open(&large[1].0).set_len(100_000).unwrap();
-    open(&large[2].0).set_len((256 << 10) + 4096).unwrap();
+    open(&large[1].0).set_len((512 << 10) + 40_000).unwrap();
+    open(&large[2].0).set_len((600 << 10) + 4096).unwrap();
 
     // The bucket's bytes, read with an independent client (before counting GETs).
     let expected: Vec<Vec<u8>> = (0..sizes.len())
@@ -479,17 +498,20 @@ fn damaged_cache_blocks_are_never_served() {
         4,
         "{log}"
     );
-    // Fetched again, the four blocks are cached again, whole.
+    // Fetched again, the four blocks are cached again: every file whole (no holes), of
+    // its object's length.
     assert!(
         wait_for(Duration::from_secs(10), || {
-            let files = block_files(cache.path());
-            files.len() == 20
-                && files
-                    .iter()
-                    .all(|f| f.1 == 256 << 10 || f.1 == 88 << 10 || f.1 == 20_000)
+            let files = data_files(cache.path());
+            files.len() == 8
+                && files.iter().all(|(path, len)| {
+                    use std::os::unix::fs::MetadataExt;
+                    let on_disk = std::fs::metadata(path).map_or(0, |m| m.blocks() * 512);
+                    sizes.contains(&(*len as usize)) && on_disk == len.next_multiple_of(4096)
+                })
         }),
         "{:?}",
-        block_files(cache.path())
+        data_files(cache.path())
     );
     assert_mount_answers(&mount.path);
 }

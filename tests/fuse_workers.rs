@@ -1,6 +1,6 @@
 //! Several FUSE workers (`--fuse-threads`): one request stuck inside the daemon never
 //! holds up the others. The stuck request is a real inline one: a read answered from the
-//! disk cache, whose block file the test swaps for a FIFO, so the daemon's open of it
+//! disk cache, whose data file the test swaps for a FIFO, so the daemon's open of it
 //! waits (as a read from a hung disk would) until the test opens the FIFO's other end.
 
 mod common;
@@ -24,12 +24,21 @@ fn content(seed: u8) -> Vec<u8> {
     (0..SIZE).map(|i| (i % 251) as u8 ^ seed).collect()
 }
 
-fn block_files(cache_dir: &Path) -> Vec<PathBuf> {
+/// The disk cache's data files (one per object, 32 hex digits) whose blocks of an
+/// object of SIZE bytes are all on disk, bytes and checksum records (the log's format: an
+/// 8-byte header, then per block 12 bytes and 4 per 16 KiB; docs/ARCHITECTURE.md).
+fn cached_objects(cache_dir: &Path) -> Vec<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let log_len = 8 + (12 + 4 * 16) + (12 + 4 * (SIZE as u64 - (256 << 10)).div_ceil(16 << 10));
     match std::fs::read_dir(cache_dir.join("data")) {
         Ok(dir) => dir
             .map(|e| e.expect("cache entry").path())
-            // Block files are `<object>.<index>.<checksums>`; temporaries are not.
-            .filter(|p| p.file_name().unwrap().to_string_lossy().split('.').count() == 3)
+            .filter(|p| {
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                let data = std::fs::metadata(p).map_or(0, |m| m.blocks() * 512);
+                let log = std::fs::metadata(p.with_extension("sums")).map_or(0, |m| m.len());
+                name.len() == 32 && data == SIZE as u64 && log == log_len
+            })
             .collect(),
         Err(_) => Vec::new(),
     }
@@ -77,36 +86,34 @@ fn others_answer_while_one_read_hangs(threads: &str) -> bool {
             "0",
             "--import-size-threshold",
             "0",
+            // The daemon serves every read (passthrough would hand the cached file to
+            // the kernel, and no read would reach the daemon to hang in it).
+            "--no-passthrough",
         ],
     );
     let root = mount.path.clone();
 
-    // Cache slow.bin, note its block files, then cache fast.bin.
+    // Cache slow.bin, note its data file, then cache fast.bin.
     let slow = root.join("slow.bin");
     assert_eq!(read_fresh(&slow), content(1));
     let cache_dir = mount.cache_dir.clone();
     assert!(
-        wait_for(Duration::from_secs(10), || block_files(&cache_dir).len()
-            >= 2),
+        wait_for(Duration::from_secs(10), || cached_objects(&cache_dir).len()
+            == 1),
         "slow.bin's blocks never reached the disk cache"
     );
-    let slow_blocks = block_files(&cache_dir);
+    let slow_file = cached_objects(&cache_dir).remove(0);
     let fast = root.join("fast.bin");
     assert_eq!(read_fresh(&fast), content(2));
     assert!(
-        wait_for(Duration::from_secs(10), || block_files(&cache_dir).len()
-            >= 4),
+        wait_for(Duration::from_secs(10), || cached_objects(&cache_dir).len()
+            == 2),
         "fast.bin's blocks never reached the disk cache"
     );
 
-    // Block 0 of slow.bin becomes a FIFO: opening it waits for a writer.
-    let block0 = slow_blocks
-        .iter()
-        .find(|p| p.file_name().unwrap().to_string_lossy().split('.').nth(1) == Some("0"))
-        .expect("slow.bin's first block")
-        .clone();
-    std::fs::remove_file(&block0).expect("remove block file");
-    let c_path = std::ffi::CString::new(block0.as_os_str().as_bytes()).unwrap();
+    // slow.bin's data file becomes a FIFO: opening it waits for a writer.
+    std::fs::remove_file(&slow_file).expect("remove data file");
+    let c_path = std::ffi::CString::new(slow_file.as_os_str().as_bytes()).unwrap();
     // SAFETY: a valid C string.
     assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo");
 
@@ -122,7 +129,7 @@ fn others_answer_while_one_read_hangs(threads: &str) -> bool {
     });
     assert!(
         hung_read.recv_timeout(Duration::from_millis(500)).is_err(),
-        "the read of the FIFO-backed block did not hang: the test does not stall the daemon"
+        "the read of the FIFO-backed object did not hang: the test does not stall the daemon"
     );
 
     // Another reader: a cached read (its pages dropped, so it reaches the daemon) and
@@ -151,7 +158,7 @@ fn others_answer_while_one_read_hangs(threads: &str) -> bool {
 
     // The disk "recovers": the daemon's open returns, finds the block damaged (empty)
     // and fetches the range from S3 instead.
-    let fifo = block0.clone();
+    let fifo = slow_file.clone();
     bounded(ANSWER, "open the FIFO's writing end", move || {
         drop(std::fs::OpenOptions::new().write(true).open(&fifo))
     });
@@ -165,7 +172,7 @@ fn others_answer_while_one_read_hangs(threads: &str) -> bool {
             .expect("the other reader never completed");
         assert!(bytes == content(2), "fast.bin read wrong bytes");
     }
-    let _ = std::fs::remove_file(&block0);
+    let _ = std::fs::remove_file(&slow_file);
     let listed = within(ANSWER, move || {
         std::fs::read_dir(&root).map(|d| {
             d.filter_map(|e| e.ok())

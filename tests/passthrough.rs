@@ -350,3 +350,94 @@ fn a_conflict_under_an_open_passed_through_writer() {
     assert_eq!(lost.len(), 1, "{lost:?}");
     assert_answers(&mount.join(""), Duration::from_secs(5));
 }
+
+/// A large object read whole once is in the disk cache as one file: later opens hand
+/// that file to the kernel (after checking it once, off the FUSE thread), and reads
+/// never reach the daemon again.
+#[test]
+fn a_large_object_read_once_is_then_read_by_the_kernel() {
+    let server = S3Server::start();
+    server.create_bucket("pass");
+    let big = pattern(3 << 20, 9);
+    server.put("pass", "big.bin", big.clone(), &[]);
+    let mount = Mount::start(&server, "s3://pass", &["--poll-interval", "0s"]);
+    let path = mount.join("big.bin");
+    // Read whole, backwards (a sequential read would stream past the cache).
+    {
+        let file = File::open(&path).expect("open");
+        for block in (0..big.len() / (256 << 10)).rev() {
+            let mut buf = vec![0u8; 256 << 10];
+            file.read_exact_at(&mut buf, (block * (256 << 10)) as u64)
+                .expect("read");
+            assert!(buf[..] == big[block * (256 << 10)..(block + 1) * (256 << 10)]);
+        }
+    }
+    // The blocks reach the disk tier in the background.
+    assert!(
+        wait_for(LIMIT, || {
+            let before = counter(&status(&mount.join("")), "opens passthrough=");
+            let file = File::open(&path).expect("open");
+            let after = counter(&status(&mount.join("")), "opens passthrough=");
+            drop(file);
+            after > before
+        }),
+        "a wholly cached object is passed through: {}",
+        status(&path)
+    );
+    let read_before = counter(&status(&mount.join("")), "read=");
+    let file = File::open(&path).expect("open");
+    let mut buf = vec![0u8; big.len()];
+    file.read_exact_at(&mut buf, 0).expect("read");
+    assert!(buf == big);
+    let mut page = [0u8; 4096];
+    file.read_exact_at(&mut page, 1 << 20).expect("pread");
+    assert_eq!(&page[..], &big[1 << 20..(1 << 20) + 4096]);
+    drop(file);
+    let read_after = counter(&status(&mount.join("")), "read=");
+    assert_eq!(
+        read_before, read_after,
+        "the kernel read the cache file itself"
+    );
+    assert_answers(&mount.join(""), Duration::from_secs(5));
+}
+
+/// The kernel does not check what it reads from a cache file, so the daemon checks the
+/// whole file when it hands it over: a file damaged on disk (while the daemon was down)
+/// is never passed through; its damaged block is dropped and read from S3 again.
+#[test]
+fn a_damaged_cache_file_is_never_handed_to_the_kernel() {
+    use std::os::unix::fs::FileExt;
+    let server = S3Server::start();
+    server.create_bucket("pass");
+    let data = pattern(600 << 10, 5);
+    server.put("pass", "f.bin", data.clone(), &[]);
+    let cache = tempfile::tempdir().expect("tempdir");
+    let flags = ["--import-size-threshold", "0", "--poll-interval", "0s"];
+    let mut mount = Mount::start_with_cache(&server, "s3://pass", &flags, cache.path());
+    assert!(std::fs::read(mount.join("f.bin")).expect("read") == data);
+    let data_file = || {
+        std::fs::read_dir(cache.path().join("data"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.extension().is_none()
+                    && std::fs::metadata(p).is_ok_and(|m| m.len() == data.len() as u64)
+            })
+    };
+    assert!(wait_for(LIMIT, || data_file().is_some()), "cached on disk");
+    assert!(mount.stop().success());
+    let path = data_file().expect("data file");
+    let file = OpenOptions::new().write(true).open(&path).expect("open");
+    file.write_all_at(&[0xAA; 64], 300 << 10).expect("damage");
+    drop(file);
+
+    let mount = Mount::start_with_cache(&server, "s3://pass", &flags, cache.path());
+    let read = std::fs::read(mount.join("f.bin")).expect("read");
+    assert!(read == data, "the bucket's bytes, never the damaged ones");
+    let text = status(&mount.join(""));
+    assert!(text.contains(" corrupt=1 "), "{text}");
+    assert_eq!(counter(&text, "opens passthrough="), 0, "{text}");
+    assert_answers(&mount.join(""), Duration::from_secs(5));
+}

@@ -1,6 +1,7 @@
 //! Hot-data cache: object data in fixed-size blocks, keyed by object version (key + ETag),
 //! in a memory tier (the hottest blocks) over a disk tier under CACHE_DIR/data bounded by
-//! `--cache-size`.
+//! `--cache-size` (one sparse file per object version, so a fully cached object can be
+//! handed to the kernel as a `CacheBacking`).
 //!
 //! Only data that is in S3 lives here (unexported bytes stay in the staging area, which
 //! eviction never touches), so dropping a block never loses anything. A new version of an
@@ -9,7 +10,7 @@
 
 use std::io;
 use std::ops::Range;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -98,13 +99,14 @@ pub struct CacheOptions {
     pub expiry: Duration,
 }
 
-/// A cached object's bytes as one local file, for the kernel to read directly (FUSE
-/// passthrough). The file is never rewritten in place: eviction unlinks it, and the
-/// kernel keeps reading the bytes it opened.
-#[derive(Debug)]
+/// A cached object's bytes as one local file, for the kernel to read directly
+/// (FUSE passthrough). Holding it pins the object: its file's bytes are never
+/// changed while any CacheBacking of it lives (eviction unlinks instead).
 pub struct CacheBacking {
+    /// Opened read-only.
     file: std::fs::File,
-    path: std::path::PathBuf,
+    path: PathBuf,
+    _pin: disk::Pin,
 }
 
 impl CacheBacking {
@@ -112,8 +114,18 @@ impl CacheBacking {
         &self.file
     }
 
-    pub fn path(&self) -> &std::path::Path {
+    /// Where the file was when it was opened (it may have been unlinked since: the open
+    /// file stays valid).
+    pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+impl std::fmt::Debug for CacheBacking {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheBacking")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -295,29 +307,15 @@ impl DataCache {
         self.memory_lock().contains(id) || self.disk.contains(id)
     }
 
-    /// The object's bytes as one local file, for the kernel to read directly (FUSE
-    /// passthrough), when every byte of [0, size) is on disk: verified against the
-    /// checksums first, since the kernel will not check them. Today's layout (a file per
-    /// block) has such a file for objects of one block only.
-    pub fn backing(&self, object: ObjectId, size: u64) -> Option<CacheBacking> {
-        if size == 0 || size > BLOCK_SIZE {
-            return None;
-        }
-        let (file, path) = self
-            .disk
-            .open_verified(&BlockId { object, index: 0 }, size)?;
-        Some(CacheBacking { file, path })
-    }
-
     /// Moves the file `backing` returned for the object to `dest` and forgets the object:
     /// a writer adopts the bytes the kernel reads as its own staged file.
-    pub fn adopt(&self, object: ObjectId, size: u64, dest: &std::path::Path) -> io::Result<()> {
-        if size == 0 || size > BLOCK_SIZE {
-            return Err(io::Error::new(io::ErrorKind::Unsupported, "not one file"));
+    pub fn adopt(&self, object: ObjectId, size: u64, dest: &Path) -> io::Result<()> {
+        let mut memory = self.memory_lock();
+        for index in blocks_of(0, size) {
+            memory.remove(&BlockId { object, index });
         }
-        let id = BlockId { object, index: 0 };
-        self.memory_lock().remove(&id);
-        self.disk.adopt(&id, size, dest)
+        drop(memory);
+        self.disk.adopt(object, size, dest)
     }
 
     /// How many bytes of an object version of `size` bytes are cached.
@@ -331,13 +329,30 @@ impl DataCache {
             .sum()
     }
 
-    /// Drops every block of an object version (it changed or was deleted in S3).
+    /// Drops every block of an object version (it changed or was deleted in S3) and
+    /// removes its files (a pinned object's open file stays intact for its holders).
     pub fn forget_object(&self, object: ObjectId, size: u64) {
+        let mut memory = self.memory_lock();
         for index in blocks_of(0, size) {
-            let id = BlockId { object, index };
-            self.memory_lock().remove(&id);
-            self.disk.remove(&id);
+            memory.remove(&BlockId { object, index });
         }
+        drop(memory);
+        self.disk.forget_object(object);
+    }
+
+    /// A cached object's bytes as one local file, for the kernel to read directly
+    /// (FUSE passthrough). Some when every block of [0, size) is on disk; the bytes are
+    /// verified against their checksums once (a damaged block is dropped as on any read,
+    /// and None is returned), then remembered as verified until a block of the object
+    /// changes. Counts as a use of each block (LRU). size 0 → None. May read the whole
+    /// object from the disk (the first time): call it from a thread that may wait.
+    pub fn backing(&self, object: ObjectId, size: u64) -> Option<CacheBacking> {
+        let (file, path, pin) = self.disk.backing(object, size)?;
+        Some(CacheBacking {
+            file,
+            path,
+            _pin: pin,
+        })
     }
 
     /// Drops blocks unused for longer than the expiry.
@@ -486,7 +501,7 @@ mod tests {
     /// is cached again.
     #[test]
     fn damaged_disk_blocks_are_misses_on_every_read_path() {
-        use disk::tests::{block_file, harm, HARMS};
+        use disk::tests::{harm, Harm, HARMS};
         // Block 0 is read in place (256 KiB), block 1 whole (20,000 bytes).
         let size = BLOCK_SIZE + 20_000;
         let data = body(size as usize);
@@ -497,15 +512,20 @@ mod tests {
         };
         for how in HARMS {
             for index in [0u32, 1] {
+                // Cut short inside block 0, the file loses block 1 too; a longer file
+                // harms only the last block.
+                if how != Harm::Flip && index == 0 {
+                    continue;
+                }
                 for path in ["read", "read_nowait", "get_block", "get_block_mode nowait"] {
                     let case = format!("{how:?} block {index} {path}");
                     let dir = tempfile::tempdir().unwrap();
-                    // No memory tier: every read goes to the block files.
+                    // No memory tier: every read goes to the data file.
                     let cache = cache(dir.path(), 1 << 30, 0);
                     cache.insert_object(object, Bytes::from(data.clone()));
                     let id = BlockId { object, index };
-                    harm(&block_file(dir.path(), &id).unwrap(), how);
                     let range = block_range(index, size);
+                    harm(dir.path(), &id, range.end - range.start, how);
                     let middle = (range.start + range.end) / 2 - 2048;
                     let served = match path {
                         "read" => cache.read(object, size, middle, 4096),
@@ -538,5 +558,38 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The backing of a fully cached object is the object, read-only; it needs every
+    /// block on disk (the memory tier does not count), and pins the object until dropped.
+    #[test]
+    fn a_backing_needs_every_block_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = cache(dir.path(), 1 << 30, 1 << 30);
+        let size = 2 * BLOCK_SIZE + 10;
+        let data = body(size as usize);
+        let object = ObjectId::new("k", "e");
+        assert!(cache.backing(object, size).is_none());
+        assert!(cache.backing(object, 0).is_none());
+        cache.insert_object(object, Bytes::from(data.clone()));
+        let backing = cache.backing(object, size).unwrap();
+        assert_eq!(backing.path(), dir.path().join(object.hex()));
+        let mut got = vec![0u8; size as usize];
+        use std::os::unix::fs::FileExt;
+        backing.file().read_exact_at(&mut got, 0).unwrap();
+        assert!(got == data);
+        // Pinned: forgetting the object unlinks its file, which the holder still reads.
+        cache.forget_object(object, size);
+        assert!(!backing.path().exists());
+        backing.file().read_exact_at(&mut got, 0).unwrap();
+        assert!(got == data);
+        assert_eq!(cache.usage(), (0, 0, 0));
+        drop(backing);
+        // Blocks in memory only are no backing.
+        cache.memory_insert(
+            BlockId { object, index: 0 },
+            Bytes::from(data[..10].to_vec()),
+        );
+        assert!(cache.backing(object, 10).is_none());
     }
 }
