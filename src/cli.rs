@@ -182,6 +182,12 @@ pub struct MountArgs {
     #[arg(long)]
     pub foreground: bool,
 
+    /// Serve Prometheus metrics at http://ADDR/metrics. A bare PORT (or :PORT) listens on
+    /// 127.0.0.1 only; HOST:PORT as given, e.g. 0.0.0.0:9100 or [::1]:9100. A port in use
+    /// fails the mount. docs/CONFIGURATION.md lists the metrics.
+    #[arg(long, value_name = "[HOST:]PORT")]
+    pub metrics_addr: Option<String>,
+
     /// Log level (error, warn, info, debug, trace) or a tracing filter directive.
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     pub log_level: String,

@@ -114,6 +114,8 @@ pub struct MountConfig {
     pub log_level: String,
     /// Stable id of this mount (bucket, prefix, mount point); names the default cache dir.
     pub mount_id: String,
+    /// Where to serve Prometheus metrics (`--metrics-addr`); None: nowhere.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -166,6 +168,8 @@ pub enum ConfigError {
     RootImportRuleTwice,
     #[error("no import rule covers the mount root (an --import-rule with prefix=)")]
     NoRootImportRule,
+    #[error("invalid --metrics-addr '{addr}': {reason}")]
+    BadMetricsAddr { addr: String, reason: String },
 }
 
 impl MountConfig {
@@ -205,6 +209,15 @@ impl MountConfig {
             validate_endpoint(url)?;
         }
         let import_rules = import_rules(args)?;
+        let metrics_addr = match &args.metrics_addr {
+            Some(addr) => Some(crate::metrics_endpoint::parse_addr(addr).map_err(|reason| {
+                ConfigError::BadMetricsAddr {
+                    addr: addr.clone(),
+                    reason,
+                }
+            })?),
+            None => None,
+        };
         let mountpoint = check_mountpoint(&args.mountpoint)?;
         let mount_id = mount_id(&location, &mountpoint);
         let cache_dir = match &args.cache_dir {
@@ -240,6 +253,7 @@ impl MountConfig {
             foreground: args.foreground,
             log_level: args.log_level.clone(),
             mount_id,
+            metrics_addr,
         })
     }
 }
@@ -545,6 +559,23 @@ mod tests {
             panic!("not a mount command");
         };
         MountConfig::from_args(&args)
+    }
+
+    #[test]
+    fn metrics_addr_is_checked_before_mounting() {
+        assert_eq!(config(&[]).unwrap().metrics_addr, None);
+        let c = config(&["--metrics-addr", "9100"]).unwrap();
+        assert_eq!(c.metrics_addr.unwrap().to_string(), "127.0.0.1:9100");
+        let c = config(&["--metrics-addr", "[::1]:9100"]).unwrap();
+        assert_eq!(c.metrics_addr.unwrap().to_string(), "[::1]:9100");
+        let err = config(&["--metrics-addr", "nine"]).unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::BadMetricsAddr { addr, .. } if addr == "nine"),
+            "{err}"
+        );
+        assert!(err
+            .to_string()
+            .starts_with("invalid --metrics-addr 'nine': "));
     }
 
     #[test]

@@ -246,6 +246,8 @@ fn run_foreground(config: MountConfig) -> ExitCode {
 fn serve(config: &MountConfig, notifier: &mut Notifier) -> Result<(), String> {
     let lock = claim_cache_dir(&config.cache_dir)?;
     raise_fd_limit();
+    // Bound first, before anything slow: a busy port fails the mount at once.
+    let metrics_listener = config.metrics_addr.map(bind_metrics).transpose()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("s3files-io")
@@ -309,6 +311,9 @@ fn serve(config: &MountConfig, notifier: &mut Notifier) -> Result<(), String> {
         spawn_poller(config, core.clone());
     }
     runtime.spawn(watch_external_writes(core.clone()));
+    if let Some(listener) = metrics_listener {
+        serve_metrics(&runtime, listener, config, core.clone())?;
+    }
     let adapter = FuseAdapter::new(
         core.clone(),
         runtime.handle().clone(),
@@ -354,6 +359,39 @@ fn serve(config: &MountConfig, notifier: &mut Notifier) -> Result<(), String> {
         warn!(error = %e, "cannot write the exit report for `s3files unmount`");
     }
     lock.release();
+    Ok(())
+}
+
+/// Takes the `--metrics-addr` port (in use, or not ours to take: the mount fails).
+fn bind_metrics(addr: std::net::SocketAddr) -> Result<std::net::TcpListener, String> {
+    let listener = std::net::TcpListener::bind(addr)
+        .map_err(|e| format!("cannot serve metrics on {addr} (--metrics-addr): {e}"))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("cannot serve metrics on {addr} (--metrics-addr): {e}"))?;
+    Ok(listener)
+}
+
+/// Answers scrapes on the I/O runtime; rendering runs on its blocking threads.
+fn serve_metrics(
+    runtime: &tokio::runtime::Runtime,
+    listener: std::net::TcpListener,
+    config: &MountConfig,
+    core: Arc<FsCore>,
+) -> Result<(), String> {
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let listener = {
+        let _runtime = runtime.enter();
+        tokio::net::TcpListener::from_std(listener)
+            .map_err(|e| format!("cannot serve metrics on {addr} (--metrics-addr): {e}"))?
+    };
+    let registry = crate::metrics_endpoint::registry(
+        core.metrics_handle(),
+        move || core.gauges(),
+        !config.poll_interval.is_zero(),
+    );
+    runtime.spawn(crate::metrics_endpoint::serve(listener, Arc::new(registry)));
+    info!(url = %format!("http://{addr}/metrics"), "serving metrics");
     Ok(())
 }
 

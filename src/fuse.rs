@@ -21,6 +21,7 @@ use crate::fs::access::Identity;
 use crate::fs::passthrough::{IoMode, Registration};
 use crate::fs::write::SetAttr;
 use crate::fs::{Attr, FsCore, FsError};
+use crate::metrics::{FuseOp, Metrics};
 use crate::posix::EntryKind;
 
 pub struct FuseAdapter {
@@ -191,6 +192,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let timer = self.core.metrics().time_fuse_inline(FuseOp::Lookup);
         if let Some(result) = self.core.lookup_cached(parent.0, name.as_encoded_bytes()) {
             match result {
                 Ok(attr) => reply.entry(&self.core.entry_ttl(), &file_attr(&attr), Generation(0)),
@@ -199,8 +201,10 @@ impl Filesystem for FuseAdapter {
             return;
         }
         let (core, who, name) = (self.core.clone(), caller(req), name.to_owned());
+        let timer = timer.keep(core.metrics_handle());
         let span = debug_span!("lookup", parent = parent.0, name = ?name);
         self.spawn(span, async move {
+            let _timer = timer;
             match core.lookup(who, parent.0, name.as_encoded_bytes()).await {
                 Ok(attr) => reply.entry(&core.entry_ttl(), &file_attr(&attr), Generation(0)),
                 Err(e) => reply.error(errno(&e)),
@@ -213,6 +217,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let timer = self.core.metrics().time_fuse_inline(FuseOp::Getattr);
         if let Some(result) = self.core.getattr_cached(ino.0) {
             match result {
                 Ok(attr) => reply.attr(&self.core.attr_ttl(), &file_attr(&attr)),
@@ -221,7 +226,9 @@ impl Filesystem for FuseAdapter {
             return;
         }
         let core = self.core.clone();
+        let timer = timer.keep(core.metrics_handle());
         self.spawn(debug_span!("getattr", ino = ino.0), async move {
+            let _timer = timer;
             match core.getattr(ino.0).await {
                 Ok(attr) => reply.attr(&core.attr_ttl(), &file_attr(&attr)),
                 Err(e) => reply.error(errno(&e)),
@@ -247,6 +254,7 @@ impl Filesystem for FuseAdapter {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let timer = Metrics::time_fuse(self.core.metrics_handle(), FuseOp::Setattr);
         let (core, who) = (self.core.clone(), caller(req));
         let change = SetAttr {
             mode,
@@ -266,6 +274,7 @@ impl Filesystem for FuseAdapter {
             return;
         }
         self.spawn(debug_span!("setattr", ino = ino.0), async move {
+            let _timer = timer;
             match core.setattr(who, ino.0, change).await {
                 Ok(attr) => reply.attr(&core.attr_ttl(), &file_attr(&attr)),
                 Err(e) => reply.error(errno(&e)),
@@ -318,10 +327,12 @@ impl Filesystem for FuseAdapter {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        let timer = Metrics::time_fuse(self.core.metrics_handle(), FuseOp::Mkdir);
         let (core, who, name) = (self.core.clone(), caller(req), name.to_owned());
         self.spawn(
             debug_span!("mkdir", parent = parent.0, name = ?name),
             async move {
+                let _timer = timer;
                 match core
                     .mkdir(who, parent.0, name.as_encoded_bytes(), mode & !umask)
                     .await
@@ -334,10 +345,12 @@ impl Filesystem for FuseAdapter {
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let timer = Metrics::time_fuse(self.core.metrics_handle(), FuseOp::Unlink);
         let (core, who, name) = (self.core.clone(), caller(req), name.to_owned());
         self.spawn(
             debug_span!("unlink", parent = parent.0, name = ?name),
             async move {
+                let _timer = timer;
                 match core.unlink(who, parent.0, name.as_encoded_bytes()).await {
                     Ok(()) => reply.ok(),
                     Err(e) => reply.error(errno(&e)),
@@ -347,10 +360,12 @@ impl Filesystem for FuseAdapter {
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let timer = Metrics::time_fuse(self.core.metrics_handle(), FuseOp::Rmdir);
         let (core, who, name) = (self.core.clone(), caller(req), name.to_owned());
         self.spawn(
             debug_span!("rmdir", parent = parent.0, name = ?name),
             async move {
+                let _timer = timer;
                 match core.rmdir(who, parent.0, name.as_encoded_bytes()).await {
                     Ok(()) => reply.ok(),
                     Err(e) => reply.error(errno(&e)),
@@ -398,10 +413,12 @@ impl Filesystem for FuseAdapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let timer = Metrics::time_fuse(self.core.metrics_handle(), FuseOp::Rename);
         let (core, who) = (self.core.clone(), caller(req));
         let (name, newname) = (name.to_owned(), newname.to_owned());
         let span = debug_span!("rename", parent = parent.0, name = ?name, newname = ?newname);
         self.spawn(span, async move {
+            let _timer = timer;
             let result = core
                 .rename(
                     who,
@@ -432,6 +449,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let timer = self.core.metrics().time_fuse_inline(FuseOp::Open);
         let (core, who) = (self.core.clone(), caller(req));
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
         let truncate = flags.0 & libc::O_TRUNC != 0;
@@ -445,7 +463,9 @@ impl Filesystem for FuseAdapter {
             reply_opened(&self.core, reply, result);
             return;
         }
+        let timer = timer.keep(core.metrics_handle());
         self.spawn(debug_span!("open", ino = ino.0), async move {
+            let _timer = timer;
             let result = core.open(who, ino.0, write, truncate).await;
             reply_opened(&core, reply, result);
         });
@@ -462,6 +482,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let timer = self.core.metrics().time_fuse_inline(FuseOp::Read);
         // Local bytes, cache hits and read-ahead that has arrived never wait on the
         // network: answered inline. (Inside the runtime: a stream may start more GETs.)
         let cached = {
@@ -476,8 +497,10 @@ impl Filesystem for FuseAdapter {
             return;
         }
         let core = self.core.clone();
+        let timer = timer.keep(core.metrics_handle());
         let span = debug_span!("read", ino = ino.0, offset, size);
         self.spawn(span, async move {
+            let _timer = timer;
             match core.read(fh.0, offset, size).await {
                 Ok(data) => reply.data(&data),
                 Err(e) => reply.error(errno(&e)),
@@ -498,6 +521,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyWrite,
     ) {
         // A local pwrite into the staging file: answered inline, no task hop.
+        let _timer = self.core.metrics().time_fuse_inline(FuseOp::Write);
         match self.core.write(fh.0, offset, data) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(&e)),
@@ -539,8 +563,10 @@ impl Filesystem for FuseAdapter {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let timer = Metrics::time_fuse(self.core.metrics_handle(), FuseOp::Fsync);
         let core = self.core.clone();
         self.spawn(debug_span!("fsync", ino = ino.0), async move {
+            let _timer = timer;
             match core.fsync(ino.0).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
@@ -566,6 +592,7 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        let _timer = self.core.metrics().time_fuse_inline(FuseOp::Readdir);
         match self.core.readdir(fh.0) {
             Ok(entries) => {
                 for (i, entry) in entries.iter().enumerate().skip(offset as usize) {
@@ -676,10 +703,12 @@ impl Filesystem for FuseAdapter {
         _flags: i32,
         reply: ReplyCreate,
     ) {
+        let timer = Metrics::time_fuse(self.core.metrics_handle(), FuseOp::Create);
         let (core, who, name) = (self.core.clone(), caller(req), name.to_owned());
         self.spawn(
             debug_span!("create", parent = parent.0, name = ?name),
             async move {
+                let _timer = timer;
                 match core
                     .create(who, parent.0, name.as_encoded_bytes(), mode & !umask)
                     .await

@@ -13,6 +13,7 @@ pub mod local_state;
 pub mod lock_order;
 pub mod logging;
 pub mod metrics;
+pub mod metrics_endpoint;
 pub mod mounts;
 pub mod posix;
 pub mod read;

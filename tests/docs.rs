@@ -97,3 +97,27 @@ fn docker_compose_file_parses() {
         );
     }
 }
+
+#[test]
+fn every_metric_is_documented() {
+    use std::sync::Arc;
+    let registry = s3files::metrics_endpoint::registry(
+        Arc::new(s3files::metrics::Metrics::default()),
+        s3files::fs::Gauges::default,
+        true,
+    );
+    let text = s3files::metrics_endpoint::render(&registry).unwrap();
+    let config = doc("CONFIGURATION.md");
+    let names: Vec<&str> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|line| line.split(' ').next())
+        .collect();
+    assert!(names.len() >= 30, "{names:?}");
+    for name in names {
+        assert!(
+            config.contains(&format!("| `{name}` |")),
+            "{name} is not in the metrics table of docs/CONFIGURATION.md"
+        );
+    }
+}

@@ -96,6 +96,21 @@ impl LostFound {
         Ok(out)
     }
 
+    /// How many files are kept (without reading their origins).
+    pub fn count(&self) -> std::io::Result<usize> {
+        let mut count = 0;
+        for entry in fs::read_dir(&self.dir)? {
+            if !entry?
+                .file_name()
+                .to_string_lossy()
+                .ends_with(ORIGIN_SUFFIX)
+            {
+                count += 1;
+            }
+        }
+        Ok(count)
+    }
+
     pub fn remove(&self, file_name: &str) {
         let _ = fs::remove_file(self.dir.join(file_name));
         let _ = fs::remove_file(self.dir.join(format!("{file_name}{ORIGIN_SUFFIX}")));
@@ -126,8 +141,14 @@ mod tests {
             lost.entries().unwrap(),
             vec![(name.clone(), "/dir/original".to_string())]
         );
+        assert_eq!(
+            lost.count().unwrap(),
+            1,
+            "the sidecar is not a file of its own"
+        );
         lost.remove(&name);
         assert!(lost.entries().unwrap().is_empty());
+        assert_eq!(lost.count().unwrap(), 0);
     }
 
     #[test]

@@ -260,6 +260,12 @@ impl ExportQueue {
         self.schedule.lock().len()
     }
 
+    /// When the oldest record not yet exported was made (for records recovered from the
+    /// journal: when this mount started).
+    pub fn oldest_pending(&self) -> Option<Instant> {
+        self.schedule.lock().oldest()
+    }
+
     /// Step 1 of recording a change: the journal line (disk; call with no lock held).
     /// If it fails (a full disk), the change must be refused: nothing would export it.
     pub fn journal(&self, record: &PendingExport) -> std::io::Result<()> {

@@ -25,6 +25,9 @@ struct Slot {
     running: bool,
     hold: Option<Hold>,
     last_error: Option<String>,
+    /// When the record was first scheduled (its first change not in S3); later changes
+    /// restart `due` but not this.
+    since: Instant,
 }
 
 /// The state of one record, as `user.s3files.status` reports it.
@@ -63,6 +66,7 @@ impl Schedule {
             running: false,
             hold: None,
             last_error: None,
+            since: Instant::now(),
         });
         if slot.key != key {
             if let Some(ids) = self.by_key.get_mut(&slot.key) {
@@ -118,6 +122,12 @@ impl Schedule {
 
     pub fn len(&self) -> usize {
         self.slots.len()
+    }
+
+    /// When the oldest record still here was first scheduled. Scans every record: for
+    /// the metrics scrape, never for a file-system request.
+    pub fn oldest(&self) -> Option<Instant> {
+        self.slots.values().map(|slot| slot.since).min()
     }
 
     pub fn ids(&self) -> Vec<u64> {

@@ -52,6 +52,19 @@ impl Staging {
         let _ = std::fs::remove_file(self.path(id));
     }
 
+    /// Bytes the staging files hold on disk (allocated blocks, so sparse files count
+    /// what they use).
+    pub fn disk_bytes(&self) -> std::io::Result<u64> {
+        let mut bytes = 0;
+        for entry in std::fs::read_dir(&self.dir)? {
+            // A file removed between the listing and here holds nothing any more.
+            if let Ok(meta) = entry?.metadata() {
+                bytes += meta.blocks() * 512;
+            }
+        }
+        Ok(bytes)
+    }
+
     /// Ids of every staging file present (to find orphans after a crash).
     pub fn ids(&self) -> std::io::Result<Vec<u64>> {
         let mut ids = Vec::new();

@@ -630,6 +630,9 @@ impl FsCore {
         let data = &data[..writable_len(offset, data.len())?];
         staged.write_at(data, offset).map_err(io_error)?;
         self.mark_data_dirty(&file.node, &staged)?;
+        self.metrics
+            .bytes_written
+            .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(data.len() as u32)
     }
 

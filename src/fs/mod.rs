@@ -752,6 +752,44 @@ impl FsCore {
         info!("{}", self.metrics.summary());
         info!("{}", self.cache().summary());
     }
+
+    /// The mount's state now, for a metrics scrape. Reads the staging and lost+found
+    /// directories and scans the export schedule: call it off the FUSE threads, on a
+    /// blocking thread.
+    pub fn gauges(&self) -> Gauges {
+        let (cache_disk_bytes, _, cache_memory_bytes) = self.cache().usage();
+        let queue = self.queue.as_ref();
+        Gauges {
+            pending_exports: queue.map_or(0, |q| q.backlog() as u64),
+            oldest_pending_export: queue.and_then(|q| q.oldest_pending()),
+            // An unreadable directory is reported in the log by the code that writes
+            // it; the scrape shows what it can count.
+            lost_and_found_files: queue.map_or(0, |q| q.lost().count().unwrap_or(0) as u64),
+            staging_bytes: queue.map_or(0, |q| q.staging().disk_bytes().unwrap_or(0)),
+            inodes: self.inodes.len() as u64,
+            cache_disk_bytes,
+            cache_memory_bytes,
+            cache_disk_bound: self.cache().disk_bound(),
+        }
+    }
+}
+
+/// What `FsCore::gauges` reports.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Gauges {
+    /// Changes not yet exported (held ones included).
+    pub pending_exports: u64,
+    /// When the oldest of them was made.
+    pub oldest_pending_export: Option<std::time::Instant>,
+    /// Files in this mount's lost+found.
+    pub lost_and_found_files: u64,
+    /// Bytes staged for export on disk.
+    pub staging_bytes: u64,
+    /// Entries in the inode table.
+    pub inodes: u64,
+    pub cache_disk_bytes: u64,
+    pub cache_memory_bytes: u64,
+    pub cache_disk_bound: u64,
 }
 
 /// Whether `name` asks for the status: `user.s3files.status`, or S3 Files' form with a

@@ -27,6 +27,7 @@ impl FsCore {
         use futures::stream::{self, StreamExt};
         loop {
             tokio::time::sleep(interval).await;
+            let started = SystemTime::now();
             let dirs = self.inodes.listed_dirs();
             stream::iter(dirs)
                 .map(|dir| {
@@ -49,6 +50,8 @@ impl FsCore {
                 .buffer_unordered(POLL_CONCURRENCY)
                 .collect::<Vec<()>>()
                 .await;
+            // What changed in S3 before `started` is now visible (import age).
+            self.metrics.poll_round_done(started);
         }
     }
 
@@ -56,6 +59,7 @@ impl FsCore {
     /// with `store`. For tests that drive the core step by step (the reference model);
     /// `run_poller` is the same round on a timer. Listing errors are left to the next round.
     pub async fn poll_once(&self, store: &Arc<dyn ObjectStore>) {
+        let started = SystemTime::now();
         let mut dirs = self.inodes.listed_dirs();
         dirs.sort_by_key(|d| d.ino);
         for dir in dirs {
@@ -63,6 +67,7 @@ impl FsCore {
                 debug!(ino = dir.ino, error = %e, "poll: listing failed; next round retries");
             }
         }
+        self.metrics.poll_round_done(started);
     }
 
     /// Lists a directory again and applies what changed in S3.

@@ -859,6 +859,11 @@ impl ExportSink for FsCore {
     /// new object, and the record settles unless the entry changed while it ran.
     fn exported(&self, entry: &Queued, etag: Option<String>, size: u64) {
         self.metrics.exports.fetch_add(1, Ordering::Relaxed);
+        if entry.record.kind == ExportKind::Upload {
+            self.metrics
+                .bytes_exported
+                .fetch_add(size, Ordering::Relaxed);
+        }
         let Ok(queue) = self.queue() else { return };
         let id = entry.record.id;
         let node = entry.ino.and_then(|ino| self.inodes.get(ino));

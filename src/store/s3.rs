@@ -182,13 +182,13 @@ impl ObjectStore for S3Store {
         max_keys: Option<i32>,
     ) -> Result<ListPage, StoreError> {
         debug!(prefix, "s3 ListObjectsV2");
-        self.metrics.count_request(crate::metrics::Request::List);
+        let _timer = self.metrics.count_request(crate::metrics::Request::List);
         list(&self.client, &self.bucket, prefix, continuation, max_keys).await
     }
 
     async fn head(&self, key: &str) -> Result<ObjectHead, StoreError> {
         debug!(key, "s3 HeadObject");
-        self.metrics.count_request(crate::metrics::Request::Head);
+        let _timer = self.metrics.count_request(crate::metrics::Request::Head);
         let out = self
             .client
             .head_object()
@@ -211,7 +211,7 @@ impl ObjectStore for S3Store {
         if_match: Option<&str>,
     ) -> Result<(ObjectHead, Bytes), StoreError> {
         debug!(key, "s3 GetObject (whole)");
-        self.metrics.count_request(crate::metrics::Request::Get);
+        let _timer = self.metrics.count_request(crate::metrics::Request::Get);
         let out = self
             .client
             .get_object()
@@ -241,7 +241,7 @@ impl ObjectStore for S3Store {
             return Ok(Bytes::new());
         }
         debug!(key, start = range.start, end = range.end, "s3 GetObject");
-        self.metrics.count_request(crate::metrics::Request::Get);
+        let _timer = self.metrics.count_request(crate::metrics::Request::Get);
         let out = self
             .client
             .get_object()
@@ -263,7 +263,7 @@ impl ObjectStore for S3Store {
         condition: &WriteCondition,
     ) -> Result<String, StoreError> {
         debug!(key, size = body.len(), ?condition, "s3 PutObject");
-        self.metrics.count_request(crate::metrics::Request::Put);
+        let _timer = self.metrics.count_request(crate::metrics::Request::Put);
         let (if_match, if_none_match) = condition_headers(condition);
         let out = self
             .client
@@ -335,7 +335,7 @@ impl ObjectStore for S3Store {
             ?condition,
             "s3 CompleteMultipartUpload"
         );
-        self.metrics.count_request(crate::metrics::Request::Put);
+        let _timer = self.metrics.count_request(crate::metrics::Request::Put);
         let (if_match, if_none_match) = condition_headers(condition);
         let parts = parts
             .into_iter()
@@ -390,7 +390,7 @@ impl ObjectStore for S3Store {
         if_match: Option<&str>,
     ) -> Result<String, StoreError> {
         debug!(from, to, "s3 CopyObject");
-        self.metrics.count_request(crate::metrics::Request::Copy);
+        let _timer = self.metrics.count_request(crate::metrics::Request::Copy);
         let out = self
             .client
             .copy_object()
@@ -412,7 +412,7 @@ impl ObjectStore for S3Store {
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         debug!(key, "s3 DeleteObject");
-        self.metrics.count_request(crate::metrics::Request::Delete);
+        let _timer = self.metrics.count_request(crate::metrics::Request::Delete);
         match self
             .client
             .delete_object()
