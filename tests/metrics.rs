@@ -299,6 +299,28 @@ fn busy_or_bad_metrics_address_fails_the_mount_with_one_line() {
         "s3://metered",
         &["--metrics-addr", &port.to_string()],
     );
-    assert!(scrape(port).contains("# TYPE s3files_inodes gauge"));
+    let before = scrape(port);
+    assert!(before.contains("# TYPE s3files_inodes gauge"));
+    // With passthrough (the default) the kernel writes a new file's staged bytes itself:
+    // the daemon's write counter sees them only if the open was not passed through, and
+    // the export counts them either way (docs/CONFIGURATION.md "Metrics").
+    let data = vec![b'p'; 5_000];
+    std::fs::write(mount.join("passed.bin"), &data).unwrap();
+    common::sync(&mount.path, Duration::from_secs(30)).unwrap_or_else(|e| panic!("sync: {e}"));
+    assert_eq!(server.get("metered", "passed.bin"), data);
+    let after = scrape(port);
+    assert_eq!(
+        moved(&before, &after, "s3files_export_bytes_total"),
+        5_000.0
+    );
+    let written = moved(&before, &after, "s3files_data_write_bytes_total");
+    if moved(&before, &after, "s3files_passthrough_opens_total") > 0.0 {
+        assert_eq!(
+            written, 0.0,
+            "passed-through writes do not reach the daemon"
+        );
+    } else {
+        assert_eq!(written, 5_000.0);
+    }
     assert_answers(&mount.path, LIMIT);
 }
