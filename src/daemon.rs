@@ -206,10 +206,16 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// Where the foreground daemon reports readiness: the background parent's pipe, if any.
-struct Notifier(Option<File>);
+/// Where the foreground daemon reports readiness: the background parent's pipe, if any,
+/// or the caller of the library API (`crate::mount_api`).
+pub(crate) struct Notifier(Option<File>, Option<std::sync::mpsc::Sender<()>>);
 
 impl Notifier {
+    /// Tells `ready` once the mount is live.
+    pub(crate) fn channel(ready: std::sync::mpsc::Sender<()>) -> Self {
+        Notifier(None, Some(ready))
+    }
+
     fn from_env() -> Self {
         let fd = std::env::var(NOTIFY_ENV)
             .ok()
@@ -218,12 +224,15 @@ impl Notifier {
         std::env::remove_var(NOTIFY_ENV);
         // SAFETY: the parent passed this fd to us for exactly this purpose; we take
         // ownership of it once (the variable is removed above).
-        Notifier(fd.map(|fd| unsafe { File::from_raw_fd(fd) }))
+        Notifier(fd.map(|fd| unsafe { File::from_raw_fd(fd) }), None)
     }
 
     fn send(&mut self, message: &str) {
         if let Some(mut file) = self.0.take() {
             let _ = writeln!(file, "{message}");
+        }
+        if let Some(ready) = self.1.take() {
+            let _ = ready.send(());
         }
     }
 }
@@ -231,8 +240,8 @@ impl Notifier {
 fn run_foreground(config: MountConfig) -> ExitCode {
     let mut notifier = Notifier::from_env();
     crate::logging::init(&config.log_level);
-    match serve(&config, &mut notifier) {
-        Ok(()) => ExitCode::SUCCESS,
+    match serve(&config, &mut notifier, Host::Process) {
+        Ok(_) => ExitCode::SUCCESS,
         Err(reason) if notifier.0.is_some() => {
             // Background child: the parent prints the reason; the log keeps it too.
             error!("{reason}");
@@ -243,7 +252,22 @@ fn run_foreground(config: MountConfig) -> ExitCode {
     }
 }
 
-fn serve(config: &MountConfig, notifier: &mut Notifier) -> Result<(), String> {
+/// What runs the daemon: its own process (which stops on SIGTERM/SIGINT too), or a
+/// thread of a program using the library API (which stops it by unmounting; its
+/// signals are its own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Host {
+    Process,
+    Embedded,
+}
+
+/// Serves the mount until it is unmounted (or, in its own process, signalled); returns
+/// how many changes were still pending when it stopped (kept in the journal).
+pub(crate) fn serve(
+    config: &MountConfig,
+    notifier: &mut Notifier,
+    host: Host,
+) -> Result<usize, String> {
     let lock = claim_cache_dir(&config.cache_dir)?;
     raise_fd_limit();
     // Bound first, before anything slow: a busy port fails the mount at once.
@@ -333,7 +357,7 @@ fn serve(config: &MountConfig, notifier: &mut Notifier) -> Result<(), String> {
     );
     notifier.send("ok");
 
-    let stop = runtime.block_on(wait_for_stop(&session));
+    let stop = runtime.block_on(wait_for_stop(&session, host));
     match stop {
         Stop::Signal(name) => {
             info!(signal = name, "unmounting");
@@ -359,7 +383,7 @@ fn serve(config: &MountConfig, notifier: &mut Notifier) -> Result<(), String> {
         warn!(error = %e, "cannot write the exit report for `s3files unmount`");
     }
     lock.release();
-    Ok(())
+    Ok(left)
 }
 
 /// Takes the `--metrics-addr` port (in use, or not ours to take: the mount fails).
@@ -517,13 +541,22 @@ enum Stop {
     Unmounted,
 }
 
-async fn wait_for_stop(session: &fuser::BackgroundSession) -> Stop {
+async fn wait_for_stop(session: &fuser::BackgroundSession, host: Host) -> Stop {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        warn!("cannot install signal handlers; stop with `s3files unmount`");
+    let handlers = match host {
+        Host::Process => (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ),
+        Host::Embedded => (
+            Err(std::io::Error::other("embedded")),
+            Err(std::io::Error::other("embedded")),
+        ),
+    };
+    let (Ok(mut term), Ok(mut int)) = handlers else {
+        if host == Host::Process {
+            warn!("cannot install signal handlers; stop with `s3files unmount`");
+        }
         loop {
             if session.guard.is_finished() {
                 return Stop::Unmounted;

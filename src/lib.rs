@@ -14,8 +14,11 @@ pub mod lock_order;
 pub mod logging;
 pub mod metrics;
 pub mod metrics_endpoint;
+pub mod mount_api;
 pub mod mounts;
 pub mod posix;
 pub mod read;
 pub mod store;
 pub mod units;
+
+pub use mount_api::{Mount, MountBuilder, MountError, MountGuard};
