@@ -90,7 +90,7 @@ fn docker_compose_file_parses() {
         String::from_utf8_lossy(&out.stderr)
     );
     let services = String::from_utf8(out.stdout).unwrap();
-    for service in ["minio", "s3files", "agent"] {
+    for service in ["minio", "s3files", "agent", "agent-2"] {
         assert!(
             services.split_whitespace().any(|s| s == service),
             "{services}"
@@ -120,4 +120,49 @@ fn every_metric_is_documented() {
             "{name} is not in the metrics table of docs/CONFIGURATION.md"
         );
     }
+}
+
+#[test]
+fn every_flag_used_in_docker_exists() {
+    // The compose file's s3files command and healthcheck use only flags the binary has
+    // (and CONFIGURATION.md documents).
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = root.join(".venv/bin/python");
+    let out = std::process::Command::new(&python)
+        .arg("-c")
+        .arg(
+            "import sys, yaml; d = yaml.safe_load(open(sys.argv[1])); s = d['services']['s3files']; \
+             print(' '.join(s['command'] + s['healthcheck']['test']))",
+        )
+        .arg(root.join("docker/docker-compose.yml"))
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/setup.sh)", python.display()));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let words = String::from_utf8(out.stdout).unwrap();
+    let flags: Vec<&str> = words
+        .split_whitespace()
+        .filter(|w| w.starts_with("--"))
+        .collect();
+    assert!(flags.len() >= 4, "{flags:?}");
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_s3files"))
+        .args(["mount", "--help"])
+        .output()
+        .expect("s3files mount --help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    let config = doc("CONFIGURATION.md");
+    for flag in flags {
+        assert!(help.contains(flag), "{flag} is not a flag of s3files mount");
+        assert!(
+            config.contains(&format!("`{flag}")),
+            "{flag} is not in CONFIGURATION.md"
+        );
+    }
+    assert!(
+        words.contains("status"),
+        "the healthcheck runs s3files status"
+    );
 }
