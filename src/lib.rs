@@ -14,6 +14,7 @@ pub mod lock_order;
 pub mod logging;
 pub mod metrics;
 pub mod metrics_endpoint;
+pub mod mount_helper;
 pub mod mounts;
 pub mod posix;
 pub mod read;
