@@ -129,7 +129,10 @@ impl SyncProgress {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
-        if ok {
+        if ok && self.last.is_none() {
+            // The daemon gave no pending counts (one from before they existed).
+            eprintln!("synced in {:.1} s", self.started.elapsed().as_secs_f64());
+        } else if ok {
             eprintln!(
                 "synced {files} change(s) ({}) in {:.1} s",
                 format_size(bytes),
