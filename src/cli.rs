@@ -23,18 +23,23 @@ pub struct Cli {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Mount s3://BUCKET[/PREFIX] on MOUNTPOINT.
+    /// Mount s3://BUCKET[/PREFIX] on MOUNTPOINT. `mount -t s3files SOURCE DIR -o
+    /// key=value,...` and fstab lines do the same through a link to this binary named
+    /// /sbin/mount.s3files: each option is the flag of that name.
     Mount(MountArgs),
     /// Unmount an s3files mount, and return once its daemon has exported what is pending
     /// (at most 30 s), released its cache dir and exited. Exit status 3: unmounted, but
     /// some changes are still not in S3 (they go out at the next mount).
     Unmount(UnmountArgs),
     /// Export every pending change under PATH (default: the current directory) now, and
-    /// return once it is in S3.
+    /// return once it is in S3. On a terminal it shows a progress bar (changes and bytes
+    /// left, rate); it ends with one summary line on stderr.
     Sync(SyncArgs),
     /// Show the state of PATH (default: the current directory) on an s3files mount: S3
     /// Files' S3Key, FilePath and ExportError, then its export state, how much of it is
-    /// cached, and the mount's cache and S3 metrics.
+    /// cached, and the mount's cache and S3 metrics. On the mount's root it ends with a
+    /// summary of the whole mount: pending exports and bytes, the oldest pending change,
+    /// conflicts, lost+found, cache use and how changes in S3 are found.
     Status(SyncArgs),
 }
 

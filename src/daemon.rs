@@ -56,6 +56,13 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// `s3files mount`: the exit code is 0 only once the mount is live (or, in the
 /// foreground, once it has been unmounted cleanly).
 pub fn mount_command(args: MountArgs) -> ExitCode {
+    mount_command_with(args, std::env::args_os().skip(1).collect())
+}
+
+/// `mount_command` for arguments that did not come from this process's command line
+/// (the `mount.s3files` helper translates mount(8)'s): `argv` is the `mount ...`
+/// command line (without the program name) the background daemon is started with.
+pub fn mount_command_with(args: MountArgs, argv: Vec<std::ffi::OsString>) -> ExitCode {
     // First, before anything exists: whatever the daemon creates is its user's only.
     local_state::set_private_umask();
     let config = match MountConfig::from_args(&args) {
@@ -77,7 +84,7 @@ pub fn mount_command(args: MountArgs) -> ExitCode {
     if config.foreground {
         run_foreground(config)
     } else {
-        start_background(&config)
+        start_background(&config, argv)
     }
 }
 
@@ -120,7 +127,7 @@ fn claim_cache_dir(dir: &Path) -> Result<local_state::CacheDirLock, String> {
     })
 }
 
-fn start_background(config: &MountConfig) -> ExitCode {
+fn start_background(config: &MountConfig, argv: Vec<std::ffi::OsString>) -> ExitCode {
     let log_path = config.cache_dir.join(LOG_FILE);
     let log = match OpenOptions::new()
         .create(true)
@@ -146,7 +153,7 @@ fn start_background(config: &MountConfig) -> ExitCode {
     let write_fd = write_end.as_raw_fd();
     let mut command = Command::new(exe);
     command
-        .args(std::env::args_os().skip(1))
+        .args(argv)
         .arg("--foreground")
         .env(NOTIFY_ENV, write_fd.to_string())
         .stdin(Stdio::null())
@@ -307,7 +314,8 @@ pub(crate) fn serve(
         cache.clone(),
     )
     .with_import_rules(config.import_rules.clone())
-    .with_kernel_ttl(config.kernel_cache_ttl);
+    .with_kernel_ttl(config.kernel_cache_ttl)
+    .with_poll_interval(config.poll_interval);
     if !config.read_only {
         let writer = Writer::open(&WriteOptions {
             cache_dir: config.cache_dir.clone(),

@@ -15,6 +15,7 @@ pub mod logging;
 pub mod metrics;
 pub mod metrics_endpoint;
 pub mod mount_api;
+pub mod mount_helper;
 pub mod mounts;
 pub mod posix;
 pub mod read;

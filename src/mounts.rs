@@ -271,6 +271,87 @@ pub fn sync(path: &Path) -> Result<(), SyncError> {
     // Checked first: anywhere but an s3files mount the sync attribute would just be
     // stored on the file (user xattrs) and nothing exported.
     let (path, c_path, _) = on_mount(path)?;
+    sync_checked(path, c_path)
+}
+
+/// What the mount has left to export, read from its root's status while a sync runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Pending {
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// `sync`, reporting progress: the export waits inside the kernel's setxattr, so that
+/// runs on a thread while this one reads the mount root's `pending-exports` line every
+/// `every` and hands it to `progress` (first before the sync starts). The numbers are
+/// the whole mount's; a sync of a subdirectory ends when its own part is out.
+pub fn sync_with_progress(
+    path: &Path,
+    every: Duration,
+    progress: &mut dyn FnMut(Pending),
+) -> Result<(), SyncError> {
+    let (path, c_path, _) = on_mount(path)?;
+    let root = mount_root(&path)
+        .and_then(|root| CString::new(root.as_os_str().as_bytes()).ok())
+        .unwrap_or_else(|| c_path.clone());
+    let read_pending = || read_status(&root).as_deref().and_then(parse_pending);
+    if let Some(now) = read_pending() {
+        progress(now);
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(sync_checked(path, c_path));
+    });
+    loop {
+        match rx.recv_timeout(every) {
+            Ok(result) => {
+                if let Some(now) = read_pending() {
+                    progress(now);
+                }
+                return result;
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                if let Some(now) = read_pending() {
+                    progress(now);
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                // The thread ended without a result: it panicked, which it reports.
+                return Err(SyncError::Path(
+                    PathBuf::from("sync"),
+                    std::io::Error::other("the sync thread stopped"),
+                ));
+            }
+        }
+    }
+}
+
+/// The `pending-exports: N (B bytes, ...)` line of a root's status.
+pub fn parse_pending(status: &str) -> Option<Pending> {
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix("pending-exports: "))?;
+    let (files, rest) = line.split_once(" (")?;
+    let (bytes, _) = rest.split_once(" bytes")?;
+    Some(Pending {
+        files: files.trim().parse().ok()?,
+        bytes: bytes.trim().parse().ok()?,
+    })
+}
+
+/// The s3files mount point `path` (absolute, canonical) lies on: the deepest one above
+/// it in the mount table.
+fn mount_root(path: &Path) -> Option<PathBuf> {
+    let table = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    parse_mountinfo(&table)
+        .into_iter()
+        .filter(|entry| entry.is_s3files() && path.starts_with(&entry.mountpoint))
+        .map(|entry| entry.mountpoint)
+        .max_by_key(|mountpoint| mountpoint.components().count())
+}
+
+/// The sync itself, on a path known to be on a mount.
+fn sync_checked(path: PathBuf, c_path: CString) -> Result<(), SyncError> {
     let name = c"user.s3files.sync";
     // SAFETY: valid C strings; a one-byte value buffer that outlives the call.
     let rc = unsafe { libc::setxattr(c_path.as_ptr(), name.as_ptr(), b"1".as_ptr().cast(), 1, 0) };

@@ -266,6 +266,22 @@ impl ExportQueue {
         self.schedule.lock().oldest()
     }
 
+    /// Bytes of staged data the records not yet exported would upload (`s3files sync`'s
+    /// progress, the root's status). The staged files are collected under the locks and
+    /// measured after them: a size may read the file when passthrough writes are open.
+    pub fn pending_bytes(&self) -> u64 {
+        let staged: Vec<Arc<StagedFile>> = {
+            let records = self.records.lock();
+            let schedule = self.schedule.lock();
+            schedule
+                .ids()
+                .into_iter()
+                .filter_map(|id| records.by_id.get(&id)?.staged.clone())
+                .collect()
+        };
+        staged.iter().map(|file| file.size()).sum()
+    }
+
     /// Step 1 of recording a change: the journal line (disk; call with no lock held).
     /// If it fails (a full disk), the change must be refused: nothing would export it.
     pub fn journal(&self, record: &PendingExport) -> std::io::Result<()> {

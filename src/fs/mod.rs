@@ -184,6 +184,8 @@ pub struct FsCore {
     prefetch: Arc<tokio::sync::Semaphore>,
     /// Whether open files with local bytes are handed to the kernel (`passthrough`).
     passthrough: passthrough::PassthroughState,
+    /// How often watched directories are re-listed (zero: never), for the root's status.
+    poll_interval: std::time::Duration,
 }
 
 impl FsCore {
@@ -216,6 +218,7 @@ impl FsCore {
             kernel: std::sync::OnceLock::new(),
             kernel_ttl: DEFAULT_KERNEL_TTL,
             passthrough: Default::default(),
+            poll_interval: std::time::Duration::ZERO,
         }
     }
 
@@ -251,6 +254,13 @@ impl FsCore {
     }
 
     /// Sets how long the kernel may cache names and attributes (`--metadata-ttl`).
+    /// The poller's interval, as the root's status reports it (the daemon runs the
+    /// poller; the core only describes it).
+    pub fn with_poll_interval(mut self, interval: std::time::Duration) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+
     pub fn with_kernel_ttl(mut self, ttl: std::time::Duration) -> Self {
         self.kernel_ttl = ttl;
         self
@@ -590,7 +600,59 @@ impl FsCore {
             self.cache().summary(),
             self.metrics.summary()
         ));
+        if node.ino == ROOT_INO {
+            status.push_str(&self.mount_summary());
+        }
         status
+    }
+
+    /// The root's summary of the whole mount, after the root's own lines: what is left
+    /// to export (`s3files sync` reads its progress from `pending-exports`), what went
+    /// wrong, and how changes in S3 are found. Reads the staging and lost+found
+    /// directories: the root only, never per file.
+    fn mount_summary(&self) -> String {
+        let queue = self.queue.as_ref();
+        let pending = queue.map_or(0, |q| q.backlog());
+        let pending_bytes = queue.map_or(0, |q| q.pending_bytes());
+        let oldest = match queue.and_then(|q| q.oldest_pending()) {
+            Some(at) => format!("{:.1}s ago", at.elapsed().as_secs_f64()),
+            None => "none".into(),
+        };
+        let lost = match queue.map(|q| q.lost().count()) {
+            None => "0 files".to_string(),
+            Some(Ok(n)) => format!("{n} files"),
+            Some(Err(e)) => format!("unknown ({e})"),
+        };
+        let staging = queue.map_or(0, |q| q.staging().disk_bytes().unwrap_or(0));
+        let (disk, _, memory) = self.cache().usage();
+        let events = if self.poll_interval.is_zero() {
+            "off (polling off: changes made in S3 show when a directory is first listed)"
+                .to_string()
+        } else {
+            format!(
+                "off (changes made in S3 found by polling watched directories every {:?})",
+                self.poll_interval
+            )
+        };
+        let size = crate::units::format_size;
+        format!(
+            "summary (whole mount):\n\
+             pending-exports: {pending} ({pending_bytes} bytes, {})\n\
+             oldest-pending-change: {oldest}\n\
+             conflicts: {} since mount\n\
+             lost+found: {lost}\n\
+             staging: {} on disk\n\
+             cache-use: disk {} of {}, memory {}\n\
+             events: {events}\n",
+            size(pending_bytes),
+            self.metrics
+                .conflicts
+                .load(std::sync::atomic::Ordering::Relaxed),
+            size(staging),
+            size(disk),
+            size(self.cache().disk_bound()),
+            size(memory),
+        )
     }
 
     /// How much of a file's current S3 version the data cache holds.

@@ -507,3 +507,54 @@ async fn each_caller_gets_the_status_it_measured() {
         .unwrap();
     assert_eq!(again, other);
 }
+
+#[tokio::test]
+async fn the_root_alone_summarises_the_whole_mount() {
+    let r = rig(Arc::new(MemoryStore::new()), "");
+    let root_status = |core: Arc<FsCore>| async move {
+        String::from_utf8(
+            core.getxattr(ROOT_INO, STATUS_XATTR.as_bytes())
+                .await
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    let status = root_status(r.core.clone()).await;
+    assert!(status.starts_with("S3Key: \nFilePath: /\n"), "{status}");
+    for line in [
+        "\nsummary (whole mount):\n",
+        "\npending-exports: 0 (0 bytes, 0 B)\n",
+        "\noldest-pending-change: none\n",
+        "\nconflicts: 0 since mount\n",
+        "\nlost+found: 0 files\n",
+        "\nevents: off (polling off: ",
+    ] {
+        assert!(status.contains(line), "no {line:?} in:\n{status}");
+    }
+    r.write_file("a.txt", &[7; 1000]).await;
+    r.write_file("b.txt", &[7; 24]).await;
+    let status = root_status(r.core.clone()).await;
+    assert!(
+        status.contains("\npending-exports: 2 (1024 bytes, 1.0 KiB)\n"),
+        "{status}"
+    );
+    assert!(!status.contains("oldest-pending-change: none"), "{status}");
+    assert_eq!(
+        crate::mounts::parse_pending(&status),
+        Some(crate::mounts::Pending {
+            files: 2,
+            bytes: 1024
+        })
+    );
+    // A file's status has no summary.
+    let ino = r.ino("a.txt").await.unwrap();
+    let file =
+        String::from_utf8(r.core.getxattr(ino, STATUS_XATTR.as_bytes()).await.unwrap()).unwrap();
+    assert!(!file.contains("summary"), "{file}");
+    r.sync().await.unwrap();
+    let status = root_status(r.core.clone()).await;
+    assert!(
+        status.contains("\npending-exports: 0 (0 bytes, 0 B)\n"),
+        "{status}"
+    );
+}
