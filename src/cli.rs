@@ -108,6 +108,13 @@ pub struct MountArgs {
     #[arg(long, value_name = "N")]
     pub fuse_threads: Option<usize>,
 
+    /// Import changes made in the bucket from S3 Event Notifications delivered to this
+    /// SQS queue (its URL, e.g. https://sqs.REGION.amazonaws.com/ACCOUNT/QUEUE): a change
+    /// shows within a second. Polling stays on as the safety net, every 60s unless
+    /// --poll-interval says otherwise
+    #[arg(long, value_name = "URL")]
+    pub events_queue: Option<String>,
+
     /// Serve every read and write through the daemon. By default an open file whose
     /// bytes are local (being written, or wholly in the disk cache) is handed to the
     /// kernel, which reads and writes the local file directly (FUSE passthrough, Linux

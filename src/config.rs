@@ -13,6 +13,9 @@ pub const DEFAULT_WRITE_BACK_DELAY: Duration = Duration::from_secs(60);
 
 /// Remote changes show within seconds on S3 Files; we list watched directories this often.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(5);
+/// With events on, polling is only the safety net (lost events, deletes some servers do
+/// not announce): less often.
+pub const EVENTS_POLL_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Disk cache bound when `--cache-size` is not given.
 pub const DEFAULT_CACHE_SIZE: u64 = 10 << 30;
@@ -99,6 +102,8 @@ pub struct MountConfig {
     pub fuse_threads: usize,
     /// Hand open files with local bytes to the kernel (FUSE passthrough).
     pub passthrough: bool,
+    /// SQS queue of S3 Event Notifications to import changes from.
+    pub events_queue: Option<String>,
     /// Bound on the disk tier of the data cache.
     pub cache_size: u64,
     /// Bound on the memory tier of the data cache.
@@ -124,6 +129,8 @@ pub enum ConfigError {
     BadUri(String),
     #[error("invalid source '{uri}': {reason}")]
     BadPrefix { uri: String, reason: String },
+    #[error("invalid --events-queue: {0}")]
+    BadEventsQueue(String),
     #[error("--cache-expiry must be longer than 0s")]
     ZeroExpiry,
     #[error("--fuse-threads must be at least 1")]
@@ -237,7 +244,20 @@ impl MountConfig {
             read_only: args.read_only,
             allow_unversioned: args.allow_unversioned,
             write_back_delay: args.write_back_delay.unwrap_or(DEFAULT_WRITE_BACK_DELAY),
-            poll_interval: args.poll_interval.unwrap_or(DEFAULT_POLL_INTERVAL),
+            poll_interval: args
+                .poll_interval
+                .unwrap_or(if args.events_queue.is_some() {
+                    EVENTS_POLL_INTERVAL
+                } else {
+                    DEFAULT_POLL_INTERVAL
+                }),
+            events_queue: match &args.events_queue {
+                Some(url) => {
+                    crate::events::queue_origin(url).map_err(ConfigError::BadEventsQueue)?;
+                    Some(url.clone())
+                }
+                None => None,
+            },
             fuse_threads,
             passthrough: !args.no_passthrough,
             kernel_cache_ttl: args

@@ -316,6 +316,9 @@ pub(crate) fn serve(
     .with_import_rules(config.import_rules.clone())
     .with_kernel_ttl(config.kernel_cache_ttl)
     .with_poll_interval(config.poll_interval);
+    if let Some(queue) = &config.events_queue {
+        core = core.with_events(format!("sqs {queue}"));
+    }
     if !config.read_only {
         let writer = Writer::open(&WriteOptions {
             cache_dir: config.cache_dir.clone(),
@@ -341,6 +344,9 @@ pub(crate) fn serve(
     runtime.spawn(sweep_cache(cache, config.cache_expiry));
     if !config.poll_interval.is_zero() {
         spawn_poller(config, core.clone());
+    }
+    if let Some(queue) = &config.events_queue {
+        spawn_events(config, queue.clone(), core.clone());
     }
     runtime.spawn(watch_external_writes(core.clone()));
     if let Some(listener) = metrics_listener {
@@ -521,6 +527,48 @@ fn spawn_poller(config: &MountConfig, core: Arc<FsCore>) {
         });
     if let Err(e) = spawned {
         error!(error = %e, "cannot start the poller; remote changes will not show");
+    }
+}
+
+/// Runs the S3 event loop (`--events-queue`) on its own thread, runtime and S3 client,
+/// as the poller runs, at normal priority: events are what makes changes show fast.
+fn spawn_events(config: &MountConfig, queue: String, core: Arc<FsCore>) {
+    let options = s3_options(config);
+    let region = config.region.clone();
+    let spawned = std::thread::Builder::new()
+        .name("s3files-events".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    error!(error = %e, "cannot start the event loop; polling still runs");
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let source =
+                    crate::events::SqsSource::connect(&queue, region, &options.bucket).await;
+                match (
+                    source,
+                    S3Store::connect(&options, core.metrics_handle()).await,
+                ) {
+                    (Ok(source), Ok(store)) => {
+                        core.run_events(Arc::new(source), Arc::new(store)).await
+                    }
+                    (Err(e), _) => {
+                        error!(error = %e, "cannot start the event loop; polling still runs")
+                    }
+                    (_, Err(e)) => {
+                        error!(error = %e, "cannot start the event loop; polling still runs")
+                    }
+                }
+            });
+        });
+    if let Err(e) = spawned {
+        error!(error = %e, "cannot start the event loop; polling still runs");
     }
 }
 

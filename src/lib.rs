@@ -5,6 +5,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod events;
 pub mod export;
 pub mod fs;
 pub mod fuse;

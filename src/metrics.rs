@@ -254,6 +254,8 @@ pub struct Metrics {
     pub streams: AtomicU64,
     /// Largest read-ahead window any stream reached, in bytes.
     pub prefetch_window_max: AtomicU64,
+    /// S3 event notification records received (`--events-queue`).
+    pub events_received: AtomicU64,
     /// Opens handed to the kernel to read and write a local file directly (passthrough).
     pub opens_passthrough: AtomicU64,
     /// Opens served through the daemon without the page cache, because other opens of
@@ -355,7 +357,7 @@ impl Metrics {
              cache hits memory={} disk={} misses={} evictions={} (memory {}) expired={} \
              corrupt={} write-errors={}; eager imports={}; imports on open={}; \
              imported bytes on listing={} on open={}; bytes from cache={} streamed={}; \
-             streams={} max prefetch window={}; opens passthrough={} direct={}",
+             streams={} max prefetch window={}; opens passthrough={} direct={}; events={}",
             get(&self.s3_list),
             get(&self.s3_head),
             get(&self.s3_get),
@@ -388,6 +390,7 @@ impl Metrics {
             get(&self.prefetch_window_max),
             get(&self.opens_passthrough),
             get(&self.opens_direct),
+            get(&self.events_received),
         )
     }
 }

@@ -375,6 +375,12 @@ impl Collector for MountCollector {
             m.prefetch_window_max.load(Relaxed) as f64,
         )?;
         counter(e, "s3files_passthrough_opens", "Opens handed to the kernel to read and write a local file directly (FUSE passthrough).", m.opens_passthrough.load(Relaxed))?;
+        counter(
+            e,
+            "s3files_events",
+            "S3 event notification records received from --events-queue.",
+            m.events_received.load(Relaxed),
+        )?;
         counter(e, "s3files_direct_io_opens", "Opens served without the page cache because other opens of the file are passed through to other bytes.", m.opens_direct.load(Relaxed))?;
 
         // S3 requests.

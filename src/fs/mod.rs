@@ -186,6 +186,8 @@ pub struct FsCore {
     passthrough: passthrough::PassthroughState,
     /// How often watched directories are re-listed (zero: never), for the root's status.
     poll_interval: std::time::Duration,
+    /// The event source, when changes are imported from S3 events.
+    events: Option<String>,
 }
 
 impl FsCore {
@@ -219,6 +221,7 @@ impl FsCore {
             kernel_ttl: DEFAULT_KERNEL_TTL,
             passthrough: Default::default(),
             poll_interval: std::time::Duration::ZERO,
+            events: None,
         }
     }
 
@@ -253,7 +256,6 @@ impl FsCore {
         self
     }
 
-    /// Sets how long the kernel may cache names and attributes (`--metadata-ttl`).
     /// The poller's interval, as the root's status reports it (the daemon runs the
     /// poller; the core only describes it).
     pub fn with_poll_interval(mut self, interval: std::time::Duration) -> Self {
@@ -261,6 +263,13 @@ impl FsCore {
         self
     }
 
+    /// The event source importing changes (`--events-queue`), as status reports it.
+    pub fn with_events(mut self, source: String) -> Self {
+        self.events = Some(source);
+        self
+    }
+
+    /// Sets how long the kernel may cache names and attributes (`--kernel-cache-ttl`).
     pub fn with_kernel_ttl(mut self, ttl: std::time::Duration) -> Self {
         self.kernel_ttl = ttl;
         self
@@ -285,6 +294,21 @@ impl FsCore {
     /// The export queue, if writes are enabled.
     pub fn export_queue(&self) -> Option<&Arc<ExportQueue>> {
         self.queue.as_ref()
+    }
+
+    /// Key prefix of the mount root (empty or ending in `/`).
+    pub(crate) fn root_prefix(&self) -> &str {
+        &self.options.root_prefix
+    }
+
+    /// A node of the inode table, if present.
+    pub(crate) fn inode(&self, ino: Ino) -> Option<Arc<Node>> {
+        self.inodes.get(ino)
+    }
+
+    /// A listed directory's entry `name`, if present (no listing is made).
+    pub(crate) fn child_of(&self, dir: &Node, name: &str) -> Option<Arc<Node>> {
+        self.inodes.child(dir, name)
     }
 
     pub fn cache(&self) -> &Arc<DataCache> {
@@ -625,7 +649,13 @@ impl FsCore {
         };
         let staging = queue.map_or(0, |q| q.staging().disk_bytes().unwrap_or(0));
         let (disk, _, memory) = self.cache().usage();
-        let events = if self.poll_interval.is_zero() {
+        let events = if let Some(source) = &self.events {
+            format!(
+                "on ({source}; changes made in S3 show within a second, polling every {:?} \
+                 as the safety net)",
+                self.poll_interval
+            )
+        } else if self.poll_interval.is_zero() {
             "off (polling off: changes made in S3 show when a directory is first listed)"
                 .to_string()
         } else {
