@@ -15,10 +15,10 @@
 //!                                    flight, consumed in order (endpoint, keys and region
 //!                                    from the AWS_* environment): prints
 //!                                    "bytes seconds MiB/s"
-//!   bench_io warm PATH               read the whole file once in 1 MiB O_DIRECT reads in a
-//!                                    shuffled order, so that a file system that streams
-//!                                    sequential reads past its cache still caches every
-//!                                    block: prints "bytes seconds MiB/s"
+//!   bench_io warm PATH               read the whole file once in 256 KiB O_DIRECT reads in
+//!                                    a shuffled order, so that a file system that streams
+//!                                    sequential (or large) reads past its cache still
+//!                                    caches every block: prints "bytes seconds MiB/s"
 //!   bench_io readers SECONDS PATH..  one thread per PATH, each reading its file in 128 KiB
 //!                                    O_DIRECT preads from start to end and over again, for
 //!                                    SECONDS: prints "readers bytes seconds MiB/s" (aggregate)
@@ -211,7 +211,8 @@ fn aligned(backing: &mut Vec<u8>, len: usize) -> &mut [u8] {
 }
 
 fn warm(path: &str) {
-    const CHUNK: u64 = 1 << 20;
+    // s3files streams (without caching) once a run of sequential reads reaches 1 MiB.
+    const CHUNK: u64 = 256 << 10;
     let (file, size) = open_direct(path);
     let mut chunks: Vec<u64> = (0..size.div_ceil(CHUNK)).collect();
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
