@@ -132,7 +132,7 @@ def read_values(work, row, system):
         try:
             values.append(float(line))
         except ValueError:
-            values.append(line)  # "failed" or "timeout"
+            values.append(line)  # "failed", "timeout" or "skipped"
     return values
 
 
@@ -157,6 +157,8 @@ def cell(values, unit):
     if not ok:
         if "timeout" in values:
             return f"failed (> {LIMIT} s)", None
+        if "skipped" in values:
+            return "skipped", None
         return "failed", None
     med = statistics.median(ok)
     text = f"{fmt(med, unit)} {unit}" if unit != "x" else f"{fmt(med, unit)}x"
