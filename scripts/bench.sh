@@ -12,6 +12,7 @@
 # Sizes and choices, as environment variables (defaults: full run / --quick):
 #   S3FILES_BENCH_UNTAR_FILES   files in the tarball unpacked into the mount (5000 / 500)
 #   S3FILES_BENCH_STAT_FILES    files of the stat-storm tree (20000 / 2000)
+#   S3FILES_BENCH_BIGDIR_FILES  objects of the big flat directory (20000 / 2000)
 #   S3FILES_BENCH_REPO_FILES    files of the git repository cloned (4650 / 500)
 #   S3FILES_BENCH_READER_MIB    size of each of the 8 parallel readers' files (64 / 16)
 #   S3FILES_BENCH_PREAD_SECS    seconds of each pread and readers loop (5 / 2)
@@ -36,6 +37,9 @@
 #   git       clone of a REPO_FILES repository from a local bare repository (git clone
 #             --no-local), then the first `git status`, then `grep -rl`
 #   stream    peak RSS of each daemon reading a HUGE_MIB object once, on its own mount
+#   bigdir    a flat directory of BIGDIR_FILES objects of 10 bytes: the first plain `ls`
+#             (against its ListObjectsV2 pages alone, boto3) and, on another fresh mount,
+#             the first `ls -l` (local: warm)
 # The memfs floor (examples/memfs.rs, a trivial FUSE file system) is printed below the table.
 #
 # Robustness: each mount is unmounted and its process ended by PID (also on exit); a mount
@@ -50,9 +54,9 @@ if [[ ${1:-} == --quick ]]; then
     shift
 fi
 if $quick; then
-    d=(64 64 500 1 500 2000 500 16 2 300)
+    d=(64 64 500 1 500 2000 500 16 2 300 2000)
 else
-    d=(1024 4096 2000 3 5000 20000 4650 64 5 600)
+    d=(1024 4096 2000 3 5000 20000 4650 64 5 600 20000)
 fi
 seq_mib=${1:-${d[0]}}
 huge_mib=${2:-${d[1]}}
@@ -64,6 +68,7 @@ repo_files=${S3FILES_BENCH_REPO_FILES:-${d[6]}}
 reader_mib=${S3FILES_BENCH_READER_MIB:-${d[7]}}
 pread_secs=${S3FILES_BENCH_PREAD_SECS:-${d[8]}}
 limit=${S3FILES_BENCH_LIMIT:-${d[9]}}
+bigdir_files=${S3FILES_BENCH_BIGDIR_FILES:-${d[10]}}
 systems=${S3FILES_BENCH_SYSTEMS:-s3files rclone s3fs local}
 chart=${S3FILES_BENCH_CHART-docs/bench-peers.png}
 # With HUGE_MIB = SEQ_MIB the stream reads seq.bin (on a fresh mount, so cold): less disk.
@@ -122,7 +127,7 @@ echo "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" >"$work/s3fs.passwd"
 chmod 600 "$work/s3fs.passwd"
 
 echo "bench: creating data (${seq_mib} MiB, ${huge_mib} MiB, 8 x ${reader_mib} MiB, $files + $stat_files small files; tar of $untar_files, git of $repo_files)..." >&2
-"$py" "$helper" make-data "$work" "$seq_mib" "$huge_mib" "$files" "$stat_files" "$untar_files" "$repo_files" "$reader_mib"
+"$py" "$helper" make-data "$work" "$seq_mib" "$huge_mib" "$files" "$stat_files" "$untar_files" "$repo_files" "$reader_mib" "$bigdir_files"
 tar -C "$work/untar-src" -cf "$work/untar.tar" .
 rm -rf "$work/untar-src"
 git -C "$work/repo-src" init -q
@@ -242,7 +247,8 @@ unmount_sys() {
 # ---- one round of one system ----------------------------------------------------------
 
 all_rows=(grep pread_direct pread_direct_p99 pread_buffered pread_cold seq_cached seq_cold
-    readers1 readers8 readers_ratio stat untar untar_flush clone git_status grep_rl stream_rss)
+    readers1 readers8 readers_ratio stat untar untar_flush clone git_status grep_rl stream_rss
+    bigdir_ls bigdir_lsl)
 
 # fuse_round SYSTEM ROUND: every workload through a fresh mount of SYSTEM.
 fuse_round() {
@@ -334,6 +340,23 @@ fuse_round() {
         record stream_rss "$sys" failed
     fi
     rm -rf "$cache"
+
+    # A big flat directory, each command on its own fresh mount: the first plain `ls`
+    # (names only), then the first `ls -l` (every object's metadata).
+    for row in bigdir_ls bigdir_lsl; do
+        cache="$work/cache-$sys-$r-$row"
+        if mount_sys "$sys" "$mnt" "$cache"; then
+            if [[ $row == bigdir_ls ]]; then
+                timed "$row" "$sys" ls "$mnt/big" || true
+            else
+                timed "$row" "$sys" ls -l "$mnt/big" || true
+            fi
+            unmount_sys "$sys" "$mnt"
+        else
+            record "$row" "$sys" failed
+        fi
+        rm -rf "$cache"
+    done
 }
 
 # readers_rows SYSTEM DIR: 1 reader on one cached file, then 8 on 8.
@@ -397,6 +420,10 @@ local_round() {
     fi
     git_rows local "$l/w-$r/clone"
     rm -rf "$l/w-$r"
+    # The big directory's references: its listing pages alone, and `ls -l` on local disk.
+    field bigdir_ls local 1 "$py" "$helper" list-time big/ || true
+    ls -l "$l/big" >/dev/null
+    timed bigdir_lsl local ls -l "$l/big" || true
 }
 
 memfs_round() {
@@ -445,6 +472,8 @@ clone|\`git clone\` of $repo_files files|s|lower|<= 2x local
 git_status|first \`git status\` of the clone|s|lower|<= 2x local
 grep_rl|\`grep -rl\` over the clone|s|lower|<= 2x local
 stream_rss|daemon peak RSS, streaming ${huge_mib} MiB once|MiB|lower|s3files < 256 MiB
+bigdir_ls|first plain \`ls\` of a fresh $bigdir_files-object directory (ref: its ListObjectsV2 pages alone)|s|lower|<= 1.2x ref
+bigdir_lsl|first \`ls -l\` of the same, fresh mount (local: warm)|s|lower|>= 2x ahead of both peers
 EOF
 elapsed=$(since "$started")
 echo

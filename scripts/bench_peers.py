@@ -1,11 +1,13 @@
 """Helpers of scripts/bench.sh (run with the bench venv's Python, which has boto3):
 
-  bench_peers.py make-data WORK SEQ_MIB HUGE_MIB FILES STAT_FILES UNTAR_FILES REPO_FILES READER_MIB
+  bench_peers.py make-data WORK SEQ_MIB HUGE_MIB FILES STAT_FILES UNTAR_FILES REPO_FILES READER_MIB BIGDIR_FILES
       writes the local copies under WORK/local, the tar source and the git source, and
       uploads the objects to the bucket (endpoint and keys from the environment)
   bench_peers.py wait-objects PREFIX COUNT LIMIT_SECONDS
       returns once the bucket lists COUNT objects (not directory markers) under PREFIX;
       exit status 1 after LIMIT_SECONDS
+  bench_peers.py list-time PREFIX
+      prints the seconds that the ListObjectsV2 pages of PREFIX (Delimiter=/) take alone
   bench_peers.py report WORK ROWS_FILE CHART_PATH
       reads WORK/res/ROW/SYSTEM (one value per round) and prints the Markdown table;
       writes the chart when matplotlib is there
@@ -62,7 +64,7 @@ def write(path, body):
         f.write(body)
 
 
-def make_data(work, seq_mib, huge_mib, files, stat_files, untar_files, repo_files, reader_mib):
+def make_data(work, seq_mib, huge_mib, files, stat_files, untar_files, repo_files, reader_mib, bigdir_files):
     from boto3.s3.transfer import TransferConfig
 
     s3 = client()
@@ -90,6 +92,8 @@ def make_data(work, seq_mib, huge_mib, files, stat_files, untar_files, repo_file
     items = [(f"tree/d{i % 20:02d}/f{i:05d}.txt", text_file(rng, 50, i, 20, 120)) for i in range(files)]
     # stat tree: 100-byte files, 100 to a directory (a source tree's shape, for lstat).
     items += [(f"stat/d{i // 100:03d}/f{i:05d}", b"x" * 100) for i in range(stat_files)]
+    # big directory: one flat prefix of 10-byte objects.
+    items += [(f"big/f{i:06d}", b"0123456789") for i in range(bigdir_files)]
     for key, body in items:
         write(os.path.join(local, key), body)
     with cf.ThreadPoolExecutor(32) as pool:
@@ -120,6 +124,14 @@ def wait_objects(prefix, count, limit):
             print(f"wait-objects: {seen} of {count} objects under {prefix} after {limit} s", file=sys.stderr)
             return 1
         time.sleep(0.2)
+
+
+def list_time(prefix):
+    s3 = client()
+    started = time.monotonic()
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket="bench", Prefix=prefix, Delimiter="/")
+    keys = sum(len(page.get("Contents", [])) for page in pages)
+    print(f"{time.monotonic() - started:.4f} {keys}")
 
 
 def read_values(work, row, system):
@@ -270,6 +282,8 @@ def main():
         make_data(args[0], *map(int, args[1:]))
     elif cmd == "wait-objects":
         sys.exit(wait_objects(args[0], int(args[1]), float(args[2])))
+    elif cmd == "list-time":
+        list_time(args[0])
     elif cmd == "report":
         report(args[0], args[1], args[2] if len(args) > 2 else "")
     else:
