@@ -5,8 +5,11 @@
 # spread in parentheses; ratios per round) and writing a chart (docs/bench-peers.png).
 #
 #   scripts/bench.sh                 # full run: 1 GiB, 4 GiB stream, 2,000 / 20,000 /
-#                                    # 5,000 / 4,650 files, 3 rounds (about 1.5 hours)
-#   scripts/bench.sh --quick         # a few minutes: 64 MiB files, 500 small files, 1 round
+#                                    # 5,000 / 4,650 / 20,000 files, 3 rounds (about 35
+#                                    # minutes; ~10 GiB of free disk)
+#   scripts/bench.sh 1024 1024       # the same, streaming the 1 GiB file for the RSS row
+#                                    # (less disk; docs/BENCHMARKS.md's run)
+#   scripts/bench.sh --quick         # about 3 minutes: 64 MiB files, 500 small files, 1 round
 #   scripts/bench.sh [--quick] [SEQ_MIB] [HUGE_MIB] [FILES] [ROUNDS]
 #
 # Sizes and choices, as environment variables (defaults: full run / --quick):
