@@ -3,15 +3,27 @@
 //!
 //!   bench_io pread PATH SECONDS      4 KiB O_DIRECT preads at random aligned offsets:
 //!                                    prints "reads p50_us p99_us"
+//!   bench_io pread-buffered PATH SECONDS  the same without O_DIRECT (the page cache
+//!                                    answers once a page was read)
 //!   bench_io pread-cold PATH COUNT   4 KiB O_DIRECT preads, each in a different 256 KiB
 //!                                    block (first touches: every one a cache miss):
 //!                                    prints "reads p50_us p99_us"
 //!   bench_io seq PATH                read the file once with 1 MiB reads: prints
 //!                                    "bytes seconds MiB/s"
-//!   bench_io sdk BUCKET KEY CHUNK_MIB  a plain aws-sdk-s3 loop of ranged GETs, one at a
-//!                                    time, over the whole object (endpoint, keys and
-//!                                    region from the AWS_* environment): prints
+//!   bench_io sdk BUCKET KEY CHUNK_MIB [PARALLEL]  a plain aws-sdk-s3 loop of ranged
+//!                                    GETs over the whole object, PARALLEL (default 1) in
+//!                                    flight, consumed in order (endpoint, keys and region
+//!                                    from the AWS_* environment): prints
 //!                                    "bytes seconds MiB/s"
+//!   bench_io warm PATH               read the whole file once in 256 KiB O_DIRECT reads in
+//!                                    a shuffled order, so that a file system that streams
+//!                                    sequential (or large) reads past its cache still
+//!                                    caches every block: prints "bytes seconds MiB/s"
+//!   bench_io readers SECONDS PATH..  one thread per PATH, each reading its file in 128 KiB
+//!                                    O_DIRECT preads from start to end and over again, for
+//!                                    SECONDS: prints "readers bytes seconds MiB/s" (aggregate)
+//!   bench_io stat-tree DIR           walk DIR (readdir) and lstat every entry, as
+//!                                    `git status` does: prints "entries seconds"
 
 use std::fs::File;
 use std::io::Read;
@@ -22,14 +34,27 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     match args.as_slice() {
-        ["pread", path, secs] => pread(path, Duration::from_secs_f64(number(secs))),
+        ["pread", path, secs] => pread(path, Duration::from_secs_f64(number(secs)), true),
+        ["pread-buffered", path, secs] => pread(path, Duration::from_secs_f64(number(secs)), false),
         ["pread-cold", path, count] => pread_cold(path, number(count) as usize),
         ["seq", path] => seq(path),
-        ["sdk", bucket, key, chunk] => sdk(bucket, key, number(chunk) as u64 * (1 << 20)),
+        ["sdk", bucket, key, chunk] => sdk(bucket, key, number(chunk) as u64 * (1 << 20), 1),
+        ["sdk", bucket, key, chunk, parallel] if number(parallel) >= 1.0 => sdk(
+            bucket,
+            key,
+            number(chunk) as u64 * (1 << 20),
+            number(parallel) as usize,
+        ),
+        ["warm", path] => warm(path),
+        ["readers", secs, paths @ ..] if !paths.is_empty() => {
+            readers(Duration::from_secs_f64(number(secs)), paths)
+        }
+        ["stat-tree", dir] => stat_tree(dir),
         _ => {
             eprintln!(
-                "usage: bench_io pread PATH SECONDS | pread-cold PATH COUNT | seq PATH \
-                 | sdk BUCKET KEY CHUNK_MIB"
+                "usage: bench_io pread PATH SECONDS | pread-buffered PATH SECONDS \
+                 | pread-cold PATH COUNT | seq PATH | sdk BUCKET KEY CHUNK_MIB [PARALLEL] \
+                 | warm PATH | readers SECONDS PATH... | stat-tree DIR"
             );
             std::process::exit(2);
         }
@@ -44,9 +69,13 @@ fn number(text: &str) -> f64 {
 }
 
 fn open_direct(path: &str) -> (File, u64) {
+    open_with(path, libc::O_DIRECT)
+}
+
+fn open_with(path: &str, flags: i32) -> (File, u64) {
     let file = File::options()
         .read(true)
-        .custom_flags(libc::O_DIRECT)
+        .custom_flags(flags)
         .open(path)
         .unwrap_or_else(|e| fail(path, e));
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
@@ -75,8 +104,8 @@ fn timed_reads(path: &str, file: &File, mut next: impl FnMut() -> Option<u64>) -
     latencies
 }
 
-fn pread(path: &str, secs: Duration) {
-    let (file, size) = open_direct(path);
+fn pread(path: &str, secs: Duration, direct: bool) {
+    let (file, size) = open_with(path, if direct { libc::O_DIRECT } else { 0 });
     let blocks = (size / 4096).max(1);
     let mut x: u64 = 0x2545_F491_4F6C_DD1D;
     let end = Instant::now() + secs;
@@ -126,7 +155,8 @@ fn seq(path: &str) {
     report(total, started.elapsed());
 }
 
-fn sdk(bucket: &str, key: &str, chunk: u64) {
+fn sdk(bucket: &str, key: &str, chunk: u64, parallel: usize) {
+    use futures::StreamExt;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -144,23 +174,114 @@ fn sdk(bucket: &str, key: &str, chunk: u64) {
         let head = client.head_object().bucket(bucket).key(key).send().await;
         let size = head.expect("HeadObject").content_length().unwrap_or(0) as u64;
         let started = Instant::now();
-        let mut offset = 0;
-        while offset < size {
-            let end = size.min(offset + chunk);
-            let out = client
-                .get_object()
-                .bucket(bucket)
-                .key(key)
-                .range(format!("bytes={}-{}", offset, end - 1))
-                .send()
-                .await
-                .expect("GetObject");
-            let body = out.body.collect().await.expect("body").into_bytes();
-            assert_eq!(body.len() as u64, end - offset, "short body");
-            offset = end;
+        let ranges = (0..size.div_ceil(chunk)).map(|i| (i * chunk, size.min((i + 1) * chunk)));
+        // Up to `parallel` GETs in flight, their bodies consumed in order, as a program
+        // reading the object from start to end with read-ahead would.
+        let mut bodies = futures::stream::iter(ranges)
+            .map(|(offset, end)| {
+                let client = client.clone();
+                async move {
+                    let out = client
+                        .get_object()
+                        .bucket(bucket)
+                        .key(key)
+                        .range(format!("bytes={}-{}", offset, end - 1))
+                        .send()
+                        .await
+                        .expect("GetObject");
+                    let body = out.body.collect().await.expect("body").into_bytes();
+                    assert_eq!(body.len() as u64, end - offset, "short body");
+                    body.len() as u64
+                }
+            })
+            .buffered(parallel);
+        let mut total = 0;
+        while let Some(n) = bodies.next().await {
+            total += n;
         }
-        report(size, started.elapsed());
+        report(total, started.elapsed());
     });
+}
+
+/// A zeroed buffer of `len` bytes aligned to 4 KiB, as O_DIRECT wants.
+fn aligned(backing: &mut Vec<u8>, len: usize) -> &mut [u8] {
+    *backing = vec![0u8; len + 4096];
+    let skew = backing.as_ptr().align_offset(4096);
+    &mut backing[skew..skew + len]
+}
+
+fn warm(path: &str) {
+    // s3files streams (without caching) once a run of sequential reads reaches 1 MiB.
+    const CHUNK: u64 = 256 << 10;
+    let (file, size) = open_direct(path);
+    let mut chunks: Vec<u64> = (0..size.div_ceil(CHUNK)).collect();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for i in (1..chunks.len()).rev() {
+        chunks.swap(i, (random(&mut x) % (i as u64 + 1)) as usize);
+    }
+    let mut backing = Vec::new();
+    let buf = aligned(&mut backing, CHUNK as usize);
+    let started = Instant::now();
+    let mut total = 0;
+    for chunk in chunks {
+        total += file
+            .read_at(buf, chunk * CHUNK)
+            .unwrap_or_else(|e| fail(path, e)) as u64;
+    }
+    report(total, started.elapsed());
+}
+
+fn readers(secs: Duration, paths: &[&str]) {
+    const CHUNK: usize = 128 << 10;
+    let end = Instant::now() + secs;
+    let started = Instant::now();
+    let total: u64 = std::thread::scope(|scope| {
+        let threads: Vec<_> = paths
+            .iter()
+            .map(|path| {
+                scope.spawn(move || {
+                    let (file, size) = open_direct(path);
+                    let mut backing = Vec::new();
+                    let buf = aligned(&mut backing, CHUNK);
+                    let (mut offset, mut total) = (0u64, 0u64);
+                    while Instant::now() < end {
+                        let n = file.read_at(buf, offset).unwrap_or_else(|e| fail(path, e));
+                        total += n as u64;
+                        offset += n as u64;
+                        if n == 0 || offset >= size {
+                            offset = 0;
+                        }
+                    }
+                    total
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().expect("reader")).sum()
+    });
+    let elapsed = started.elapsed();
+    print!("{} ", paths.len());
+    report(total, elapsed);
+}
+
+fn stat_tree(dir: &str) {
+    fn walk(dir: &std::path::Path, count: &mut u64) {
+        let entries = std::fs::read_dir(dir).unwrap_or_else(|e| fail(&dir.to_string_lossy(), e));
+        for entry in entries {
+            let path = entry
+                .unwrap_or_else(|e| fail(&dir.to_string_lossy(), e))
+                .path();
+            let meta = std::fs::symlink_metadata(&path)
+                .unwrap_or_else(|e| fail(&path.to_string_lossy(), e));
+            *count += 1;
+            if meta.is_dir() {
+                walk(&path, count);
+            }
+        }
+    }
+    let started = Instant::now();
+    let mut count = 0;
+    walk(std::path::Path::new(dir), &mut count);
+    println!("{count} {:.3}", started.elapsed().as_secs_f64());
 }
 
 fn report(bytes: u64, elapsed: Duration) {

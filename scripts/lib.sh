@@ -2,7 +2,9 @@
 # cleaned up on exit (mounts unmounted, Garage stopped), and mount helpers.
 # shellcheck shell=bash
 
-# Sets root, bin, work; starts Garage (exports GARAGE_ENDPOINT and AWS_* for it).
+# Sets root, bin, work; starts Garage (exports GARAGE_ENDPOINT and AWS_* for it), or moto
+# with S3FILES_BENCH_SERVER=moto (a look at a machine without Garage: moto's ranged GETs
+# re-read whole objects, so throughput rows then measure moto).
 bench_init() {
     root=$(pwd)
     scripts/setup.sh >&2
@@ -10,7 +12,26 @@ bench_init() {
     bin="$root/target/release/s3files"
     work=$(mktemp -d)
     trap bench_cleanup EXIT
-    eval "$(scripts/garage.sh start "$work/garage")"
+    if [[ ${S3FILES_BENCH_SERVER:-garage} == moto ]]; then
+        bench_start_moto
+    else
+        eval "$(scripts/garage.sh start "$work/garage")"
+    fi
+}
+
+bench_start_moto() {
+    local port i
+    port=$(.venv/bin/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    .venv/bin/moto_server -H 127.0.0.1 -p "$port" >"$work/moto.log" 2>&1 &
+    moto_pid=$!
+    export GARAGE_ENDPOINT="http://127.0.0.1:$port" GARAGE_BUCKET=bench
+    export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1
+    export AWS_EC2_METADATA_DISABLED=true
+    for i in $(seq 100); do
+        (echo >/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break
+        sleep 0.1
+    done
+    .venv/bin/python -c "import boto3, sys; boto3.client('s3', endpoint_url=sys.argv[1]).create_bucket(Bucket='bench')" "$GARAGE_ENDPOINT"
 }
 
 bench_cleanup() {
@@ -19,6 +40,7 @@ bench_cleanup() {
         "$bin" unmount "$m" 2>/dev/null || fusermount3 -u "$m" 2>/dev/null || umount -l "$m"
     done
     scripts/garage.sh stop "$work/garage"
+    if [[ -n ${moto_pid:-} ]]; then kill "$moto_pid" 2>/dev/null || true; fi
     rm -rf "$work"
 }
 
