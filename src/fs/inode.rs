@@ -341,44 +341,29 @@ impl InodeTable {
                 listing.dirs.contains(&name),
             ) {
                 (false, Some(remote), _)
-                    if !newer_than_listing
-                        && child.io.backing().is_some()
-                        && child.remote.as_ref().map(|r| &r.etag) != Some(&remote.etag) =>
-                {
-                    // Changed while open handles are passed through to its old bytes,
-                    // which the kernel keeps them on and would refuse others for: the
-                    // new version shows under a new inode (added below), as if another
-                    // writer had renamed a new file over this one.
-                    if let Some(old) = child.remote.clone() {
+                    if newer_than_listing
+                        || child.remote.as_ref().map(|r| &r.etag) == Some(&remote.etag) => {}
+                // Changed, and no open handle is passed through to the old bytes: the
+                // node takes the new version.
+                (false, Some(remote), _) if child.io.backing().is_none() => {
+                    if let Some(old) = child.remote.replace(remote.clone()) {
                         report.stale.push((child.key.clone(), old));
                     }
+                    child.meta = None;
+                    child.symlink_target = None;
+                    // Clean local bytes (kept for open handles) are now stale:
+                    // the handles' source is gone (they fail with EIO).
                     if let SyncLife::Clean { id, .. } = std::mem::take(&mut child.sync) {
                         report.dropped_staged.push(id);
                     }
-                    drop(child);
-                    children.remove(&name);
-                    unlinked.push(ino);
-                    report.removed.push((name, ino));
-                }
-                (false, Some(remote), _) => {
-                    if !newer_than_listing
-                        && child.remote.as_ref().map(|r| &r.etag) != Some(&remote.etag)
-                    {
-                        if let Some(old) = child.remote.replace(remote.clone()) {
-                            report.stale.push((child.key.clone(), old));
-                        }
-                        child.meta = None;
-                        child.symlink_target = None;
-                        // Clean local bytes (kept for open handles) are now stale:
-                        // the handles' source is gone (they fail with EIO).
-                        if let SyncLife::Clean { id, .. } = std::mem::take(&mut child.sync) {
-                            report.dropped_staged.push(id);
-                        }
-                        report.changed.push(ino);
-                    }
+                    report.changed.push(ino);
                 }
                 (true, _, true) => {}
                 _ if newer_than_listing => {}
+                // Gone from the listing; or changed while open handles are passed through
+                // to its old bytes, which the kernel keeps them on and would refuse others
+                // for: then the new version shows under a new inode (added below), as if
+                // another writer had renamed a new file over this one.
                 _ => {
                     if let Some(old) = child.remote.clone() {
                         report.stale.push((child.key.clone(), old));
