@@ -663,6 +663,9 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if let Some(result) = self.core.getxattr_now(ino.0, name.as_encoded_bytes()) {
+            return reply_xattr(reply, size, result);
+        }
         let (core, name, pid) = (self.core.clone(), name.to_owned(), req.pid());
         self.spawn(debug_span!("getxattr", ino = ino.0), async move {
             let result = core

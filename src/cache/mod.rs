@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::metrics::Metrics;
 
@@ -129,10 +129,33 @@ impl std::fmt::Debug for CacheBacking {
     }
 }
 
+/// Bytes of fetched blocks waiting for the disk writer, at most. Past it a block is kept
+/// in the memory tier only (the cache is best effort), so a disk slower than the network
+/// cannot make the daemon hold more and more of what it fetched.
+const DISK_QUEUE_MAX: u64 = 64 << 20;
+
+/// The disk writer's niceness. Its work can wait: a listing's eager import stores
+/// thousands of small objects, each a new data file and checksum log, and creating files
+/// is CPU work in the kernel (ext4 without a journal scans for a free inode) that would
+/// otherwise take the CPU the FUSE requests and S3 requests of that very listing need.
+const DISK_WRITER_NICE: libc::c_int = 10;
+
+/// Blocks fetched from S3 on their way to the disk tier, written in arrival order by one
+/// thread that lives while there is work: one writer, because threads creating files in
+/// one directory at once spin on its lock.
+#[derive(Default)]
+struct WriteQueue {
+    blocks: std::collections::VecDeque<(BlockId, Bytes)>,
+    bytes: u64,
+    /// A writer thread is running (or about to): it takes every block queued.
+    writing: bool,
+}
+
 pub struct DataCache {
     memory: Mutex<memory::MemoryTier>,
     disk: disk::DiskTier,
     metrics: Arc<Metrics>,
+    writes: Mutex<WriteQueue>,
 }
 
 impl DataCache {
@@ -150,6 +173,7 @@ impl DataCache {
             memory: Mutex::new(memory::MemoryTier::new(options.memory_bytes)),
             disk,
             metrics,
+            writes: Mutex::default(),
         };
         Ok((cache, report))
     }
@@ -255,17 +279,79 @@ impl DataCache {
     }
 
     /// Adds a block fetched from S3: in memory at once, on disk in the background (a disk
-    /// write must not hold up the reader that asked for it).
+    /// write must not hold up the reader that asked for it). Outside a tokio runtime (tools,
+    /// unit tests) the disk write is done at once.
     pub fn insert(self: &Arc<Self>, id: BlockId, data: Bytes) {
         self.memory_insert(id, data.clone());
-        let cache = Arc::clone(self);
-        let write = move || cache.insert_on_disk(id, &data);
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn_blocking(write);
-            }
-            Err(_) => write(),
+        if tokio::runtime::Handle::try_current().is_err() {
+            return self.insert_on_disk(id, &data);
         }
+        let len = data.len() as u64;
+        let start = {
+            let mut writes = self.writes_lock();
+            if writes.bytes + len > DISK_QUEUE_MAX {
+                drop(writes);
+                debug!(
+                    object = id.object.hex(),
+                    block = id.index,
+                    "disk cache writes behind; block kept in memory only"
+                );
+                return;
+            }
+            writes.blocks.push_back((id, data));
+            writes.bytes += len;
+            !std::mem::replace(&mut writes.writing, true)
+        };
+        if start {
+            self.start_writer();
+        }
+    }
+
+    /// Starts the thread that writes queued blocks to disk until none is left.
+    fn start_writer(self: &Arc<Self>) {
+        let cache = Arc::clone(self);
+        let started = std::thread::Builder::new()
+            .name("s3files-cache-writer".into())
+            .spawn(move || {
+                // SAFETY: setpriority on this thread's own id; no memory is passed.
+                unsafe {
+                    libc::setpriority(
+                        libc::PRIO_PROCESS,
+                        libc::gettid() as libc::id_t,
+                        DISK_WRITER_NICE,
+                    );
+                }
+                cache.write_queued();
+            });
+        if let Err(e) = started {
+            // Best effort, as for a full disk: the queued blocks stay in memory only.
+            let mut writes = self.writes_lock();
+            *writes = WriteQueue::default();
+            drop(writes);
+            warn!(error = %e, "cannot start the disk cache writer; blocks kept in memory only");
+        }
+    }
+
+    /// The writer thread's work: every queued block, in order, until the queue is empty.
+    fn write_queued(&self) {
+        loop {
+            let (id, data) = {
+                let mut writes = self.writes_lock();
+                match writes.blocks.pop_front() {
+                    Some(block) => block,
+                    None => {
+                        writes.writing = false;
+                        return;
+                    }
+                }
+            };
+            self.insert_on_disk(id, &data);
+            self.writes_lock().bytes -= data.len() as u64;
+        }
+    }
+
+    fn writes_lock(&self) -> std::sync::MutexGuard<'_, WriteQueue> {
+        self.writes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn insert_on_disk(&self, id: BlockId, data: &[u8]) {
@@ -441,6 +527,58 @@ mod tests {
 
     fn body(len: usize) -> Vec<u8> {
         (0..len).map(|i| (i * 13 % 251) as u8).collect()
+    }
+
+    /// Blocks wait for the one disk writer; past DISK_QUEUE_MAX of waiting bytes a block
+    /// is kept in memory only, and the writer then stores the queued ones in order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn disk_writes_queue_behind_one_writer_up_to_a_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = cache(dir.path(), 1 << 30, 1 << 30);
+        // As if a writer were busy: blocks queue up.
+        cache.writes_lock().writing = true;
+        let fits = (DISK_QUEUE_MAX / BLOCK_SIZE) as u32;
+        let data = Bytes::from(body(BLOCK_SIZE as usize));
+        let size = BLOCK_SIZE * u64::from(fits + 2);
+        let object = ObjectId::new("queued", "e");
+        for index in 0..fits + 2 {
+            cache.insert(BlockId { object, index }, data.clone());
+        }
+        assert_eq!(cache.writes_lock().bytes, DISK_QUEUE_MAX);
+        assert_eq!(cache.writes_lock().blocks.len(), fits as usize);
+        // Every block is served (from memory) meanwhile.
+        assert_eq!(cache.cached_bytes(object, size), size);
+        cache.start_writer();
+        let done = || {
+            let writes = cache.writes_lock();
+            !writes.writing && writes.bytes == 0
+        };
+        for _ in 0..500 {
+            if done() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(done(), "the writer ends within 5 s, its queue written");
+        let written = |index: u32| cache.disk.contains(&BlockId { object, index });
+        assert!((0..fits).all(written), "the queued blocks are on disk");
+        assert!(
+            !written(fits) && !written(fits + 1),
+            "the blocks past the bound are not"
+        );
+        // A later block starts a new writer.
+        let late = BlockId {
+            object,
+            index: fits,
+        };
+        cache.insert(late, data.clone());
+        for _ in 0..500 {
+            if cache.disk.contains(&late) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(cache.disk.contains(&late));
     }
 
     #[test]

@@ -512,15 +512,28 @@ impl FsCore {
     }
 
     pub async fn getxattr(&self, ino: Ino, name: &[u8]) -> FsResult<Vec<u8>> {
+        if let Some(answer) = self.getxattr_now(ino, name) {
+            return answer;
+        }
         let node = self.node(ino)?;
+        Ok(self.status(&node).into_bytes())
+    }
+
+    /// The answer to a `getxattr` of any name but the status: there is no other
+    /// attribute, so it needs no work and the adapter gives it on the FUSE thread. `ls -l`
+    /// asks two of them (`security.selinux`, `system.posix_acl_access`) of every file it
+    /// lists, so this is one of its three round trips per file.
+    pub fn getxattr_now(&self, ino: Ino, name: &[u8]) -> Option<FsResult<Vec<u8>>> {
         if is_status_xattr(name) {
-            return Ok(self.status(&node).into_bytes());
+            return None;
         }
-        if name.starts_with(b"user.") {
-            Err(FsError::NotSupported)
-        } else {
-            Err(FsError::NoAttr)
-        }
+        Some(self.node(ino).and_then(|_| {
+            if name.starts_with(b"user.") {
+                Err(FsError::NotSupported)
+            } else {
+                Err(FsError::NoAttr)
+            }
+        }))
     }
 
     /// `getxattr` as the kernel asks: size 0 asks for the value's length, and callers
