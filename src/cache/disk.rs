@@ -1113,6 +1113,11 @@ impl DiskTier {
         }
     }
 
+    /// The directory of the data files.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// `<object>`: the object's cached bytes at their offsets.
     pub(crate) fn data_path(&self, object: ObjectId) -> PathBuf {
         self.dir.join(object.hex())

@@ -140,6 +140,13 @@ const DISK_QUEUE_MAX: u64 = 64 << 20;
 /// otherwise take the CPU the FUSE requests and S3 requests of that very listing need.
 const DISK_WRITER_NICE: libc::c_int = 10;
 
+/// The share of the cache's file system the disk tier leaves free (1/20, at most 1 GiB),
+/// for the mount's writes.
+fn leaves_reserve(total: u64, available: u64, len: u64) -> bool {
+    let reserve = (total / 20).min(1 << 30);
+    available >= len.saturating_add(reserve)
+}
+
 /// Blocks fetched from S3 on their way to the disk tier, written in arrival order by one
 /// thread that lives while there is work: one writer, because threads creating files in
 /// one directory at once spin on its lock.
@@ -355,7 +362,14 @@ impl DataCache {
     }
 
     fn insert_on_disk(&self, id: BlockId, data: &[u8]) {
-        match self.disk.insert(id, data) {
+        let written = if self.room_on_disk(data.len() as u64) {
+            self.disk.insert(id, data)
+        } else {
+            Err(io::Error::other(
+                "its file system is nearly full (the last 1/20, at most 1 GiB, is left for writes to the mount)",
+            ))
+        };
+        match written {
             Ok(dropped) => {
                 let m = &self.metrics;
                 m.cache_evictions
@@ -375,6 +389,25 @@ impl DataCache {
                 }
             }
         }
+    }
+
+    /// Whether writing `len` more bytes leaves the cache's file system its reserve: the
+    /// cache is best effort and must not take the space that writes to the mount (staged
+    /// bytes, the journal) need, on the same disk, once the disk fills up.
+    fn room_on_disk(&self, len: u64) -> bool {
+        let Ok(dir) = std::ffi::CString::new(self.disk.dir().as_os_str().as_encoded_bytes()) else {
+            return false;
+        };
+        let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+        // SAFETY: a NUL-terminated path and a buffer statvfs fills on success.
+        if unsafe { libc::statvfs(dir.as_ptr(), st.as_mut_ptr()) } != 0 {
+            // Unknown: the write itself reports a full disk.
+            return true;
+        }
+        // SAFETY: statvfs returned 0, so it filled the buffer.
+        let st = unsafe { st.assume_init() };
+        let unit = st.f_frsize;
+        leaves_reserve(st.f_blocks * unit, st.f_bavail * unit, len)
     }
 
     /// Adds a whole object version, split into its blocks.
@@ -579,6 +612,18 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert!(cache.disk.contains(&late));
+    }
+
+    #[test]
+    fn the_disk_tier_leaves_a_reserve_for_writes() {
+        // 1/20 of a small file system...
+        assert!(leaves_reserve(1 << 20, 900 << 10, 800 << 10));
+        assert!(!leaves_reserve(1 << 20, 900 << 10, 880 << 10));
+        // ...and at most 1 GiB of a large one.
+        let tib = 1u64 << 40;
+        assert!(leaves_reserve(tib, 2 << 30, 1 << 30));
+        assert!(!leaves_reserve(tib, 2 << 30, (1 << 30) + 1));
+        assert!(!leaves_reserve(tib, 0, 1));
     }
 
     #[test]
