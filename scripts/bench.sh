@@ -43,7 +43,9 @@
 #   bigdir    a flat directory of BIGDIR_FILES objects of 10 bytes: the first plain `ls`
 #             (against its ListObjectsV2 pages alone, boto3) and, on another fresh mount,
 #             the first `ls -l` (local: warm)
-# The memfs floor (examples/memfs.rs, a trivial FUSE file system) is printed below the table.
+# The memfs floor (examples/memfs.rs, a trivial in-memory FUSE file system) is printed below
+# the table: its pread and grep (read-only part) and its untar (the same tarball, until tar
+# exits; writable part), what any FUSE file system costs on this machine.
 #
 # Robustness: each mount is unmounted and its process ended by PID (also on exit); a mount
 # or a workload that fails shows "failed" in its cells and the run goes on; every workload
@@ -438,6 +440,14 @@ memfs_round() {
     if wait_mounted "$work/memfs"; then
         out=$("$tool" pread "$work/memfs/data.bin" "$pread_secs" 2>>"$errors") && record memfs_pread memfs "$(awk '{print $2}' <<<"$out")"
         timed memfs_grep memfs grep -r needle "$work/memfs/tree" || true
+        # The untar floor: the same tarball into memfs's writable part (through the mount).
+        if mkdir "$work/memfs/untar" 2>>"$errors"; then
+            timed memfs_untar memfs tar -C "$work/memfs/untar" -xf "$work/untar.tar" || true
+        else
+            record memfs_untar memfs failed
+        fi
+    else
+        record memfs_untar memfs failed
     fi
     unmount_sys memfs "$work/memfs"
 }
@@ -484,9 +494,16 @@ echo "Side by side on one local $( [[ ${S3FILES_BENCH_SERVER:-garage} == moto ]]
 echo
 S3FILES_BENCH_LIMIT=$limit "$py" "$helper" report "$work" "$rows" "$chart"
 echo
-floor_pread=$(sort -g "$res/memfs_pread/memfs" 2>/dev/null | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]}')
-floor_grep=$(grep -v failed "$res/memfs_grep/memfs" 2>/dev/null | sort -g | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]}')
-echo "For reference, examples/memfs.rs (a trivial in-memory FUSE file system, 1 s kernel timeouts, no page cache kept across opens; the old floor): 4 KiB O_DIRECT pread p50 ${floor_pread:-failed} us; grep -r over $files files ${floor_grep:-failed} s."
+# floor ROW: the median of memfs's rounds of ROW, empty when none succeeded (and no exit
+# under pipefail when grep selects nothing or the row was never recorded).
+floor() {
+    grep -Ev '^(failed|timeout)$' "$res/$1/memfs" 2>/dev/null | sort -g |
+        awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]}' || true
+}
+floor_pread=$(floor memfs_pread)
+floor_grep=$(floor memfs_grep)
+floor_untar=$(floor memfs_untar)
+echo "For reference, examples/memfs.rs (a trivial in-memory FUSE file system, 1 s kernel timeouts, no page cache kept across opens; the old floor): 4 KiB O_DIRECT pread p50 ${floor_pread:-failed} us; grep -r over $files files ${floor_grep:-failed} s; untar of $untar_files files ${floor_untar:-failed} s."
 if [[ -s $errors ]]; then
     echo "bench: errors of failed workloads (last 20 lines):" >&2
     tail -n 20 "$errors" >&2
