@@ -4,10 +4,6 @@ use clap::Parser;
 use s3files::cli::{Cli, Command};
 use s3files::mounts::Unmounted;
 
-/// The binary's allocator (see Cargo.toml); the library leaves the choice to its users.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     // mount(8) runs /sbin/mount.s3files (a link to this binary) for `-t s3files`.

@@ -163,6 +163,8 @@ pub struct DataCache {
     disk: disk::DiskTier,
     metrics: Arc<Metrics>,
     writes: Mutex<WriteQueue>,
+    /// Signalled by the writer after each block, for fills waiting for room.
+    written: tokio::sync::Notify,
 }
 
 impl DataCache {
@@ -181,6 +183,7 @@ impl DataCache {
             disk,
             metrics,
             writes: Mutex::default(),
+            written: tokio::sync::Notify::new(),
         };
         Ok((cache, report))
     }
@@ -286,24 +289,49 @@ impl DataCache {
     }
 
     /// Adds a block fetched from S3: in memory at once, on disk in the background (a disk
-    /// write must not hold up the reader that asked for it). Outside a tokio runtime (tools,
-    /// unit tests) the disk write is done at once.
+    /// write must not hold up the reader that asked for it). Past DISK_QUEUE_MAX waiting,
+    /// the block is kept in memory only. Outside a tokio runtime (tools, unit tests) the
+    /// disk write is done at once.
     pub fn insert(self: &Arc<Self>, id: BlockId, data: Bytes) {
         self.memory_insert(id, data.clone());
         if tokio::runtime::Handle::try_current().is_err() {
             return self.insert_on_disk(id, &data);
         }
+        if let Err((id, _)) = self.queue_write(id, data) {
+            debug!(
+                object = id.object.hex(),
+                block = id.index,
+                "disk cache writes behind; block kept in memory only"
+            );
+        }
+    }
+
+    /// Like `insert`, but waits for room in the disk queue instead of keeping the block
+    /// in memory only: block fills use it, so a disk slower than the network slows the
+    /// fills (and the readers waiting on them) rather than leaving holes in what a reader
+    /// of a whole file expects to find cached.
+    pub async fn insert_waiting(self: &Arc<Self>, id: BlockId, data: Bytes) {
+        self.memory_insert(id, data.clone());
+        let mut block = (id, data);
+        loop {
+            let room = self.written.notified();
+            match self.queue_write(block.0, block.1) {
+                Ok(()) => return,
+                Err(back) => block = back,
+            }
+            room.await;
+        }
+    }
+
+    /// Queues a block for the disk writer (starting it if idle); gives the block back when
+    /// the queue is full.
+    fn queue_write(self: &Arc<Self>, id: BlockId, data: Bytes) -> Result<(), (BlockId, Bytes)> {
         let len = data.len() as u64;
         let start = {
             let mut writes = self.writes_lock();
-            if writes.bytes + len > DISK_QUEUE_MAX {
-                drop(writes);
-                debug!(
-                    object = id.object.hex(),
-                    block = id.index,
-                    "disk cache writes behind; block kept in memory only"
-                );
-                return;
+            // An empty queue takes any block, so one larger than the bound still goes.
+            if writes.bytes > 0 && writes.bytes + len > DISK_QUEUE_MAX {
+                return Err((id, data));
             }
             writes.blocks.push_back((id, data));
             writes.bytes += len;
@@ -312,6 +340,7 @@ impl DataCache {
         if start {
             self.start_writer();
         }
+        Ok(())
     }
 
     /// Starts the thread that writes queued blocks to disk until none is left.
@@ -335,6 +364,7 @@ impl DataCache {
             let mut writes = self.writes_lock();
             *writes = WriteQueue::default();
             drop(writes);
+            self.written.notify_waiters();
             warn!(error = %e, "cannot start the disk cache writer; blocks kept in memory only");
         }
     }
@@ -354,6 +384,7 @@ impl DataCache {
             };
             self.insert_on_disk(id, &data);
             self.writes_lock().bytes -= data.len() as u64;
+            self.written.notify_waiters();
         }
     }
 
@@ -598,6 +629,43 @@ mod tests {
         assert!(
             !written(fits) && !written(fits + 1),
             "the blocks past the bound are not"
+        );
+        // A fill waits for room instead: blocked while the queue is full, stored once the
+        // writer makes room.
+        cache.writes_lock().writing = true;
+        for index in 0..fits {
+            cache.insert(
+                BlockId {
+                    object,
+                    index: 1000 + index,
+                },
+                data.clone(),
+            );
+        }
+        let waiting = BlockId {
+            object,
+            index: 2000,
+        };
+        let fill = tokio::spawn({
+            let (cache, data) = (cache.clone(), data.clone());
+            async move { cache.insert_waiting(waiting, data).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!fill.is_finished(), "a fill waits while the queue is full");
+        cache.start_writer();
+        tokio::time::timeout(Duration::from_secs(5), fill)
+            .await
+            .expect("the fill goes on once there is room")
+            .unwrap();
+        for _ in 0..500 {
+            if cache.disk.contains(&waiting) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            cache.disk.contains(&waiting),
+            "the waiting fill's block is on disk"
         );
         // A later block starts a new writer.
         let late = BlockId {

@@ -180,7 +180,7 @@ impl BlockFetcher {
                 }
             });
             if let (Ok(data), Some(_)) = (&result, &version.etag) {
-                this.cache.insert(id, data.clone());
+                this.cache.insert_waiting(id, data.clone()).await;
             }
             this.in_flight.remove(&id);
             result
