@@ -617,13 +617,10 @@ mod tests {
             let writes = cache.writes_lock();
             !writes.writing && writes.bytes == 0
         };
-        for _ in 0..500 {
-            if done() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert!(done(), "the writer ends within 5 s, its queue written");
+        assert!(
+            within_5s(done).await,
+            "the writer ends within 5 s, its queue written"
+        );
         let written = |index: u32| cache.disk.contains(&BlockId { object, index });
         assert!((0..fits).all(written), "the queued blocks are on disk");
         assert!(
@@ -657,14 +654,8 @@ mod tests {
             .await
             .expect("the fill goes on once there is room")
             .unwrap();
-        for _ in 0..500 {
-            if cache.disk.contains(&waiting) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
         assert!(
-            cache.disk.contains(&waiting),
+            within_5s(|| cache.disk.contains(&waiting)).await,
             "the waiting fill's block is on disk"
         );
         // A later block starts a new writer.
@@ -673,13 +664,18 @@ mod tests {
             index: fits,
         };
         cache.insert(late, data.clone());
+        assert!(within_5s(|| cache.disk.contains(&late)).await);
+    }
+
+    /// Whether `cond` holds within 5 s (checked every 10 ms).
+    async fn within_5s(mut cond: impl FnMut() -> bool) -> bool {
         for _ in 0..500 {
-            if cache.disk.contains(&late) {
-                break;
+            if cond() {
+                return true;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert!(cache.disk.contains(&late));
+        cond()
     }
 
     #[test]

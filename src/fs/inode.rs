@@ -16,7 +16,8 @@
 //!   5. the journal's log file (held only across its own append).
 //!
 //! Leaf locks, taken last and released before anything else is taken: an open file's
-//! io mode, a passthrough backing's description, a staged file's descriptor and stamp.
+//! io mode, a passthrough backing's description, a staged file's descriptor and stamp,
+//! and the data cache's own (each tier's index, its queue of blocks for the disk writer).
 //! A passthrough backing's registration lock is held across one ioctl on the FUSE device
 //! (registering the file with the kernel), which waits for no request.
 //!
