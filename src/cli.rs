@@ -104,7 +104,7 @@ pub struct MountArgs {
     pub kernel_cache_ttl: Option<std::time::Duration>,
 
     /// FUSE requests served at once (kernel event loops); 1 serves them one at a time
-    /// [default: the number of CPUs, at least 2]
+    /// [default: twice the number of CPUs, at least 4]
     #[arg(long, value_name = "N")]
     pub fuse_threads: Option<usize>,
 

@@ -453,11 +453,12 @@ impl Filesystem for FuseAdapter {
         let (core, who) = (self.core.clone(), caller(req));
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
         let truncate = flags.0 & libc::O_TRUNC != 0;
+        let direct = flags.0 & libc::O_DIRECT != 0;
         // A read-only open of an entry whose metadata is known needs no S3 request.
         // (Inside the runtime: the open may start an import in the background.)
         let cached = {
             let _runtime = self.runtime.enter();
-            core.open_cached(who, ino.0, write, truncate)
+            core.open_cached(who, ino.0, write, truncate, direct)
         };
         if let Some(result) = cached {
             reply_opened(&self.core, reply, result);
@@ -466,7 +467,7 @@ impl Filesystem for FuseAdapter {
         let timer = timer.keep(core.metrics_handle());
         self.spawn(debug_span!("open", ino = ino.0), async move {
             let _timer = timer;
-            let result = core.open(who, ino.0, write, truncate).await;
+            let result = core.open_with(who, ino.0, write, truncate, direct).await;
             reply_opened(&core, reply, result);
         });
     }

@@ -381,7 +381,7 @@ impl Collector for MountCollector {
             "S3 event notification records received from --events-queue.",
             m.events_received.load(Relaxed),
         )?;
-        counter(e, "s3files_direct_io_opens", "Opens served without the page cache because other opens of the file are passed through to other bytes.", m.opens_direct.load(Relaxed))?;
+        counter(e, "s3files_direct_io_opens", "Opens served by the daemon without the page cache: read-only O_DIRECT opens, and opens whose backing file the kernel refused.", m.opens_direct.load(Relaxed))?;
 
         // S3 requests.
         let kinds: Vec<(&str, u64)> = Request::ALL

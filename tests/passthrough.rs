@@ -445,3 +445,69 @@ fn a_damaged_cache_file_is_never_handed_to_the_kernel() {
     assert_eq!(counter(&text, "opens passthrough="), 0, "{text}");
     assert_answers(&mount.join(""), Duration::from_secs(5));
 }
+
+/// Reads `len` bytes at 0 through a 4 KiB-aligned buffer, as `O_DIRECT` wants.
+fn read_aligned(file: &File, len: usize) -> Vec<u8> {
+    let mut backing = vec![0u8; len + 4096];
+    let skew = backing.as_ptr().align_offset(4096);
+    let buf = &mut backing[skew..skew + len];
+    file.read_exact_at(buf, 0).expect("direct read");
+    buf.to_vec()
+}
+
+#[test]
+fn direct_readers_of_a_cached_file_are_answered_by_the_daemon() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let server = S3Server::start();
+    server.create_bucket("pass");
+    let small = pattern(100 << 10, 5);
+    server.put("pass", "small.bin", small.clone(), &[]);
+    let mount = Mount::start(&server, "s3://pass", &["--poll-interval", "0s"]);
+    let path = mount.join("small.bin");
+    assert!(
+        wait_for(LIMIT, || status(&path).contains("cached: 102400 of 102400")),
+        "imported: {}",
+        status(&path)
+    );
+    let open_direct = || {
+        OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&path)
+            .expect("open O_DIRECT")
+    };
+    let direct_before = counter(&status(&mount.join("")), "direct=");
+    let direct = open_direct();
+    assert!(read_aligned(&direct, small.len()) == small);
+    assert!(
+        status(&path).contains("open: 1 direct"),
+        "{}",
+        status(&path)
+    );
+    assert_eq!(
+        counter(&status(&mount.join("")), "direct="),
+        direct_before + 1
+    );
+
+    // Beside it, a plain open is still passed through once the file is on disk (the
+    // kernel allows it: direct handles hold no io mode), and a direct open beside that
+    // joins it (the kernel would refuse anything else).
+    let mut plain = None;
+    let passed = wait_for(LIMIT, || {
+        let before = counter(&status(&mount.join("")), "opens passthrough=");
+        plain = Some(File::open(&path).expect("open"));
+        counter(&status(&mount.join("")), "opens passthrough=") == before + 1
+    });
+    assert!(passed, "a plain open beside a direct one is passed through");
+    let plain = plain.expect("opened");
+    let joined = open_direct();
+    assert!(read_aligned(&joined, small.len()) == small);
+    assert!(std::fs::read(&path).expect("read") == small);
+    assert!(
+        status(&path).contains("open: 2 passthrough, 1 direct"),
+        "{}",
+        status(&path)
+    );
+    drop((direct, plain, joined));
+    assert_answers(&mount.join(""), Duration::from_secs(5));
+}

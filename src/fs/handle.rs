@@ -107,6 +107,20 @@ impl FsCore {
         write: bool,
         truncate: bool,
     ) -> FsResult<(u64, bool)> {
+        self.open_with(caller, ino, write, truncate, false).await
+    }
+
+    /// `open`, for an open that may ask for direct I/O (`O_DIRECT`): a read-only one is
+    /// then answered by the daemon from its cache rather than passed through to the
+    /// cache disk (see `NodeIo::admit`).
+    pub async fn open_with(
+        &self,
+        caller: Identity,
+        ino: Ino,
+        write: bool,
+        truncate: bool,
+        direct: bool,
+    ) -> FsResult<(u64, bool)> {
         let node = self.node(ino)?;
         refuse_open(&node.state())?;
         let slot = self.reserve_handle()?;
@@ -124,8 +138,12 @@ impl FsCore {
         }
         self.check(caller, &node, access::READ).await?;
         self.ensure_meta(&node).await?;
-        let cache = self.prepare_cache_candidate(&node).await;
-        self.open_for_read(node, slot, cache)
+        let cache = if direct {
+            None
+        } else {
+            self.prepare_cache_candidate(&node).await
+        };
+        self.open_for_read(node, slot, cache, direct)
     }
 
     /// The node's wholly cached object as a passthrough candidate, verified on a blocking
@@ -157,6 +175,7 @@ impl FsCore {
         ino: Ino,
         write: bool,
         truncate: bool,
+        direct: bool,
     ) -> Option<FsResult<(u64, bool)>> {
         if write || truncate {
             return None;
@@ -176,7 +195,7 @@ impl FsCore {
             state.meta?
         };
         // A large wholly cached object is verified off the FUSE thread.
-        if self.wants_offline_verify(&node) {
+        if !direct && self.wants_offline_verify(&node) {
             return None;
         }
         if let Err(e) = self.check_known(caller, meta, false, access::READ) {
@@ -186,8 +205,12 @@ impl FsCore {
             Ok(slot) => slot,
             Err(e) => return Some(Err(e)),
         };
-        let cache = self.cache_candidate(&node, true);
-        Some(self.open_for_read(node, slot, cache))
+        let cache = if direct {
+            None
+        } else {
+            self.cache_candidate(&node, true)
+        };
+        Some(self.open_for_read(node, slot, cache, direct))
     }
 
     /// Registers a read-only handle; says whether the kernel may keep cached pages.
@@ -196,6 +219,7 @@ impl FsCore {
         node: Arc<Node>,
         slot: HandleSlot<'_>,
         cache: Option<Candidate>,
+        direct: bool,
     ) -> FsResult<(u64, bool)> {
         let keep_cache = {
             let mut state = node.state();
@@ -208,7 +232,7 @@ impl FsCore {
             keep
         };
         self.import_on_open(&node);
-        Ok((self.add_handle(node, false, slot, cache)?, keep_cache))
+        Ok((self.add_handle(node, slot, cache, direct)?, keep_cache))
     }
 
     /// Registers a handle on a node, reading from the node's local bytes if it has
@@ -216,9 +240,9 @@ impl FsCore {
     pub(super) fn add_handle(
         &self,
         node: Arc<Node>,
-        writable: bool,
         slot: HandleSlot<'_>,
         cache: Option<Candidate>,
+        direct: bool,
     ) -> FsResult<u64> {
         let source = {
             let mut state = node.state();
@@ -243,7 +267,7 @@ impl FsCore {
                 }
             }
         };
-        self.insert_handle(node, source, writable, slot, cache)
+        self.insert_handle(node, source, false, slot, cache, direct)
     }
 
     /// Registers a handle that writes to (and reads from) `staged`.
@@ -255,7 +279,14 @@ impl FsCore {
         slot: HandleSlot<'_>,
     ) -> FsResult<u64> {
         node.state().handles += 1;
-        self.insert_handle(node, HandleSource::Staged(staged), writable, slot, None)
+        self.insert_handle(
+            node,
+            HandleSource::Staged(staged),
+            writable,
+            slot,
+            None,
+            false,
+        )
     }
 
     pub(super) fn insert_handle(
@@ -265,11 +296,12 @@ impl FsCore {
         writable: bool,
         mut slot: HandleSlot<'_>,
         cache: Option<Candidate>,
+        direct: bool,
     ) -> FsResult<u64> {
         // A cache candidate only for a handle that reads the object it is a copy of.
         let cache = cache.filter(|_| matches!(source, HandleSource::Object(_)));
         // The caller counted the handle on the node (with its choice of source).
-        let io = match self.admit_io(&node, &source, writable, cache) {
+        let io = match self.admit_io(&node, &source, writable, cache, direct) {
             Ok(io) => io,
             Err(e) => {
                 let mut state = node.state();

@@ -85,7 +85,7 @@ async fn open_files_are_limited_to_65536_per_mount() {
     let (_, first) = r.core.create(ROOT, ROOT_INO, b"w", 0o644).await.unwrap();
     let mut handles = vec![first];
     while handles.len() < MAX_OPEN_FILES {
-        let open = match r.core.open_cached(ROOT, f, false, false) {
+        let open = match r.core.open_cached(ROOT, f, false, false, false) {
             Some(result) => result,
             None => r.core.open(ROOT, f, false, false).await,
         };
@@ -93,7 +93,7 @@ async fn open_files_are_limited_to_65536_per_mount() {
     }
     assert_eq!(r.core.open_files(), MAX_OPEN_FILES);
     // Every kind of open is refused now, and a create leaves no entry behind.
-    let cached = r.core.open_cached(ROOT, f, false, false).unwrap();
+    let cached = r.core.open_cached(ROOT, f, false, false, false).unwrap();
     assert_eq!(cached.map(|_| ()), Err(FsError::TooManyOpenFiles));
     let read = r.core.open(ROOT, f, false, false).await;
     assert_eq!(read.map(|_| ()), Err(FsError::TooManyOpenFiles));

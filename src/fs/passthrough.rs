@@ -166,13 +166,17 @@ impl NodeIo {
     }
 
     /// Picks the mode of a new handle and counts it (the kernel's rules, above). `start`:
-    /// whether `candidate` may become the node's backing when it has none. None: the
-    /// open cannot be served (EIO).
+    /// whether `candidate` may become the node's backing when it has none. `direct`: a
+    /// reader that asked for direct I/O (`O_DIRECT`), answered by the daemon from the
+    /// cache (memory, or the cache file through the page cache: a hit, not a device
+    /// read) unless the node's handles are passed through, which it must then join.
+    /// None: the open cannot be served (EIO).
     fn admit(
         &mut self,
         candidate: Option<Candidate>,
         writable: bool,
         start: bool,
+        direct: bool,
     ) -> Option<IoMode> {
         if let Some((backing, n)) = &mut self.passthrough {
             // The same bytes, or (a reader) an older version's cached bytes.
@@ -183,6 +187,10 @@ impl NodeIo {
             }
             *n += 1;
             return Some(IoMode::Passthrough(backing.clone()));
+        }
+        if direct && !writable {
+            // Direct handles are outside the kernel's io modes: not counted.
+            return Some(IoMode::Direct);
         }
         Some(match candidate {
             Some(c) if start && self.cached == 0 => {
@@ -447,6 +455,7 @@ impl FsCore {
         source: &HandleSource,
         writable: bool,
         cache: Option<Candidate>,
+        direct: bool,
     ) -> super::FsResult<IoMode> {
         let staged = {
             let state = node.state();
@@ -460,7 +469,7 @@ impl FsCore {
             },
             None => (cache, self.passthrough.is_on()),
         };
-        let Some(mode) = node.state().io.admit(candidate, writable, start) else {
+        let Some(mode) = node.state().io.admit(candidate, writable, start, direct) else {
             warn!(
                 ino = node.ino,
                 "cannot open: the file's earlier handles read and write bytes the bucket \

@@ -3,6 +3,7 @@
 //! one backing, and an open that would need other bytes fails rather than mixing.
 
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -146,4 +147,67 @@ async fn a_changed_object_shows_under_a_new_inode_beside_passed_through_handles(
     assert_eq!(r.read_all("f").await.unwrap(), b"newer");
     r.core.release(fh);
     r.core.release(reader);
+}
+
+/// A read-only `O_DIRECT` open is answered by the daemon (its reads are cache hits, not
+/// device reads), unless the inode's handles are passed through: the kernel then allows
+/// only passthrough beside them, so it joins them. A direct handle never keeps a later
+/// open from being passed through.
+#[tokio::test]
+async fn direct_readers_are_served_by_the_daemon_unless_the_inode_is_passed_through() {
+    let r = rig(Arc::new(MemoryStore::new()));
+    r.core.enable_passthrough();
+    r.core.opendir(ROOT, ROOT_INO).await.unwrap();
+    let (attr, writer) = r.core.create(ROOT, ROOT_INO, b"f", 0o644).await.unwrap();
+    backing_of(&r.core, writer)
+        .file()
+        .write_all_at(b"hello", 0)
+        .unwrap();
+    // Beside a passed-through writer: joins its backing, and sees its bytes.
+    let (joined, _) = r
+        .core
+        .open_with(ROOT, attr.ino, false, false, true)
+        .await
+        .unwrap();
+    assert!(Arc::ptr_eq(
+        &backing_of(&r.core, writer),
+        &backing_of(&r.core, joined)
+    ));
+    r.core.release(joined);
+    r.core.release(writer);
+
+    // Alone: served by the daemon, with the file's bytes.
+    let direct_before = r.core.metrics().opens_direct.load(Ordering::Relaxed);
+    let (direct, _) = r
+        .core
+        .open_with(ROOT, attr.ino, false, false, true)
+        .await
+        .unwrap();
+    assert!(matches!(r.core.io_mode(direct), IoMode::Direct));
+    assert_eq!(&r.core.read(direct, 0, 100).await.unwrap()[..], b"hello");
+    assert_eq!(
+        r.core.metrics().opens_direct.load(Ordering::Relaxed),
+        direct_before + 1
+    );
+    // A plain open beside it is still passed through, and a direct one then joins it.
+    let (plain, _) = r.core.open(ROOT, attr.ino, false, false).await.unwrap();
+    let backing = backing_of(&r.core, plain);
+    let (second, _) = r
+        .core
+        .open_with(ROOT, attr.ino, false, false, true)
+        .await
+        .unwrap();
+    assert!(Arc::ptr_eq(&backing, &backing_of(&r.core, second)));
+    // A direct writer is a writer like any other (here: passed through with the rest).
+    let (rw, _) = r
+        .core
+        .open_with(ROOT, attr.ino, true, false, true)
+        .await
+        .unwrap();
+    assert!(Arc::ptr_eq(&backing, &backing_of(&r.core, rw)));
+    for fh in [direct, plain, second, rw] {
+        r.core.release(fh);
+    }
+    r.sync().await.unwrap();
+    assert_eq!(&r.mem.body("f").unwrap()[..], b"hello");
 }

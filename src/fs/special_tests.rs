@@ -80,7 +80,7 @@ async fn fifos_and_sockets_export_as_zero_byte_objects_and_import_with_their_typ
         Err(FsError::Invalid)
     );
     assert_eq!(
-        r.core.open_cached(ROOT, s.ino, false, false),
+        r.core.open_cached(ROOT, s.ino, false, false, false),
         Some(Err(FsError::Invalid))
     );
     let truncate = SetAttr {

@@ -332,7 +332,13 @@ pub(crate) async fn apply_core(core: &FsCore, handles: &mut BTreeMap<usize, u64>
             let Some(ino) = openable(core, path).await? else {
                 return Ok(Val::Skipped);
             };
-            let (fh, _) = core.open(ROOT, ino, *write, false).await.map_err(errno)?;
+            // Slot 1's readers ask for O_DIRECT (served by the daemon beside passed-through
+            // handles, or joining them); which slot does is fixed so that seeds replay.
+            let direct = !*write && *slot == 1;
+            let (fh, _) = core
+                .open_with(ROOT, ino, *write, false, direct)
+                .await
+                .map_err(errno)?;
             handles.insert(*slot, fh);
             Ok(Val::Unit)
         }
