@@ -24,6 +24,10 @@
 //!                                    SECONDS: prints "readers bytes seconds MiB/s" (aggregate)
 //!   bench_io stat-tree DIR           walk DIR (readdir) and lstat every entry, as
 //!                                    `git status` does: prints "entries seconds"
+//!   bench_io gets BUCKET PREFIX PARALLEL  list PREFIX, then GetObject every key under
+//!                                    it, PARALLEL in flight, bodies read whole (the
+//!                                    `ls -l` floor: one request per object, no file
+//!                                    system): prints "objects seconds" (the GETs only)
 
 use std::fs::File;
 use std::io::Read;
@@ -50,11 +54,15 @@ fn main() {
             readers(Duration::from_secs_f64(number(secs)), paths)
         }
         ["stat-tree", dir] => stat_tree(dir),
+        ["gets", bucket, prefix, parallel] if number(parallel) >= 1.0 => {
+            gets(bucket, prefix, number(parallel) as usize)
+        }
         _ => {
             eprintln!(
                 "usage: bench_io pread PATH SECONDS | pread-buffered PATH SECONDS \
                  | pread-cold PATH COUNT | seq PATH | sdk BUCKET KEY CHUNK_MIB [PARALLEL] \
-                 | warm PATH | readers SECONDS PATH... | stat-tree DIR"
+                 | warm PATH | readers SECONDS PATH... | stat-tree DIR \
+                 | gets BUCKET PREFIX PARALLEL"
             );
             std::process::exit(2);
         }
@@ -157,22 +165,67 @@ fn seq(path: &str) {
     report(total, started.elapsed());
 }
 
-fn sdk(bucket: &str, key: &str, chunk: u64, parallel: usize) {
-    use futures::StreamExt;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+/// A plain aws-sdk-s3 client: endpoint, keys and region from the environment.
+async fn sdk_client() -> aws_sdk_s3::Client {
+    let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let endpoint = std::env::var("GARAGE_ENDPOINT")
+        .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
+        .expect("GARAGE_ENDPOINT or AWS_ENDPOINT_URL");
+    let s3 = aws_sdk_s3::config::Builder::from(&config)
+        .endpoint_url(endpoint)
+        .force_path_style(true)
+        .build();
+    aws_sdk_s3::Client::from_conf(s3)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .expect("runtime");
-    runtime.block_on(async {
-        let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-        let endpoint = std::env::var("GARAGE_ENDPOINT")
-            .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
-            .expect("GARAGE_ENDPOINT or AWS_ENDPOINT_URL");
-        let s3 = aws_sdk_s3::config::Builder::from(&config)
-            .endpoint_url(endpoint)
-            .force_path_style(true)
-            .build();
-        let client = aws_sdk_s3::Client::from_conf(s3);
+        .expect("runtime")
+}
+
+fn gets(bucket: &str, prefix: &str, parallel: usize) {
+    use futures::StreamExt;
+    runtime().block_on(async {
+        let client = sdk_client().await;
+        let mut keys = Vec::new();
+        let mut pages = client
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.expect("ListObjectsV2");
+            keys.extend(page.contents().iter().filter_map(|o| o.key().map(String::from)));
+        }
+        let started = Instant::now();
+        let count = futures::stream::iter(keys)
+            .map(|key| {
+                let client = client.clone();
+                async move {
+                    let out = client
+                        .get_object()
+                        .bucket(bucket)
+                        .key(key)
+                        .send()
+                        .await
+                        .expect("GetObject");
+                    out.body.collect().await.expect("body");
+                }
+            })
+            .buffer_unordered(parallel)
+            .count()
+            .await;
+        println!("{count} {:.4}", started.elapsed().as_secs_f64());
+    });
+}
+
+fn sdk(bucket: &str, key: &str, chunk: u64, parallel: usize) {
+    use futures::StreamExt;
+    runtime().block_on(async {
+        let client = sdk_client().await;
         let head = client.head_object().bucket(bucket).key(key).send().await;
         let size = head.expect("HeadObject").content_length().unwrap_or(0) as u64;
         let started = Instant::now();

@@ -45,7 +45,9 @@
 #             the first `ls -l` (local: warm)
 # The memfs floor (examples/memfs.rs, a trivial in-memory FUSE file system) is printed below
 # the table: its pread and grep (read-only part) and its untar (the same tarball, until tar
-# exits; writable part), what any FUSE file system costs on this machine.
+# exits; writable part), what any FUSE file system costs on this machine. So is the `ls -l`
+# floor: one GetObject per object of the big directory by a plain SDK client, 64 in
+# flight, no file system (what learning each object's metadata costs through the SDK).
 #
 # Robustness: each mount is unmounted and its process ended by PID (also on exit); a mount
 # or a workload that fails shows "failed" in its cells and the run goes on; every workload
@@ -429,6 +431,7 @@ local_round() {
     field bigdir_ls local 1 "$py" "$helper" list-time big/ || true
     ls -l "$l/big" >/dev/null
     timed bigdir_lsl local ls -l "$l/big" || true
+    field bigdir_gets local 2 "$tool" gets bench big/ 64 || true
 }
 
 memfs_round() {
@@ -494,16 +497,19 @@ echo "Side by side on one local $( [[ ${S3FILES_BENCH_SERVER:-garage} == moto ]]
 echo
 S3FILES_BENCH_LIMIT=$limit "$py" "$helper" report "$work" "$rows" "$chart"
 echo
-# floor ROW: the median of memfs's rounds of ROW, empty when none succeeded (and no exit
-# under pipefail when grep selects nothing or the row was never recorded).
+# floor ROW [SYSTEM]: the median of SYSTEM's (memfs's) rounds of ROW, empty when none
+# succeeded (and no exit under pipefail when grep selects nothing or the row was never
+# recorded).
 floor() {
-    grep -Ev '^(failed|timeout)$' "$res/$1/memfs" 2>/dev/null | sort -g |
+    grep -Ev '^(failed|timeout)$' "$res/$1/${2:-memfs}" 2>/dev/null | sort -g |
         awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]}' || true
 }
 floor_pread=$(floor memfs_pread)
 floor_grep=$(floor memfs_grep)
 floor_untar=$(floor memfs_untar)
+floor_gets=$(floor bigdir_gets local)
 echo "For reference, examples/memfs.rs (a trivial in-memory FUSE file system, 1 s kernel timeouts, no page cache kept across opens; the old floor): 4 KiB O_DIRECT pread p50 ${floor_pread:-failed} us; grep -r over $files files ${floor_grep:-failed} s; untar of $untar_files files ${floor_untar:-failed} s."
+echo "The ls -l floor: one GetObject per object of the $bigdir_files-object directory by a plain SDK client (64 in flight, no file system): ${floor_gets:-failed} s."
 if [[ -s $errors ]]; then
     echo "bench: errors of failed workloads (last 20 lines):" >&2
     tail -n 20 "$errors" >&2
