@@ -198,7 +198,11 @@ fn gets(bucket: &str, prefix: &str, parallel: usize) {
             .send();
         while let Some(page) = pages.next().await {
             let page = page.expect("ListObjectsV2");
-            keys.extend(page.contents().iter().filter_map(|o| o.key().map(String::from)));
+            keys.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(String::from)),
+            );
         }
         let started = Instant::now();
         let count = futures::stream::iter(keys)

@@ -1,5 +1,5 @@
 //! Streaming prefetcher for large sequential reads: ranged GETs ahead of the reader in a
-//! window that starts at 1 MiB and doubles while the reader stays sequential, up to a cap,
+//! window that starts at 8 MiB and doubles while the reader stays sequential, up to a cap,
 //! several GETs in flight. Streamed data does not go into the cache (a one-pass read of a
 //! big file would only evict hot data), and all streams together stay within one memory
 //! budget.
@@ -14,8 +14,11 @@ use futures::future::FutureExt;
 use super::fetch::{Fetch, Version};
 use crate::store::{ObjectStore, StoreError};
 
-/// First read-ahead window.
-pub const INITIAL_WINDOW: u64 = 1 << 20;
+/// Smallest chunk, and what a stream past its memory budget fetches at a time.
+pub const MIN_CHUNK: u64 = 1 << 20;
+/// A stream's first read-ahead window: it starts only after `STREAM_AFTER` bytes read in
+/// order, so the reader is already known to be sequential; four GETs in flight at once.
+pub const START_WINDOW: u64 = 8 << 20;
 /// Largest read-ahead window of one stream.
 pub const MAX_WINDOW: u64 = 64 << 20;
 /// Largest single GET: big enough to amortise a request, small enough that several are in
@@ -115,7 +118,7 @@ impl Stream {
         Stream {
             chunks: VecDeque::new(),
             requested: start,
-            window: INITIAL_WINDOW,
+            window: START_WINDOW,
         }
     }
 
@@ -159,13 +162,13 @@ impl Stream {
         }
         let target = version.size.min(offset + self.window).max(end);
         while self.requested < target {
-            let len = (self.window / 4).clamp(INITIAL_WINDOW, MAX_CHUNK);
+            let len = (self.window / 4).clamp(MIN_CHUNK, MAX_CHUNK);
             let mut range = self.requested..version.size.min(self.requested + len);
             let reservation = match budget.reserve(range.end - range.start, false) {
                 Some(reservation) => reservation,
                 // Past the budget, only what this read needs is fetched, in small chunks.
                 None if range.start < end => {
-                    range.end = version.size.min(range.start + INITIAL_WINDOW);
+                    range.end = version.size.min(range.start + MIN_CHUNK);
                     match budget.reserve(range.end - range.start, true) {
                         Some(reservation) => reservation,
                         None => break,
