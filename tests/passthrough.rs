@@ -10,7 +10,7 @@ mod common;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use common::{assert_answers, status_xattr, sync, wait_for, Mount, S3Server};
@@ -125,20 +125,27 @@ fn a_writer_that_stays_open_is_exported_after_the_quiet_time() {
     assert_answers(&mount.join(""), Duration::from_secs(5));
 }
 
-#[test]
-fn cached_objects_are_read_by_the_kernel() {
+/// A mount of a bucket holding `small.bin` (100 KiB of `pattern(_, seed)`), once the
+/// listing has imported it into the cache (eager import of small files).
+fn mount_with_a_cached_file(seed: u8) -> (S3Server, Mount, PathBuf, Vec<u8>) {
     let server = S3Server::start();
     server.create_bucket("pass");
-    let small = pattern(100 << 10, 3);
+    let small = pattern(100 << 10, seed);
     server.put("pass", "small.bin", small.clone(), &[]);
     let mount = Mount::start(&server, "s3://pass", &["--poll-interval", "0s"]);
     let path = mount.join("small.bin");
-    // The listing imports it (eager import of small files); then opens pass through.
     assert!(
         wait_for(LIMIT, || status(&path).contains("cached: 102400 of 102400")),
         "imported: {}",
         status(&path)
     );
+    (server, mount, path, small)
+}
+
+#[test]
+fn cached_objects_are_read_by_the_kernel() {
+    // The listing imports it; then opens pass through.
+    let (server, mount, path, small) = mount_with_a_cached_file(3);
     // Cached means in memory at once and on disk a moment later (one background writer):
     // an open passes through once the file is on disk.
     let mut file = None;
@@ -458,17 +465,7 @@ fn read_aligned(file: &File, len: usize) -> Vec<u8> {
 #[test]
 fn direct_readers_of_a_cached_file_are_answered_by_the_daemon() {
     use std::os::unix::fs::OpenOptionsExt;
-    let server = S3Server::start();
-    server.create_bucket("pass");
-    let small = pattern(100 << 10, 5);
-    server.put("pass", "small.bin", small.clone(), &[]);
-    let mount = Mount::start(&server, "s3://pass", &["--poll-interval", "0s"]);
-    let path = mount.join("small.bin");
-    assert!(
-        wait_for(LIMIT, || status(&path).contains("cached: 102400 of 102400")),
-        "imported: {}",
-        status(&path)
-    );
+    let (_server, mount, path, small) = mount_with_a_cached_file(5);
     let open_direct = || {
         OpenOptions::new()
             .read(true)
