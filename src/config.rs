@@ -289,12 +289,12 @@ impl MountConfig {
     }
 }
 
-/// One FUSE event loop per CPU, and at least two, so that one request answered inline
-/// (a disk read, a journal write) never holds up every other process using the mount.
-/// Twice the CPUs, at least 4. More threads than CPUs: a request is answered sooner
-/// when a thread is already waiting for it than when the one that answered the last has
-/// to come back first (4 KiB `O_DIRECT` reads of a cached file: p50 24 us with 4 threads
-/// against 45 us with 2 on 2 CPUs; docs/BENCHMARKS.md).
+/// Twice the CPUs and at least 4 FUSE event loops: several, so that one request answered
+/// inline (a disk read, a journal write) never holds up every other process using the
+/// mount; more than the CPUs, because a request is answered sooner when a thread is
+/// already waiting for it than when the one that answered the last has to come back
+/// first (4 KiB `O_DIRECT` reads of a cached file: p50 24 us with 4 threads against 45 us
+/// with 2 on 2 CPUs; docs/BENCHMARKS.md).
 fn default_fuse_threads() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())

@@ -332,8 +332,8 @@ pub(crate) async fn apply_core(core: &FsCore, handles: &mut BTreeMap<usize, u64>
             let Some(ino) = openable(core, path).await? else {
                 return Ok(Val::Skipped);
             };
-            // Slot 1's readers ask for O_DIRECT (served by the daemon beside passed-through
-            // handles, or joining them); which slot does is fixed so that seeds replay.
+            // Slot 1's readers ask for O_DIRECT (served by the daemon, or joining the
+            // inode's passed-through handles); which slot does is fixed so seeds replay.
             let direct = !*write && *slot == 1;
             let (fh, _) = core
                 .open_with(ROOT, ino, *write, false, direct)
