@@ -32,10 +32,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
+use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -988,25 +989,12 @@ impl DiskTier {
             return None;
         }
         if !verified {
-            let mut buf = vec![0u8; BLOCK_SIZE as usize];
-            for block in blocks {
-                let range = block_range(block, size);
-                let len = (range.end - range.start) as usize;
-                let n = match read_full(&file, &mut buf[..len], range.start, true) {
-                    Ok(n) => n,
-                    Err(_) => return None,
-                };
-                let damage = if n < len {
-                    Some(Damage::Length {
-                        found: range.start + n as u64,
-                        expected: range.end,
-                    })
-                } else {
-                    bad_chunk(&buf[..len], &sums[block as usize].0, 0)
-                        .map(|chunk| Damage::Checksum { chunk })
-                };
-                if let Some(damage) = damage {
-                    damaged(vec![(block, damage)], pin);
+            let block_sums: Vec<&[u32]> = sums.iter().map(|(s, _)| &s[..]).collect();
+            match check_file(&file, size, &block_sums) {
+                Ok(()) => {}
+                Err(CheckFailed::Io) => return None,
+                Err(CheckFailed::Damaged(hit)) => {
+                    damaged(hit, pin);
                     return None;
                 }
             }
@@ -1302,6 +1290,105 @@ fn bad_chunk(data: &[u8], sums: &[u32], first: u64) -> Option<u64> {
         .map(|(i, chunk)| (first + i as u64, chunk))
         .find(|(index, chunk)| sums.get(*index as usize) != Some(&crc32c::crc32c(chunk)))
         .map(|(index, _)| index)
+}
+
+/// Objects of at least this many blocks are checked by several threads at once: the
+/// device serves parallel reads faster than one stream (a 1 GiB file, page cache
+/// dropped, on this project's machines: 0.63 s with 4 readers, 0.94 s with one).
+const PARALLEL_CHECK_BLOCKS: u32 = 64;
+/// Threads for such a check.
+const CHECK_THREADS: u32 = 4;
+/// Blocks per read during a check (1 MiB).
+const CHECK_READ_BLOCKS: u32 = 4;
+
+/// Why a whole-file check failed.
+#[derive(Debug)]
+enum CheckFailed {
+    /// The file could not be read.
+    Io,
+    /// These blocks' bytes are damaged.
+    Damaged(Vec<(u32, Damage)>),
+}
+
+/// Checks every block of an object's data file (`size` bytes, `sums[b]` the checksums of
+/// block `b`), on several threads for a large object.
+fn check_file(file: &File, size: u64, sums: &[&[u32]]) -> Result<(), CheckFailed> {
+    let blocks = blocks_of(0, size);
+    if blocks.len() < PARALLEL_CHECK_BLOCKS as usize {
+        return check_blocks(file, size, sums, blocks, &AtomicBool::new(false));
+    }
+    let stop = AtomicBool::new(false);
+    let per = blocks.end.div_ceil(CHECK_THREADS);
+    let results: Vec<Result<(), CheckFailed>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..CHECK_THREADS)
+            .map(|i| (i * per).min(blocks.end)..((i + 1) * per).min(blocks.end))
+            .map(|part| {
+                let stop = &stop;
+                scope.spawn(move || check_blocks(file, size, sums, part, stop))
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap_or(Err(CheckFailed::Io)))
+            .collect()
+    });
+    let mut hit = Vec::new();
+    for result in results {
+        match result {
+            Ok(()) => {}
+            Err(CheckFailed::Io) => return Err(CheckFailed::Io),
+            Err(CheckFailed::Damaged(mut found)) => hit.append(&mut found),
+        }
+    }
+    if hit.is_empty() {
+        Ok(())
+    } else {
+        Err(CheckFailed::Damaged(hit))
+    }
+}
+
+/// Checks `blocks` of an object's data file in reads of `CHECK_READ_BLOCKS`; gives up
+/// (raising `stop`) at the first damaged block, or when another checker raised it.
+fn check_blocks(
+    file: &File,
+    size: u64,
+    sums: &[&[u32]],
+    blocks: Range<u32>,
+    stop: &AtomicBool,
+) -> Result<(), CheckFailed> {
+    let mut buf = vec![0u8; (BLOCK_SIZE * u64::from(CHECK_READ_BLOCKS)) as usize];
+    let mut first = blocks.start;
+    while first < blocks.end {
+        if stop.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let last = (first + CHECK_READ_BLOCKS).min(blocks.end);
+        let start = block_range(first, size).start;
+        let len = (block_range(last - 1, size).end - start) as usize;
+        let n = read_full(file, &mut buf[..len], start, true).map_err(|_| {
+            stop.store(true, Ordering::Relaxed);
+            CheckFailed::Io
+        })?;
+        for block in first..last {
+            let range = block_range(block, size);
+            let (from, to) = ((range.start - start) as usize, (range.end - start) as usize);
+            let damage = if n < to {
+                Some(Damage::Length {
+                    found: start + n as u64,
+                    expected: range.end,
+                })
+            } else {
+                bad_chunk(&buf[from..to], sums[block as usize], 0)
+                    .map(|chunk| Damage::Checksum { chunk })
+            };
+            if let Some(damage) = damage {
+                stop.store(true, Ordering::Relaxed);
+                return Err(CheckFailed::Damaged(vec![(block, damage)]));
+            }
+        }
+        first = last;
+    }
+    Ok(())
 }
 
 /// Reads [offset, offset + buf.len()) of block `index` (clipped to the block) into `buf`,

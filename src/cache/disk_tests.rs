@@ -769,6 +769,43 @@ fn a_backing_checks_the_bytes_once_and_the_length_always() {
     assert_eq!(corrupt(&tier), 2);
 }
 
+/// A large object is checked by several threads: damage anywhere (the first thread's
+/// part, a middle one, the short last block) is found and only that block dropped
+/// (cut short, every block after it), and a whole object is handed out intact.
+#[test]
+fn a_large_backing_is_checked_in_parallel_parts() {
+    let blocks = PARALLEL_CHECK_BLOCKS + 7;
+    let size = u64::from(blocks - 1) * BLOCK_SIZE + 700;
+    let data = pattern(size as usize, 13);
+    for how in HARMS {
+        for index in [0, blocks / 2, blocks - 1] {
+            let case = format!("{how:?} block {index}");
+            let dir = tempfile::tempdir().unwrap();
+            let (tier, _) = open(dir.path(), 1 << 30, DAY);
+            let object = id("big", 0).object;
+            insert_object(&tier, object, &data);
+            let len = {
+                let r = block_range(index, size);
+                r.end - r.start
+            };
+            harm(dir.path(), &BlockId { object, index }, len, how);
+            assert!(tier.backing(object, size).is_none(), "{case}");
+            let damaged: Vec<u32> = match how {
+                Harm::Flip => vec![index],
+                Harm::Truncate => (index..blocks).collect(),
+                Harm::Extend => vec![blocks - 1],
+            };
+            for i in 0..blocks {
+                let present = tier.contains(&BlockId { object, index: i });
+                assert_eq!(present, !damaged.contains(&i), "{case}: block {i}");
+            }
+            insert_object(&tier, object, &data);
+            let (file, ..) = tier.backing(object, size).expect(&case);
+            assert!(read_all(&file) == data, "{case}");
+        }
+    }
+}
+
 /// Threads inserting, reading, removing, forgetting and pinning the same objects at
 /// once (each block always with its object's bytes, as in the file system): a read
 /// returns the right bytes or nothing, no race is ever taken for damage, a pinned file
