@@ -950,11 +950,7 @@ impl DiskTier {
         }
         // Non-blocking: something other than a regular file put there (a FIFO) must not
         // hang the open; it is refused just below.
-        let file = fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(&path)
-            .ok()?;
+        let file = open_for_read(&path).ok()?;
         let meta = file.metadata().ok()?;
         if !meta.is_file() {
             return None;
@@ -1249,6 +1245,18 @@ fn reclaim(path: &Path, meta: &fs::Metadata, live: &BTreeMap<u32, (u64, Checksum
     }
 }
 
+/// Opens a data file for reading, without waiting on a non-regular file (see
+/// `open_for_write`) and without updating its access time: a first read of a freshly
+/// written file would otherwise write its inode (last use is kept in the mtime). Files
+/// not ours (another user's cache directory) are opened without O_NOATIME.
+fn open_for_read(path: &Path) -> io::Result<File> {
+    let open = |flags| OpenOptions::new().read(true).custom_flags(flags).open(path);
+    match open(libc::O_NONBLOCK | libc::O_NOATIME) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(libc::O_NONBLOCK),
+        result => result,
+    }
+}
+
 /// Opens a data file for writing without ever waiting on a non-regular file (a FIFO
 /// put in its place would block an open for writing until a reader came).
 fn open_for_write(path: &Path, create: bool) -> io::Result<File> {
@@ -1356,7 +1364,11 @@ fn check_blocks(
     blocks: Range<u32>,
     stop: &AtomicBool,
 ) -> Result<(), CheckFailed> {
-    let mut buf = vec![0u8; (BLOCK_SIZE * u64::from(CHECK_READ_BLOCKS)) as usize];
+    // No larger than the bytes to check: most objects checked here are small files,
+    // opened one after another (zeroing a large buffer was most of such an open).
+    let bytes =
+        block_range(blocks.end.saturating_sub(1), size).end - block_range(blocks.start, size).start;
+    let mut buf = vec![0u8; bytes.min(BLOCK_SIZE * u64::from(CHECK_READ_BLOCKS)) as usize];
     let mut first = blocks.start;
     while first < blocks.end {
         if stop.load(Ordering::Relaxed) {
@@ -1407,7 +1419,7 @@ fn read_verified(
         return Ok(0);
     }
     let want = buf.len().min((block_len - offset) as usize);
-    let file = File::open(path).map_err(|_| Fault::Gone)?;
+    let file = open_for_read(path).map_err(|_| Fault::Gone)?;
     let found = file.metadata().map_err(|_| Fault::Gone)?.len();
     let base = u64::from(index) * BLOCK_SIZE;
     let end = base + block_len;

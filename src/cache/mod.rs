@@ -53,7 +53,14 @@ impl ObjectId {
     }
 
     pub fn hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        // Built by hand: this names the cache file on every open of a cached file.
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut hex = String::with_capacity(32);
+        for b in self.0 {
+            hex.push(char::from(DIGITS[usize::from(b >> 4)]));
+            hex.push(char::from(DIGITS[usize::from(b & 15)]));
+        }
+        hex
     }
 
     pub fn from_hex(hex: &str) -> Option<Self> {
@@ -697,6 +704,10 @@ mod tests {
         assert_ne!(a, ObjectId::new("k", "\"e2\""));
         assert_ne!(ObjectId::new("ab", "c"), ObjectId::new("a", "bc"));
         assert_eq!(ObjectId::from_hex("zz"), None);
+        let mut bytes = [0u8; 16];
+        bytes[0] = 0x0f;
+        bytes[15] = 0xa9;
+        assert_eq!(ObjectId(bytes).hex(), format!("0f{}a9", "0".repeat(28)));
     }
 
     #[test]
