@@ -237,6 +237,46 @@ fn unmount_exports_pending_changes_first() {
     );
 }
 
+/// `tar -x` of an archive made with `tar -C dir -cf - .` into the mount root: the "./"
+/// entry sets the root's mode, owner and times. Mounting a whole bucket there is no key
+/// to keep them in: they hold on the mount, the files are exported, `s3files sync`
+/// succeeds and the daemon exits cleanly (before, the root's export failed forever).
+#[test]
+fn untar_into_a_whole_bucket_mount_root() {
+    let server = S3Server::start();
+    server.create_bucket("untar");
+    let src = tempfile::tempdir().unwrap();
+    std::fs::create_dir(src.path().join("d")).unwrap();
+    std::fs::write(src.path().join("d/a.txt"), "a").unwrap();
+    std::fs::write(src.path().join("b.txt"), "bb").unwrap();
+    std::fs::set_permissions(src.path(), std::fs::Permissions::from_mode(0o750)).unwrap();
+    let archive = src.path().join("../untar-test.tar");
+    let tar = |args: &[&str]| {
+        let out = std::process::Command::new("tar")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "tar {args:?}: {out:?}");
+    };
+    let archive_path = archive.to_str().unwrap();
+    tar(&["-C", src.path().to_str().unwrap(), "-cf", archive_path, "."]);
+
+    let mut mount = Mount::start(&server, "s3://untar", &["--write-back-delay", "60s"]);
+    tar(&["-C", mount.join("").to_str().unwrap(), "-xf", archive_path]);
+    std::fs::remove_file(&archive).unwrap();
+    let root = std::fs::metadata(mount.join("")).unwrap();
+    assert_eq!(root.permissions().mode() & 0o7777, 0o750);
+    sync(&mount.join(""), Duration::from_secs(30)).unwrap();
+    let mut keys: Vec<String> = server.list_all("untar").into_keys().collect();
+    keys.sort();
+    assert_eq!(keys, ["b.txt", "d/", "d/a.txt"]);
+    assert_eq!(server.get("untar", "d/a.txt"), b"a");
+    common::assert_answers(&mount.join(""), Duration::from_secs(10));
+    let status = mount.stop();
+    assert!(status.success(), "{}", mount.log());
+    assert!(!mount.log().contains("export failed"), "{}", mount.log());
+}
+
 #[test]
 fn conflict_bucket_wins_and_local_copy_goes_to_lost_found() {
     let server = S3Server::start();

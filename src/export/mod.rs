@@ -89,6 +89,14 @@ pub async fn export_once(
     token: &str,
 ) -> Outcome {
     let metadata = user_metadata(&record.meta, token);
+    if record.key.is_empty() {
+        // The bucket root's attributes (journaled by versions before they were kept on
+        // the mount only): no key holds them, so there is nothing to write.
+        return Outcome::Done {
+            etag: None,
+            size: 0,
+        };
+    }
     if record.kind == ExportKind::Delete {
         if record.key.len() > MAX_KEY_LEN {
             // S3 cannot hold such a key, so there is nothing to delete.
@@ -414,5 +422,12 @@ mod tests {
             Outcome::Done { .. }
         ));
         assert!(mem.body("f").is_none());
+        // The bucket root (an old journal's record): done, nothing written.
+        let root = record("", ExportKind::Marker, None);
+        assert!(matches!(
+            export_once(&store, &root, None, "t").await,
+            Outcome::Done { .. }
+        ));
+        assert_eq!(mem.keys(), ["d/"]);
     }
 }

@@ -727,7 +727,7 @@ impl FsCore {
     fn change_metadata(&self, node: &Arc<Node>, change: &SetAttr) -> FsResult<()> {
         let queue = self.queue()?;
         let (rec, staged) = {
-            let state = node.state();
+            let mut state = node.state();
             if state.sync.is_lost() {
                 return Err(FsError::Perm);
             }
@@ -743,6 +743,13 @@ impl FsCore {
             if meta == self.current_meta(&state) {
                 // chmod/chown to what it already is: nothing to export (and nothing for
                 // another writer's change to conflict with).
+                return Ok(());
+            }
+            if state.is_dir && state.key.is_empty() {
+                // A whole bucket's root has no object to keep attributes in: they hold on
+                // this mount only (`tar -x` of an archive with "./" sets them, so refusing
+                // would fail the whole extraction).
+                state.meta = Some(meta);
                 return Ok(());
             }
             let key = state.key.clone();

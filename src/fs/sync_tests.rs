@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::access::Identity;
 use super::inode::ROOT_INO;
-use super::write::{WriteOptions, Writer};
+use super::write::{SetAttr, WriteOptions, Writer};
 use super::*;
 use crate::store::memory::MemoryStore;
 
@@ -348,4 +348,47 @@ async fn a_rename_whose_source_was_overwritten_does_not_hang_sync() {
     assert_eq!(&mem.body("a").unwrap()[..], b"defg");
     r.poll().await;
     r.core.getattr(ROOT_INO).await.unwrap();
+}
+
+/// chmod, chown and utimes of the mount root (what `tar -x` of an archive holding "./"
+/// does): mounting a whole bucket, they hold on the mount and nothing is exported (the
+/// bucket root has no key; an export of "" failed forever); below a prefix, they go to
+/// the prefix's marker and a new mount reads them back.
+#[tokio::test]
+async fn the_mount_roots_own_attributes() {
+    let change = SetAttr {
+        mode: Some(0o750),
+        uid: Some(7),
+        gid: Some(8),
+        mtime: Some(std::time::UNIX_EPOCH + Duration::from_secs(1_000_000)),
+        ..SetAttr::default()
+    };
+    let shown = |a: &Attr| (a.perm, a.uid, a.gid, a.mtime);
+    let want = (
+        0o750,
+        7,
+        8,
+        std::time::UNIX_EPOCH + Duration::from_secs(1_000_000),
+    );
+
+    let mem = Arc::new(MemoryStore::new());
+    let r = rig(mem.clone());
+    let attr = r
+        .core
+        .setattr(ROOT, ROOT_INO, change.clone())
+        .await
+        .unwrap();
+    assert_eq!(shown(&attr), want);
+    assert_eq!(shown(&r.core.getattr(ROOT_INO).await.unwrap()), want);
+    r.sync().await.unwrap();
+    assert_eq!(r.core.flush_all(Duration::from_secs(5)).await, 0);
+    assert!(mem.keys().is_empty(), "{:?}", mem.keys());
+
+    let mem = Arc::new(MemoryStore::new());
+    let r = rig_with(mem.clone(), |o| o.root_prefix = "p/".into());
+    r.core.setattr(ROOT, ROOT_INO, change).await.unwrap();
+    r.sync().await.unwrap();
+    assert_eq!(mem.keys(), ["p/"]);
+    let again = rig_with(mem.clone(), |o| o.root_prefix = "p/".into());
+    assert_eq!(shown(&again.core.getattr(ROOT_INO).await.unwrap()), want);
 }
