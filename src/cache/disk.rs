@@ -950,7 +950,7 @@ impl DiskTier {
         }
         // Non-blocking: something other than a regular file put there (a FIFO) must not
         // hang the open; it is refused just below.
-        let file = open_for_read(&path).ok()?;
+        let file = open_for_read(&path, libc::O_NONBLOCK).ok()?;
         let meta = file.metadata().ok()?;
         if !meta.is_file() {
             return None;
@@ -1245,14 +1245,14 @@ fn reclaim(path: &Path, meta: &fs::Metadata, live: &BTreeMap<u32, (u64, Checksum
     }
 }
 
-/// Opens a data file for reading, without waiting on a non-regular file (see
-/// `open_for_write`) and without updating its access time: a first read of a freshly
-/// written file would otherwise write its inode (last use is kept in the mtime). Files
-/// not ours (another user's cache directory) are opened without O_NOATIME.
-fn open_for_read(path: &Path) -> io::Result<File> {
+/// Opens a data file for reading (with `flags`, such as O_NONBLOCK) without updating
+/// its access time: a first read of a freshly written file would otherwise write its
+/// inode (last use is kept in the mtime). Files not ours (another user's cache
+/// directory) are opened without O_NOATIME.
+fn open_for_read(path: &Path, flags: i32) -> io::Result<File> {
     let open = |flags| OpenOptions::new().read(true).custom_flags(flags).open(path);
-    match open(libc::O_NONBLOCK | libc::O_NOATIME) {
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(libc::O_NONBLOCK),
+    match open(flags | libc::O_NOATIME) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(flags),
         result => result,
     }
 }
@@ -1419,7 +1419,9 @@ fn read_verified(
         return Ok(0);
     }
     let want = buf.len().min((block_len - offset) as usize);
-    let file = open_for_read(path).map_err(|_| Fault::Gone)?;
+    // Blocking, like a read from a stalled disk (tests/fuse_workers.rs stalls one
+    // read with a FIFO put in place of a data file).
+    let file = open_for_read(path, 0).map_err(|_| Fault::Gone)?;
     let found = file.metadata().map_err(|_| Fault::Gone)?.len();
     let base = u64::from(index) * BLOCK_SIZE;
     let end = base + block_len;
