@@ -13,6 +13,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -600,4 +601,34 @@ fn special_files_behave_as_on_a_local_file_system_and_survive_export() {
 
     assert_answers(&a.path, Duration::from_secs(5));
     assert_answers(&b.path, Duration::from_secs(5));
+}
+
+/// ioctls (lsattr's FS_IOC_GETFLAGS here) are refused, every time the same way, and the
+/// daemon does not log a warning per call (the kernel asks again on every call, and
+/// tools probe them on each file).
+#[test]
+fn ioctls_are_refused_quietly() {
+    const FS_IOC_GETFLAGS: libc::c_ulong = 0x8008_6601;
+    let server = S3Server::start();
+    server.create_bucket("ioctl");
+    let mount = Mount::start(&server, "s3://ioctl", &[]);
+    let path = mount.join("f");
+    std::fs::write(&path, "x").unwrap();
+    let file = std::fs::File::open(&path).unwrap();
+    let refusals: Vec<i32> = (0..3)
+        .map(|_| {
+            let mut flags: libc::c_long = 0;
+            // SAFETY: an ioctl that writes one long into `flags`, on an open descriptor.
+            let rc = unsafe { libc::ioctl(file.as_raw_fd(), FS_IOC_GETFLAGS, &mut flags) };
+            assert_eq!(rc, -1);
+            errno(std::io::Error::last_os_error())
+        })
+        .collect();
+    assert!(
+        refusals.iter().all(|&e| e == refusals[0] && e != 0),
+        "{refusals:?}"
+    );
+    drop(file);
+    assert_answers(&mount.path, Duration::from_secs(5));
+    assert!(!mount.log().contains("Not Implemented"), "{}", mount.log());
 }
