@@ -1332,12 +1332,20 @@ fn check_file(file: &File, size: u64, sums: &[&[u32]]) -> Result<(), CheckFailed
             .map(|i| (i * per).min(blocks.end)..((i + 1) * per).min(blocks.end))
             .map(|part| {
                 let stop = &stop;
-                scope.spawn(move || check_blocks(file, size, sums, part, stop))
+                let mine = part.clone();
+                std::thread::Builder::new()
+                    .name("s3files-check".into())
+                    .spawn_scoped(scope, move || check_blocks(file, size, sums, mine, stop))
+                    // No thread to be had: that part is checked here instead.
+                    .map_err(|_| part)
             })
             .collect();
         workers
             .into_iter()
-            .map(|w| w.join().unwrap_or(Err(CheckFailed::Io)))
+            .map(|worker| match worker {
+                Ok(handle) => handle.join().unwrap_or(Err(CheckFailed::Io)),
+                Err(part) => check_blocks(file, size, sums, part, &stop),
+            })
             .collect()
     });
     let mut hit = Vec::new();
