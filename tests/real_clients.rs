@@ -1,4 +1,4 @@
-//! Real clients on a real mount (whole bucket, 1 s write-back): `cp -a` of a source tree,
+//! Real clients on a real mount (a whole bucket, and below a prefix; 1 s write-back): `cp -a` of a source tree,
 //! SQLite in WAL and rollback-journal modes, a zip archive written, tested and unpacked,
 //! atomic saves, sparse files and truncation, a shared mapping, two appenders, a file
 //! used after its unlink, symlinks and FIFOs. Each client checks its own results; then
@@ -171,20 +171,25 @@ os.mkfifo(os.path.join(m, "fifo"))
 print("clients ok")
 "#;
 
-#[test]
-fn real_clients_leave_the_bucket_equal_to_the_mount() {
+/// Runs every client on a mount of `source` (bucket "clients", `prefix` its key prefix),
+/// syncs, and checks the bucket and the daemon's exit.
+fn clients_leave_the_bucket_equal_to_the_mount(source: &str, prefix: &str) {
     let server = S3Server::start();
     server.create_bucket("clients");
-    let mut mount = Mount::start(&server, "s3://clients", &["--write-back-delay", "1s"]);
+    if !prefix.is_empty() {
+        // A prefix mount needs its prefix to exist.
+        server.put("clients", prefix, "", &[]);
+    }
+    let mut mount = Mount::start(&server, source, &["--write-back-delay", "1s"]);
     let root = mount.path.clone();
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let tree = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
 
     run(
         &root,
         "cp",
         &[
             "-a",
-            source.to_str().unwrap(),
+            tree.to_str().unwrap(),
             root.join("src-copy").to_str().unwrap(),
         ],
     );
@@ -193,7 +198,7 @@ fn real_clients_leave_the_bucket_equal_to_the_mount() {
         "diff",
         &[
             "-r",
-            source.to_str().unwrap(),
+            tree.to_str().unwrap(),
             root.join("src-copy").to_str().unwrap(),
         ],
     );
@@ -204,16 +209,18 @@ fn real_clients_leave_the_bucket_equal_to_the_mount() {
     let files = regular_files(&root);
     assert!(files.len() > 50, "{files:?}");
     for file in &files {
-        let key = file.to_str().unwrap();
-        assert!(objects.contains_key(key), "{key} is not in the bucket");
+        let key = format!("{prefix}{}", file.to_str().unwrap());
+        assert!(objects.contains_key(&key), "{key} is not in the bucket");
         let local = std::fs::read(root.join(file)).unwrap();
         assert!(
-            server.get("clients", key) == local,
+            server.get("clients", &key) == local,
             "{key} differs in the bucket"
         );
     }
-    assert!(objects.contains_key("link") && objects.contains_key("fifo"));
+    assert!(objects.contains_key(&format!("{prefix}link")));
+    assert!(objects.contains_key(&format!("{prefix}fifo")));
     assert!(!objects.keys().any(|k| k.ends_with("gone")), "{objects:?}");
+    assert!(objects.keys().all(|k| k.starts_with(prefix)), "{objects:?}");
 
     assert_answers(&root, Duration::from_secs(10));
     let status = mount.stop();
@@ -223,4 +230,14 @@ fn real_clients_leave_the_bucket_equal_to_the_mount() {
         !log.contains("export failed") && !log.contains("Not Implemented"),
         "{log}"
     );
+}
+
+#[test]
+fn real_clients_on_a_whole_bucket() {
+    clients_leave_the_bucket_equal_to_the_mount("s3://clients", "");
+}
+
+#[test]
+fn real_clients_below_a_prefix() {
+    clients_leave_the_bucket_equal_to_the_mount("s3://clients/team/work", "team/work/");
 }
