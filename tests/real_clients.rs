@@ -1,10 +1,10 @@
-//! Real clients on a real mount (a whole bucket, and below a prefix; 1 s write-back): `cp -a` of a source tree,
-//! SQLite in WAL and rollback-journal modes, a zip archive written, tested and unpacked,
-//! atomic saves, sparse files and truncation, a shared mapping, two appenders, a file
-//! used after its unlink, symlinks and FIFOs. Each client checks its own results; then
-//! `s3files sync` must succeed and every regular file must be in the bucket with the
-//! mount's bytes (read with an independent client), and the daemon must exit cleanly
-//! with no failed export in its log.
+//! Real clients on a real mount (a whole bucket, and below a prefix; 1 s write-back):
+//! `cp -a` of a source tree, SQLite in WAL and rollback-journal modes, a zip archive
+//! written, tested and unpacked, atomic saves, sparse files and truncation, a shared
+//! mapping, two appenders, a file used after its unlink, symlinks and FIFOs. Each client
+//! checks its own results; then `s3files sync` must succeed and every regular file must
+//! be in the bucket with the mount's bytes (read with an independent client), and the
+//! daemon must exit cleanly with no failed export in its log.
 
 mod common;
 
