@@ -6,7 +6,7 @@ use std::ffi::OsStr;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType,
@@ -99,6 +99,21 @@ fn file_attr(attr: &Attr) -> FileAttr {
         rdev: 0,
         blksize: 4096,
         flags: 0,
+    }
+}
+
+/// A time from a request, undoing fuser 0.18's reading of one before the epoch: the
+/// kernel sends whole seconds rounded down plus nanoseconds (-1.25 s is -2 s + 0.75 s),
+/// and fuser subtracts both (giving -2.75 s). For a time before the epoch the mapping
+/// is one-to-one, so whole seconds minus the fraction is the time that was sent.
+/// `tests/write_path.rs::times_before_1970_are_kept` fails if fuser changes this.
+fn kernel_time(t: SystemTime) -> SystemTime {
+    match UNIX_EPOCH.duration_since(t) {
+        Ok(before) if before.subsec_nanos() != 0 => {
+            UNIX_EPOCH - Duration::from_secs(before.as_secs())
+                + Duration::from_nanos(u64::from(before.subsec_nanos()))
+        }
+        _ => t,
     }
 }
 
@@ -263,7 +278,7 @@ impl Filesystem for FuseAdapter {
             gid,
             size,
             mtime: mtime.map(|t| match t {
-                TimeOrNow::SpecificTime(t) => t,
+                TimeOrNow::SpecificTime(t) => kernel_time(t),
                 TimeOrNow::Now => SystemTime::now(),
             }),
         };

@@ -52,9 +52,10 @@ pub struct PosixMeta {
     pub gid: u32,
     /// File type and permission bits, as in `st_mode`.
     pub mode: u32,
-    /// Nanoseconds since the epoch; None when an object carries no valid `file-mtime`
-    /// (the mount then shows its Last-Modified). Every export record has one.
-    pub mtime_ns: Option<u128>,
+    /// Nanoseconds since the epoch (negative before it); None when an object carries no
+    /// valid `file-mtime` (the mount then shows its Last-Modified). Every export record
+    /// has one.
+    pub mtime_ns: Option<i128>,
 }
 
 impl PosixMeta {
@@ -131,9 +132,7 @@ impl PosixMeta {
 
     /// The modification time, if these attributes carry one.
     pub fn mtime(&self) -> Option<SystemTime> {
-        let nanos = self.mtime_ns?;
-        let secs = u64::try_from(nanos / 1_000_000_000).ok()?;
-        UNIX_EPOCH.checked_add(Duration::new(secs, (nanos % 1_000_000_000) as u32))
+        time_from_nanos(self.mtime_ns?)
     }
 
     /// These attributes with a modification time for certain (`fallback` when they have
@@ -158,16 +157,32 @@ impl PosixMeta {
     }
 }
 
-/// Nanoseconds since the epoch (0 for times before it).
-pub fn nanos_since_epoch(t: SystemTime) -> u128 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos())
+/// Nanoseconds since the epoch, negative for times before it (`touch -d 1960-01-01`, or
+/// an archive's old files).
+pub fn nanos_since_epoch(t: SystemTime) -> i128 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(after) => i128::try_from(after.as_nanos()).unwrap_or(i128::MAX),
+        Err(before) => i128::try_from(before.duration().as_nanos()).map_or(i128::MIN, |n| -n),
+    }
 }
 
-/// Parses `<nanoseconds>ns` since the epoch (a time `SystemTime` can hold).
-fn parse_mtime_ns(value: &str) -> Option<u128> {
-    let nanos: u128 = value.strip_suffix("ns")?.parse().ok()?;
-    let secs = u64::try_from(nanos / 1_000_000_000).ok()?;
-    UNIX_EPOCH.checked_add(Duration::from_secs(secs))?;
+/// The time `nanos` nanoseconds from the epoch, if `SystemTime` can hold it.
+pub fn time_from_nanos(nanos: i128) -> Option<SystemTime> {
+    let magnitude = nanos.unsigned_abs();
+    let secs = u64::try_from(magnitude / 1_000_000_000).ok()?;
+    let span = Duration::new(secs, (magnitude % 1_000_000_000) as u32);
+    if nanos >= 0 {
+        UNIX_EPOCH.checked_add(span)
+    } else {
+        UNIX_EPOCH.checked_sub(span)
+    }
+}
+
+/// Parses `<nanoseconds>ns` from the epoch, negative before it (a time `SystemTime` can
+/// hold).
+fn parse_mtime_ns(value: &str) -> Option<i128> {
+    let nanos: i128 = value.strip_suffix("ns")?.parse().ok()?;
+    time_from_nanos(nanos)?;
     Some(nanos)
 }
 
@@ -269,6 +284,39 @@ mod tests {
         assert_eq!(parse_mtime_ns("12"), None);
         assert_eq!(
             parse_mtime_ns("99999999999999999999999999999999999ns"),
+            None
+        );
+    }
+
+    /// Times before the epoch (`touch -d 1960-06-01`) are kept, stored as negative
+    /// nanoseconds, and read back; so are times to the nanosecond on either side.
+    #[test]
+    fn times_before_the_epoch_round_trip() {
+        let cases = [
+            UNIX_EPOCH - Duration::new(302_443_200, 0),
+            UNIX_EPOCH - Duration::new(1, 250_000_000),
+            UNIX_EPOCH - Duration::new(0, 1),
+            UNIX_EPOCH,
+            UNIX_EPOCH + Duration::new(1_577_836_800, 123_456_789),
+        ];
+        for t in cases {
+            let meta = PosixMeta::default_for(false).with_mtime_or(t);
+            assert_eq!(meta.mtime(), Some(t), "{t:?}");
+            let stored = meta.to_user_metadata();
+            let back = PosixMeta::from_user_metadata(&stored, false);
+            assert_eq!(back.mtime(), Some(t), "{stored:?}");
+            let json = serde_json::to_string(&meta).unwrap();
+            assert_eq!(serde_json::from_str::<PosixMeta>(&json).unwrap(), meta);
+        }
+        assert_eq!(
+            PosixMeta::default_for(false)
+                .with_mtime_or(UNIX_EPOCH - Duration::new(302_443_200, 0))
+                .to_user_metadata()[META_MTIME],
+            "-302443200000000000ns"
+        );
+        assert_eq!(parse_mtime_ns("-5ns"), Some(-5));
+        assert_eq!(
+            parse_mtime_ns("-99999999999999999999999999999999999ns"),
             None
         );
     }

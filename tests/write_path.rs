@@ -136,6 +136,63 @@ fn namespace_changes_are_exported() {
     );
 }
 
+/// Sets a file's mtime with utimensat(2) to `secs` + `nanos` from the epoch.
+fn set_mtime(path: &Path, secs: i64, nanos: i64) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let times = [
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        libc::timespec {
+            tv_sec: secs,
+            tv_nsec: nanos,
+        },
+    ];
+    // SAFETY: a valid C path and two timespecs, as utimensat(2) takes them.
+    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), 0) };
+    assert_eq!(rc, 0, "utimensat: {}", std::io::Error::last_os_error());
+}
+
+/// Modification times before 1970 (`touch -d 1960-06-01`, an old archive's files), with
+/// and without a fraction of a second: shown as set, exported as negative nanoseconds,
+/// and read back by a new mount. Before, they became the epoch itself.
+#[test]
+fn times_before_1970_are_kept() {
+    let server = S3Server::start();
+    server.create_bucket("old");
+    let cases = [
+        ("whole", -302_443_200i64, 0i64),
+        ("fraction", -302_443_200, 250_000_000),
+        ("just-before", -1, 999_999_999),
+    ];
+    let mut mount = Mount::start(&server, "s3://old", &["--write-back-delay", "60s"]);
+    for (name, secs, nanos) in cases {
+        let path = mount.join(name);
+        std::fs::write(&path, name).unwrap();
+        set_mtime(&path, secs, nanos);
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!((meta.mtime(), meta.mtime_nsec()), (secs, nanos), "{name}");
+    }
+    sync(&mount.join(""), Duration::from_secs(30)).unwrap();
+    for (name, secs, nanos) in cases {
+        let stored = i128::from(secs) * 1_000_000_000 + i128::from(nanos);
+        assert_eq!(
+            server.metadata("old", name).get("file-mtime"),
+            Some(&format!("{stored}ns")),
+            "{name}"
+        );
+    }
+    assert!(mount.stop().success());
+
+    let again = Mount::start(&server, "s3://old", &[]);
+    for (name, secs, nanos) in cases {
+        let meta = std::fs::metadata(again.join(name)).unwrap();
+        assert_eq!((meta.mtime(), meta.mtime_nsec()), (secs, nanos), "{name}");
+    }
+    common::assert_answers(&again.join(""), Duration::from_secs(10));
+}
+
 #[test]
 fn metadata_only_change_is_a_copy_not_an_upload() {
     let server = S3Server::start();
