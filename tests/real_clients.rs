@@ -184,24 +184,10 @@ fn clients_leave_the_bucket_equal_to_the_mount(source: &str, prefix: &str) {
     let root = mount.path.clone();
     let tree = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
 
-    run(
-        &root,
-        "cp",
-        &[
-            "-a",
-            tree.to_str().unwrap(),
-            root.join("src-copy").to_str().unwrap(),
-        ],
-    );
-    run(
-        &root,
-        "diff",
-        &[
-            "-r",
-            tree.to_str().unwrap(),
-            root.join("src-copy").to_str().unwrap(),
-        ],
-    );
+    let (from, copy) = (tree.to_str().unwrap(), root.join("src-copy"));
+    let copy = copy.to_str().unwrap();
+    run(&root, "cp", &["-a", from, copy]);
+    run(&root, "diff", &["-r", from, copy]);
     run(&root, "python3", &["-c", CLIENTS, root.to_str().unwrap()]);
 
     sync(&root, Duration::from_secs(60)).unwrap();
