@@ -592,6 +592,10 @@ impl Filesystem for FuseAdapter {
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if let Some(fh) = self.core.opendir_cached(ino.0) {
+            reply.opened(FileHandle(fh), FopenFlags::empty());
+            return;
+        }
         let (core, who) = (self.core.clone(), caller(req));
         self.spawn(debug_span!("opendir", ino = ino.0), async move {
             match core.opendir(who, ino.0).await {

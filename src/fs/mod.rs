@@ -439,6 +439,26 @@ impl FsCore {
         self.require_dir(&dir)?;
         self.check(caller, &dir, access::READ).await?;
         self.load_dir(&dir).await?;
+        Ok(self.open_listing(&dir))
+    }
+
+    /// `opendir` answered without waiting, when that needs no request: a directory
+    /// already listed, on a mount where the kernel checks permissions. A walk over a
+    /// tree seen before (`git status`, `find`) then opens each directory on the FUSE
+    /// thread instead of through the runtime.
+    pub fn opendir_cached(&self, ino: Ino) -> Option<u64> {
+        if self.daemon_checks() {
+            return None; // the permission check may need metadata
+        }
+        let dir = self.inodes.get(ino)?;
+        if !dir.state().is_dir || dir.state().children.is_none() {
+            return None;
+        }
+        Some(self.open_listing(&dir))
+    }
+
+    /// A handle on a snapshot of a listed directory's entries.
+    fn open_listing(&self, dir: &Node) -> u64 {
         let children: Vec<(String, Arc<Node>)> = {
             let state = dir.state();
             state
@@ -472,7 +492,7 @@ impl FsCore {
         }
         let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
         self.dirs.insert(handle, Arc::new(entries));
-        Ok(handle)
+        handle
     }
 
     /// The directory snapshot taken at opendir, so paging through it is stable.

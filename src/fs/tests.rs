@@ -270,6 +270,35 @@ async fn access_point_checks_permissions() {
     assert_eq!(core.opendir(me, locked.ino).await, Err(FsError::Access));
 }
 
+/// A directory already listed opens without waiting, with what `opendir` would give;
+/// one not yet listed, a file, and any directory where the daemon checks permissions
+/// take the waiting path.
+#[tokio::test]
+async fn listed_directories_open_without_waiting() {
+    let store = Arc::new(MemoryStore::new());
+    store.put("d/a", "a", &[]);
+    store.put("d/e/f", "f", &[]);
+    let core = core_with(store.clone(), "", None);
+    let d = core.lookup(ROOT, ROOT_INO, b"d").await.unwrap();
+    assert_eq!(core.opendir_cached(d.ino), None, "not listed yet");
+    let listed = names(&core, d.ino).await;
+    let fh = core.opendir_cached(d.ino).expect("listed");
+    let entries = core.readdir(fh).unwrap();
+    core.releasedir(fh);
+    let cached: Vec<_> = entries
+        .iter()
+        .skip(2)
+        .map(|e| (e.name.clone(), e.kind))
+        .collect();
+    assert_eq!(cached, listed);
+    let a = core.lookup(ROOT, d.ino, b"a").await.unwrap();
+    assert_eq!(core.opendir_cached(a.ino), None, "a file");
+
+    let checked = core_with(store, "", Some(Identity::new(1000, 1000)));
+    names(&checked, ROOT_INO).await;
+    assert_eq!(checked.opendir_cached(ROOT_INO), None, "the daemon checks");
+}
+
 #[tokio::test]
 async fn status_xattr() {
     let store = Arc::new(MemoryStore::new());
