@@ -178,6 +178,24 @@ async fn sdk_client() -> aws_sdk_s3::Client {
     aws_sdk_s3::Client::from_conf(s3)
 }
 
+/// One GetObject (of `range`, an HTTP Range value, if given), its body read whole.
+async fn get_whole(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    range: Option<String>,
+) -> bytes::Bytes {
+    let out = client
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .set_range(range)
+        .send()
+        .await
+        .expect("GetObject");
+    out.body.collect().await.expect("body").into_bytes()
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -208,16 +226,7 @@ fn gets(bucket: &str, prefix: &str, parallel: usize) {
         let count = futures::stream::iter(keys)
             .map(|key| {
                 let client = client.clone();
-                async move {
-                    let out = client
-                        .get_object()
-                        .bucket(bucket)
-                        .key(key)
-                        .send()
-                        .await
-                        .expect("GetObject");
-                    out.body.collect().await.expect("body");
-                }
+                async move { get_whole(&client, bucket, &key, None).await }
             })
             .buffer_unordered(parallel)
             .count()
@@ -240,15 +249,8 @@ fn sdk(bucket: &str, key: &str, chunk: u64, parallel: usize) {
             .map(|(offset, end)| {
                 let client = client.clone();
                 async move {
-                    let out = client
-                        .get_object()
-                        .bucket(bucket)
-                        .key(key)
-                        .range(format!("bytes={}-{}", offset, end - 1))
-                        .send()
-                        .await
-                        .expect("GetObject");
-                    let body = out.body.collect().await.expect("body").into_bytes();
+                    let range = format!("bytes={}-{}", offset, end - 1);
+                    let body = get_whole(&client, bucket, key, Some(range)).await;
                     assert_eq!(body.len() as u64, end - offset, "short body");
                     body.len() as u64
                 }
