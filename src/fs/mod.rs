@@ -364,10 +364,7 @@ impl FsCore {
             },
             Err(_) => return Some(Err(FsError::NotFound)),
         };
-        let dir = self.inodes.get(parent)?;
-        if !dir.state().is_dir || dir.state().children.is_none() {
-            return None;
-        }
+        let dir = self.listed_dir(parent)?;
         match self.inodes.child(&dir, name) {
             None => Some(Err(FsError::NotFound)),
             Some(child) => {
@@ -450,11 +447,19 @@ impl FsCore {
         if self.daemon_checks() {
             return None; // the permission check may need metadata
         }
-        let dir = self.inodes.get(ino)?;
-        if !dir.state().is_dir || dir.state().children.is_none() {
-            return None;
-        }
+        let dir = self.listed_dir(ino)?;
         Some(self.open_listing(&dir))
+    }
+
+    /// The directory `ino`, if its listing is loaded (what answering without waiting
+    /// needs).
+    fn listed_dir(&self, ino: Ino) -> Option<Arc<Node>> {
+        let dir = self.inodes.get(ino)?;
+        let listed = {
+            let state = dir.state();
+            state.is_dir && state.children.is_some()
+        };
+        listed.then_some(dir)
     }
 
     /// A handle on a snapshot of a listed directory's entries.
