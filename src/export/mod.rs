@@ -88,7 +88,6 @@ pub async fn export_once(
     staged: Option<&StagedFile>,
     token: &str,
 ) -> Outcome {
-    let metadata = user_metadata(&record.meta, token);
     if record.key.is_empty() {
         // The bucket root's attributes (journaled by versions before they were kept on
         // the mount only): no key holds them, so there is nothing to write.
@@ -97,6 +96,7 @@ pub async fn export_once(
             size: 0,
         };
     }
+    let metadata = user_metadata(&record.meta, token);
     if record.kind == ExportKind::Delete {
         if record.key.len() > MAX_KEY_LEN {
             // S3 cannot hold such a key, so there is nothing to delete.
