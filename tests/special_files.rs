@@ -130,25 +130,7 @@ const MTIME: (i64, i64) = (1_600_000_000, 123_456_789);
 
 /// utimensat(2) without following a symlink: mtime = MTIME, atime untouched.
 fn set_mtime(path: &Path) -> Result<(), i32> {
-    let times = [
-        libc::timespec {
-            tv_sec: 0,
-            tv_nsec: libc::UTIME_OMIT,
-        },
-        libc::timespec {
-            tv_sec: MTIME.0,
-            tv_nsec: MTIME.1,
-        },
-    ];
-    // SAFETY: a valid C string and two timespecs.
-    check(unsafe {
-        libc::utimensat(
-            libc::AT_FDCWD,
-            c_path(path).as_ptr(),
-            times.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    })
+    common::set_mtime(path, MTIME.0, MTIME.1).map_err(errno)
 }
 
 fn lchown(path: &Path, uid: u32, gid: u32) -> Result<(), i32> {

@@ -136,24 +136,6 @@ fn namespace_changes_are_exported() {
     );
 }
 
-/// Sets a file's mtime with utimensat(2) to `secs` + `nanos` from the epoch.
-fn set_mtime(path: &Path, secs: i64, nanos: i64) {
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-    let times = [
-        libc::timespec {
-            tv_sec: 0,
-            tv_nsec: libc::UTIME_OMIT,
-        },
-        libc::timespec {
-            tv_sec: secs,
-            tv_nsec: nanos,
-        },
-    ];
-    // SAFETY: a valid C path and two timespecs, as utimensat(2) takes them.
-    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), 0) };
-    assert_eq!(rc, 0, "utimensat: {}", std::io::Error::last_os_error());
-}
-
 /// Modification times before 1970 (`touch -d 1960-06-01`, an old archive's files), with
 /// and without a fraction of a second: shown as set, exported as negative nanoseconds,
 /// and read back by a new mount. Before, they became the epoch itself.
@@ -170,7 +152,7 @@ fn times_before_1970_are_kept() {
     for (name, secs, nanos) in cases {
         let path = mount.join(name);
         std::fs::write(&path, name).unwrap();
-        set_mtime(&path, secs, nanos);
+        common::set_mtime(&path, secs, nanos).unwrap();
         let meta = std::fs::metadata(&path).unwrap();
         assert_eq!((meta.mtime(), meta.mtime_nsec()), (secs, nanos), "{name}");
     }

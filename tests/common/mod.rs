@@ -739,6 +739,36 @@ pub fn run_s3files(args: &[&str], env: &[(&str, &str)], limit: Duration) -> (Out
     )
 }
 
+/// utimensat(2) without following a symlink: mtime = `secs` + `nanos` from the epoch
+/// (negative before it), atime untouched.
+pub fn set_mtime(path: &Path, secs: i64, nanos: i64) -> std::io::Result<()> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("no NUL");
+    let times = [
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        libc::timespec {
+            tv_sec: secs,
+            tv_nsec: nanos,
+        },
+    ];
+    // SAFETY: a valid C path and two timespecs, as utimensat(2) takes them.
+    let rc = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 pub fn sha256_file(path: &Path) -> String {
     use sha2::Digest;
     let mut file = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {path:?}: {e}"));
