@@ -291,10 +291,13 @@ fn untar_into_a_whole_bucket_mount_root() {
     std::fs::set_permissions(src.path(), std::fs::Permissions::from_mode(0o750)).unwrap();
     let archive = src.path().join("../untar-test.tar");
     let tar = |args: &[&str]| {
-        let out = std::process::Command::new("tar")
-            .args(args)
-            .output()
-            .unwrap();
+        let owned: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let out = common::bounded(Duration::from_secs(60), "tar", move || {
+            std::process::Command::new("tar")
+                .args(&owned)
+                .output()
+                .unwrap()
+        });
         assert!(out.status.success(), "tar {args:?}: {out:?}");
     };
     let archive_path = archive.to_str().unwrap();
