@@ -99,7 +99,8 @@ pub struct MountArgs {
     /// How long the kernel may keep names and attributes without asking the daemon. The
     /// daemon invalidates them whenever it learns of a change (the poller, conflicts), so
     /// this only bounds staleness should a notification be lost; 1s for names when the
-    /// daemon checks permissions (--uid, --root-squash) [default: 60s]
+    /// daemon checks permissions (--uid, --root-squash). Directory listings are kept
+    /// until the directory's mtime moves; 0s keeps none [default: 60s]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub kernel_cache_ttl: Option<std::time::Duration>,
 

@@ -158,6 +158,20 @@ fn backing_id(registration: &Registration) -> Option<&fuser::BackingId> {
     registration.downcast_ref::<fuser::BackingId>()
 }
 
+/// How a directory is opened: the kernel keeps its listing across opens and answers
+/// `getdents` from it (`FOPEN_CACHE_DIR` | `FOPEN_KEEP_CACHE`) until the directory's
+/// mtime changes, which every change to its entries moves (`NodeState::touch_entries`);
+/// the daemon invalidates the directory's attributes whenever it changes the entries
+/// behind the kernel's back, and `FUSE_AUTO_INVAL_DATA` makes the kernel refresh them
+/// before using the kept listing. Off when the kernel is to keep nothing.
+fn dir_open_flags(core: &FsCore) -> FopenFlags {
+    if core.keeps_listings() {
+        FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
+    } else {
+        FopenFlags::empty()
+    }
+}
+
 fn reply_opened(core: &FsCore, reply: ReplyOpen, result: Result<(u64, bool), FsError>) {
     match result {
         Ok((fh, keep_cache)) => {
@@ -187,6 +201,16 @@ impl Filesystem for FuseAdapter {
         // O_TRUNC comes with the OPEN (not as a SETATTR after it), so an open that
         // truncates is a change from the start and its writes may be passed through.
         let _ = config.add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC);
+        // A kept directory listing is used only while the directory's mtime is the one
+        // it was read with; this makes the kernel fetch the directory's attributes (when
+        // the daemon has invalidated them) before trusting it. Without it, listings are
+        // not kept (`dir_open_flags`).
+        if config
+            .add_capabilities(InitFlags::FUSE_AUTO_INVAL_DATA)
+            .is_err()
+        {
+            self.core.disable_kept_listings();
+        }
         match &self.passthrough {
             Passthrough::Off(why) => self.core.disable_passthrough(why),
             Passthrough::Want { max_stack_depth } => {
@@ -592,14 +616,15 @@ impl Filesystem for FuseAdapter {
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let flags = dir_open_flags(&self.core);
         if let Some(fh) = self.core.opendir_cached(ino.0) {
-            reply.opened(FileHandle(fh), FopenFlags::empty());
+            reply.opened(FileHandle(fh), flags);
             return;
         }
         let (core, who) = (self.core.clone(), caller(req));
         self.spawn(debug_span!("opendir", ino = ino.0), async move {
             match core.opendir(who, ino.0).await {
-                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Ok(fh) => reply.opened(FileHandle(fh), flags),
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -614,10 +639,9 @@ impl Filesystem for FuseAdapter {
         mut reply: ReplyDirectory,
     ) {
         let _timer = self.core.metrics().time_fuse_inline(FuseOp::Readdir);
-        match self.core.readdir(fh.0) {
-            Ok(entries) => {
-                for (i, entry) in entries.iter().enumerate().skip(offset as usize) {
-                    let next = (i + 1) as u64;
+        match self.core.readdir(fh.0, offset) {
+            Ok(page) => {
+                for (entry, next) in page.iter() {
                     let full = match entry.kind {
                         Some(kind) => {
                             reply.add(INodeNo(entry.ino), next, file_type(kind), &entry.name)

@@ -131,7 +131,9 @@ fn check_types(mount: &Mount) {
     assert!(line("link").starts_with('l'), "{}", line("link"));
     assert!(line("pipe").starts_with('p'), "{}", line("pipe"));
     assert!(line("f00299").starts_with('-'), "{}", line("f00299"));
-    // Once known, readdir says the exact type.
+    // Once known, a listing the kernel reads says the exact type. It keeps the listing
+    // it has (with DT_UNKNOWN) until the directory changes: a create here.
+    std::fs::write(flat.join("new"), b"new").unwrap();
     let listed = raw_readdir(&flat);
     let d_type = |name: &str| listed.iter().find(|(n, _)| n == name).unwrap().1;
     assert_eq!(d_type("link"), libc::DT_LNK);

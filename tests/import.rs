@@ -7,7 +7,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{block_on, wait_for, Mount, S3Server};
+use common::{
+    assert_answers, block_on, free_port, getdents_names, metric_value, metrics_get, wait_for,
+    Mount, S3Server,
+};
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -316,4 +319,107 @@ fn unchanged_file_is_served_from_the_page_cache_until_it_changes() {
             .is_ok_and(|b| b == v2)),
         "the new version never showed"
     );
+}
+
+/// FUSE READDIR requests the mount has answered so far. A request is counted just
+/// after its reply, so this waits until the count holds still for 100 ms.
+fn readdirs(port: u16) -> f64 {
+    let count = || {
+        let (_, _, body) = metrics_get(port, "/metrics");
+        metric_value(
+            &body,
+            "s3files_fuse_request_duration_seconds_count{op=\"readdir\"}",
+        )
+    };
+    let mut last = count();
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = count();
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    panic!("READDIR count still moving: {last}");
+}
+
+/// The kernel keeps directory listings (`FOPEN_CACHE_DIR`): reading a directory again
+/// costs no READDIR. Changes behind the kernel's back still show in a bare `getdents`
+/// (nothing stats the directory first) within the poll interval: a key added and one
+/// deleted in the bucket, and a conflict's file in lost+found; the mount's own changes
+/// show at once.
+#[test]
+fn kept_listings_show_every_change() {
+    const LIMIT: Duration = Duration::from_secs(10);
+    let server = S3Server::start();
+    server.create_bucket("kept");
+    server.put("kept", "d/a", "a", &[]);
+    server.put("kept", "d/b", "b", &[]);
+    let port = free_port();
+    let mount = Mount::start(
+        &server,
+        "s3://kept",
+        &[
+            "--poll-interval",
+            "1s",
+            "--write-back-delay",
+            "60s",
+            "--metrics-addr",
+            &port.to_string(),
+        ],
+    );
+    let dir = mount.join("d");
+    let names = || getdents_names(&dir).unwrap();
+    let shows = |want: &[&str]| wait_for(LIMIT, || names() == want);
+    let kept = |when: &str| {
+        names();
+        let before = readdirs(port);
+        let again = names();
+        assert_eq!(readdirs(port), before, "{when}: listed again: {again:?}");
+    };
+    assert_eq!(names(), ["a", "b"]);
+    kept("first listing");
+
+    server.put("kept", "d/c", "c", &[]);
+    assert!(shows(&["a", "b", "c"]), "{:?}\n{}", names(), mount.log());
+    block_on(
+        server
+            .client()
+            .delete_object()
+            .bucket("kept")
+            .key("d/b")
+            .send(),
+    )
+    .unwrap();
+    assert!(shows(&["a", "c"]), "{:?}\n{}", names(), mount.log());
+    kept("after the bucket's changes");
+
+    std::fs::write(dir.join("e"), "local").unwrap();
+    assert_eq!(names(), ["a", "c", "e"]);
+    std::fs::remove_file(dir.join("c")).unwrap();
+    assert_eq!(names(), ["a", "e"]);
+    kept("after the mount's changes");
+
+    // A conflict: the bucket's version stays at the path, the local one goes to
+    // lost+found, which shows in the root's kept listing and its own.
+    getdents_names(&mount.path).unwrap();
+    std::fs::write(dir.join("a"), "local edit").unwrap();
+    server.put("kept", "d/a", "bucket edit", &[]);
+    assert!(
+        wait_for(LIMIT, || std::fs::read(dir.join("a"))
+            .is_ok_and(|b| b == b"bucket edit")),
+        "{}",
+        mount.log()
+    );
+    let lost_name = || {
+        getdents_names(&mount.path)
+            .unwrap()
+            .into_iter()
+            .find(|n| n.starts_with(".s3files-lost+found-"))
+    };
+    assert!(wait_for(LIMIT, || lost_name().is_some()), "{}", mount.log());
+    let lost = mount.path.join(lost_name().unwrap());
+    assert_eq!(getdents_names(&lost).unwrap().len(), 1);
+    assert_eq!(names(), ["a", "e"]);
+    assert_answers(&mount.path, LIMIT);
 }

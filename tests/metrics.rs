@@ -5,32 +5,16 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{assert_answers, free_port, is_mounted, run_s3files, wait_for, Mount, S3Server};
+use common::{
+    assert_answers, free_port, is_mounted, metric_value as value, metrics_get as get, run_s3files,
+    wait_for, Mount, S3Server,
+};
 
 const LIMIT: Duration = Duration::from_secs(10);
-
-/// One HTTP/1.1 GET of `path` with a plain socket: (status line, headers, body).
-fn get(port: u16, path: &str) -> (String, String, String) {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut stream = TcpStream::connect_timeout(&addr, LIMIT).expect("connect to metrics");
-    stream.set_read_timeout(Some(LIMIT)).unwrap();
-    stream.set_write_timeout(Some(LIMIT)).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"
-    )
-    .unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).expect("read the answer");
-    let (head, body) = answer.split_once("\r\n\r\n").expect("a header block");
-    let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
-    (status.to_string(), headers.to_string(), body.to_string())
-}
 
 /// The exposition at /metrics.
 fn scrape(port: u16) -> String {
@@ -41,15 +25,6 @@ fn scrape(port: u16) -> String {
         "{headers}"
     );
     body
-}
-
-/// The value of one series (name with labels, as written) in an exposition.
-fn value(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
-        .parse()
-        .unwrap_or_else(|e| panic!("{series}: {e}"))
 }
 
 /// How much `series` moved between two scrapes.

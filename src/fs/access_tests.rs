@@ -159,10 +159,10 @@ async fn root_directory_hides_lost_found_and_keeps_its_bytes() {
     let handle = r.core.opendir(ROOT, ROOT_INO).await.unwrap();
     let names: Vec<String> = r
         .core
-        .readdir(handle)
+        .readdir(handle, 0)
         .unwrap()
         .iter()
-        .map(|e| e.name.clone())
+        .map(|(e, _)| e.name.clone())
         .collect();
     assert!(
         names.iter().all(|n| !n.starts_with(DIR_PREFIX)),

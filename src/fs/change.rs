@@ -739,6 +739,8 @@ impl FsCore {
             meta.gid = change.gid.unwrap_or(meta.gid);
             if let Some(mtime) = change.mtime {
                 meta.mtime_ns = Some(nanos_since_epoch(mtime));
+                // A time set wins over the one the entries' last change gave.
+                state.entries_changed = None;
             }
             if meta == self.current_meta(&state) {
                 // chmod/chown to what it already is: nothing to export (and nothing for

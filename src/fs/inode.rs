@@ -79,6 +79,12 @@ pub struct NodeState {
     pub page_cache_etag: Option<String>,
     /// Open handles by how the kernel serves them (passthrough or not).
     pub io: super::passthrough::NodeIo,
+    /// A directory's entries: when this mount last saw them change (its mtime from then
+    /// on, until a utimens sets one), and how many times (a readdir snapshot's version).
+    /// The kernel keeps a directory's listing while its mtime is unchanged, so every
+    /// change to `children` moves both (`touch_entries`).
+    pub entries_changed: Option<SystemTime>,
+    pub entries_version: u64,
 }
 
 impl NodeState {
@@ -104,7 +110,20 @@ impl NodeState {
             handles: 0,
             page_cache_etag: None,
             io: Default::default(),
+            entries_changed: None,
+            entries_version: 0,
         }
+    }
+
+    /// Records a change to this directory's entries: its mtime moves to now, and always
+    /// forward, so it differs from any mtime the kernel saw with the old entries.
+    pub fn touch_entries(&mut self) {
+        let now = SystemTime::now();
+        self.entries_changed = Some(match self.entries_changed {
+            Some(last) if now <= last => last + std::time::Duration::from_nanos(1),
+            _ => now,
+        });
+        self.entries_version += 1;
     }
 }
 
@@ -229,6 +248,9 @@ impl InodeTable {
     pub fn apply_listing(&self, dir: &Node, listing: &DirEntries<RemoteObject>) {
         let mut state = dir.state();
         let dir_key = state.key.clone();
+        if state.children.is_some() {
+            state.touch_entries();
+        }
         let old = state.children.take().unwrap_or_default();
         let mut children = BTreeMap::new();
         let mut unlinked = Vec::new();
@@ -400,6 +422,10 @@ impl InodeTable {
             children.insert(name.clone(), ino);
             report.added.push(name);
         }
+        if !(report.added.is_empty() && report.removed.is_empty() && report.changed.is_empty()) {
+            // A changed object may have changed type, which the listing shows.
+            state.touch_entries();
+        }
         drop(state);
         for ino in unlinked {
             self.unlink_tree(ino);
@@ -426,6 +452,7 @@ impl InodeTable {
             .children
             .get_or_insert_with(BTreeMap::new)
             .insert(name.to_string(), ino);
+        state.touch_entries();
         drop(state);
         if let Some(old) = old {
             self.unlink_tree(old);
@@ -436,7 +463,12 @@ impl InodeTable {
     /// Removes entry `name` from `dir`; the node stays resolvable while the kernel
     /// holds it.
     pub fn remove_child(&self, dir: &Node, name: &str) -> Option<Ino> {
-        let ino = dir.state().children.as_mut()?.remove(name)?;
+        let ino = {
+            let mut state = dir.state();
+            let ino = state.children.as_mut()?.remove(name)?;
+            state.touch_entries();
+            ino
+        };
         self.unlink_tree(ino);
         Some(ino)
     }
@@ -451,7 +483,14 @@ impl InodeTable {
         to: &Node,
         new_name: &str,
     ) -> Vec<(Arc<Node>, String)> {
-        let Some(ino) = from.state().children.as_mut().and_then(|c| c.remove(name)) else {
+        let Some(ino) = ({
+            let mut state = from.state();
+            let ino = state.children.as_mut().and_then(|c| c.remove(name));
+            if ino.is_some() {
+                state.touch_entries();
+            }
+            ino
+        }) else {
             return Vec::new();
         };
         let root_old_key = self
@@ -465,6 +504,7 @@ impl InodeTable {
                 .children
                 .get_or_insert_with(BTreeMap::new)
                 .insert(new_name.to_string(), ino);
+            to_state.touch_entries();
             drop(to_state);
             if let Some(node) = self.get(ino) {
                 let mut state = node.state();

@@ -122,6 +122,43 @@ pub struct Attr {
     pub nlink: u32,
 }
 
+/// A directory handle's entries, as of one version of the directory's listing.
+#[derive(Clone)]
+struct DirSnapshot {
+    dir: Ino,
+    version: u64,
+    entries: Arc<Vec<DirEntry>>,
+}
+
+/// A readdir offset: the entry's index in its snapshot (low 32 bits) and the snapshot's
+/// version (31 bits above them, so the offset stays positive as a signed `loff_t`).
+const DIR_INDEX_MASK: u64 = 0xFFFF_FFFF;
+const DIR_VERSION_MASK: u64 = 0x7FFF_FFFF;
+
+/// Entries of a directory handle from an offset on (see `FsCore::readdir`).
+pub struct DirPage {
+    start: usize,
+    tag: u64,
+    entries: Arc<Vec<DirEntry>>,
+}
+
+impl DirPage {
+    /// The entries from the offset asked for.
+    pub fn to_vec(&self) -> Vec<DirEntry> {
+        self.entries.iter().skip(self.start).cloned().collect()
+    }
+
+    /// Each entry from the offset asked for, with the offset of the entry after it.
+    pub fn iter(&self) -> impl Iterator<Item = (&DirEntry, u64)> {
+        let tag = self.tag;
+        self.entries
+            .iter()
+            .enumerate()
+            .skip(self.start)
+            .map(move |(i, entry)| (entry, tag | (i as u64 + 1)))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirEntry {
     pub ino: Ino,
@@ -155,7 +192,10 @@ pub struct FsCore {
     measured_status: Mutex<MeasuredStatus>,
     /// Entries in `files` plus places reserved by opens under way (`reserve_handle`).
     open_files: std::sync::atomic::AtomicUsize,
-    dirs: DashMap<u64, Arc<Vec<DirEntry>>>,
+    dirs: DashMap<u64, DirSnapshot>,
+    /// Set when the kernel cannot be told to keep directory listings safely (see
+    /// `keeps_listings`).
+    listings_unkept: std::sync::atomic::AtomicBool,
     next_handle: AtomicU64,
     options: CoreOptions,
     metrics: Arc<Metrics>,
@@ -211,6 +251,7 @@ impl FsCore {
             open_files: std::sync::atomic::AtomicUsize::new(0),
             measured_status: Mutex::new(std::collections::HashMap::new()),
             dirs: DashMap::new(),
+            listings_unkept: Default::default(),
             next_handle: AtomicU64::new(1),
             options,
             metrics,
@@ -289,6 +330,18 @@ impl FsCore {
     /// How long the kernel may keep an inode's attributes.
     pub fn attr_ttl(&self) -> std::time::Duration {
         self.kernel_ttl
+    }
+
+    /// Whether the kernel may keep directory listings across opens. It drops one when
+    /// the directory's mtime moves, which needs it to refresh attributes before using
+    /// one (FUSE_AUTO_INVAL_DATA); and not at all with a zero `--kernel-cache-ttl`.
+    pub fn keeps_listings(&self) -> bool {
+        !self.kernel_ttl.is_zero() && !self.listings_unkept.load(Ordering::Relaxed)
+    }
+
+    /// The kernel lacks what keeping listings safely needs.
+    pub fn disable_kept_listings(&self) {
+        self.listings_unkept.store(true, Ordering::Relaxed);
     }
 
     /// The export queue, if writes are enabled.
@@ -464,16 +517,24 @@ impl FsCore {
 
     /// A handle on a snapshot of a listed directory's entries.
     fn open_listing(&self, dir: &Node) -> u64 {
-        let children: Vec<(String, Arc<Node>)> = {
+        let snapshot = self.snapshot(dir);
+        let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        self.dirs.insert(handle, snapshot);
+        handle
+    }
+
+    /// Directory `dir`'s entries now, with the version of its listing they are.
+    fn snapshot(&self, dir: &Node) -> DirSnapshot {
+        let (children, parent, version) = {
             let state = dir.state();
-            state
+            let children: Vec<(String, Ino)> = state
                 .children
                 .iter()
                 .flatten()
-                .filter_map(|(name, ino)| Some((name.clone(), self.inodes.get(*ino)?)))
-                .collect()
+                .map(|(name, ino)| (name.clone(), *ino))
+                .collect();
+            (children, state.parent, state.entries_version)
         };
-        let parent = dir.state().parent;
         let mut entries = Vec::with_capacity(children.len() + 2);
         entries.push(DirEntry {
             ino: dir.ino,
@@ -487,7 +548,10 @@ impl FsCore {
         });
         // No request per entry: readdir costs the listing, and an entry whose type needs
         // its metadata is reported as unknown.
-        for (name, node) in children {
+        for (name, ino) in children {
+            let Some(node) = self.inodes.get(ino) else {
+                continue;
+            };
             let kind = listed_kind(&node.state());
             entries.push(DirEntry {
                 ino: node.ino,
@@ -495,17 +559,45 @@ impl FsCore {
                 name,
             });
         }
-        let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        self.dirs.insert(handle, Arc::new(entries));
-        handle
+        DirSnapshot {
+            dir: dir.ino,
+            version,
+            entries: Arc::new(entries),
+        }
     }
 
-    /// The directory snapshot taken at opendir, so paging through it is stable.
-    pub fn readdir(&self, handle: u64) -> FsResult<Arc<Vec<DirEntry>>> {
-        self.dirs
+    /// The entries of directory handle `handle` from `offset` on, each with the offset
+    /// of the entry after it. Paging through a handle is stable (a snapshot); reading
+    /// from the start again (`rewinddir`, or the first read) takes a new snapshot if the
+    /// directory changed since. Offsets carry the snapshot's version, so the kernel,
+    /// which keeps a directory's listing (`FOPEN_CACHE_DIR`) and may continue one
+    /// handle's listing with another's pages, never joins two versions.
+    pub fn readdir(&self, handle: u64, offset: u64) -> FsResult<DirPage> {
+        let mut snapshot = self
+            .dirs
             .get(&handle)
             .map(|e| e.value().clone())
-            .ok_or(FsError::BadHandle)
+            .ok_or(FsError::BadHandle)?;
+        // From the start, the directory as it is now. Further on, an offset of another
+        // version than the handle's is another handle's, met in the kernel's kept
+        // listing: continue that version's pages if it is the current one.
+        let tag_of = |version: u64| version & DIR_VERSION_MASK;
+        let other = offset >> 32 != tag_of(snapshot.version);
+        if offset == 0 || other {
+            if let Some(dir) = self.inodes.get(snapshot.dir) {
+                let version = dir.state().entries_version;
+                let wanted = offset == 0 || offset >> 32 == tag_of(version);
+                if version != snapshot.version && wanted {
+                    snapshot = self.snapshot(&dir);
+                    self.dirs.insert(handle, snapshot.clone());
+                }
+            }
+        }
+        Ok(DirPage {
+            start: (offset & DIR_INDEX_MASK) as usize,
+            tag: tag_of(snapshot.version) << 32,
+            entries: snapshot.entries,
+        })
     }
 
     pub fn releasedir(&self, handle: u64) {
@@ -863,7 +955,11 @@ impl FsCore {
             perm: meta.perm(),
             uid: meta.uid,
             gid: meta.gid,
-            mtime: meta.mtime().or(last_modified).unwrap_or(self.mounted_at),
+            mtime: state
+                .entries_changed
+                .or(meta.mtime())
+                .or(last_modified)
+                .unwrap_or(self.mounted_at),
             nlink: if state.is_dir { 2 } else { 1 },
         }
     }

@@ -102,6 +102,11 @@ impl FsCore {
             // New entries have no metadata yet: the next stat that misses prefetches again.
             self.meta_prefetched.remove(&dir.ino);
         }
+        if !(report.added.is_empty() && report.removed.is_empty() && report.changed.is_empty()) {
+            // The directory's attributes (its mtime moved), so the kernel drops the
+            // listing it keeps before it next uses it.
+            self.invalidate_inode(dir.ino);
+        }
         for name in &report.added {
             self.invalidate_entry(dir.ino, name);
         }

@@ -20,12 +20,12 @@ impl Rig {
 
     async fn kinds(&self, dir: Ino) -> Vec<(String, Option<EntryKind>)> {
         let fh = self.core.opendir(ROOT, dir).await.unwrap();
-        let entries = self.core.readdir(fh).unwrap();
+        let entries = self.core.readdir(fh, 0).unwrap();
         self.core.releasedir(fh);
         entries
             .iter()
             .skip(2)
-            .map(|e| (e.name.clone(), e.kind))
+            .map(|(e, _)| (e.name.clone(), e.kind))
             .collect()
     }
 

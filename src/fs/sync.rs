@@ -317,6 +317,7 @@ impl FsCore {
                 {
                     self.inodes.remove_child(&dir, node_name);
                     self.invalidate_entry(*parent, node_name);
+                    self.invalidate_inode(*parent);
                     self.show_remote(&record.key, head);
                 }
             }
@@ -333,6 +334,7 @@ impl FsCore {
                         {
                             self.inodes.remove_child(&dir, &node_name);
                             self.invalidate_entry(parent, &node_name);
+                            self.invalidate_inode(parent);
                         }
                     }
                 }
@@ -508,6 +510,7 @@ impl FsCore {
             });
         }
         self.invalidate_entry(dir.ino, name);
+        self.invalidate_inode(dir.ino);
     }
 
     /// The lost+found directory's node, created at the mount root if needed (None until
@@ -540,6 +543,7 @@ impl FsCore {
                 staged: None,
             },
         );
+        self.invalidate_inode(ROOT_INO);
         Some(dir)
     }
 
@@ -566,6 +570,7 @@ impl FsCore {
             },
         );
         self.invalidate_entry(dir.ino, file_name);
+        self.invalidate_inode(dir.ino);
     }
 
     /// Who owns lost+found and its files: the mount's own identity (the access point's,

@@ -392,3 +392,42 @@ async fn the_mount_roots_own_attributes() {
     let again = rig_with(mem.clone(), |o| o.root_prefix = "p/".into());
     assert_eq!(shown(&again.core.getattr(ROOT_INO).await.unwrap()), want);
 }
+
+/// The kernel keeps a directory's listing while the directory's mtime stays the one it
+/// read the listing with: every change to the entries moves the mtime forward (here a
+/// poll's, a local create's, a local unlink's), a time set with utimens wins until the
+/// next change, and a poll that finds nothing new moves nothing.
+#[tokio::test]
+async fn a_directorys_mtime_moves_with_its_entries() {
+    let mem = Arc::new(MemoryStore::new());
+    mem.put("d/a", "1", &[]);
+    let r = rig(mem);
+    let dir = r.ino("d").await.unwrap();
+    let mtime = || async { r.core.getattr(dir).await.unwrap().mtime };
+    r.ino("d/a").await.unwrap();
+    let listed = mtime().await;
+    r.poll().await;
+    assert_eq!(mtime().await, listed, "nothing changed, nothing moves");
+
+    r.mem.put("d/b", "1", &[]);
+    r.poll().await;
+    let added = mtime().await;
+    assert!(added > listed, "{added:?} after {listed:?}");
+
+    let set = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    let change = SetAttr {
+        mtime: Some(set),
+        ..Default::default()
+    };
+    assert_eq!(r.core.setattr(ROOT, dir, change).await.unwrap().mtime, set);
+    assert_eq!(mtime().await, set);
+
+    let fh = r.write_file(dir, "c", b"c").await;
+    r.core.release(fh);
+    let created = mtime().await;
+    assert!(created > added, "{created:?} after {added:?}");
+
+    r.core.unlink(ROOT, dir, b"c").await.unwrap();
+    let unlinked = mtime().await;
+    assert!(unlinked > created, "{unlinked:?} after {created:?}");
+}

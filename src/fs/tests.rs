@@ -1,6 +1,7 @@
 //! Unit tests of the core against the in-memory store. The same behaviours are proven
 //! through a real mount and a real S3 server in tests/.
 
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -56,12 +57,12 @@ pub(super) fn core_in(
 
 pub(super) async fn names(core: &FsCore, ino: Ino) -> Vec<(String, Option<EntryKind>)> {
     let fh = core.opendir(ROOT, ino).await.unwrap();
-    let entries = core.readdir(fh).unwrap();
+    let entries = core.readdir(fh, 0).unwrap();
     core.releasedir(fh);
     entries
         .iter()
         .skip(2)
-        .map(|e| (e.name.clone(), e.kind))
+        .map(|(e, _)| (e.name.clone(), e.kind))
         .collect()
 }
 
@@ -283,12 +284,12 @@ async fn listed_directories_open_without_waiting() {
     assert_eq!(core.opendir_cached(d.ino), None, "not listed yet");
     let listed = names(&core, d.ino).await;
     let fh = core.opendir_cached(d.ino).expect("listed");
-    let entries = core.readdir(fh).unwrap();
+    let entries = core.readdir(fh, 0).unwrap();
     core.releasedir(fh);
     let cached: Vec<_> = entries
         .iter()
         .skip(2)
-        .map(|e| (e.name.clone(), e.kind))
+        .map(|(e, _)| (e.name.clone(), e.kind))
         .collect();
     assert_eq!(cached, listed);
     let a = core.lookup(ROOT, d.ino, b"a").await.unwrap();
@@ -482,7 +483,8 @@ impl KernelCache for Arc<Recorded> {
 
 /// The kernel keeps names and attributes long (`DEFAULT_KERNEL_TTL`) because every change
 /// a poll finds is pushed to it: new and deleted keys drop the name, a changed object its
-/// name (its type may have changed) and its attributes.
+/// name (its type may have changed) and its attributes, and the directory its attributes
+/// (its mtime moved, so the kernel drops the listing it keeps).
 #[tokio::test]
 async fn a_poll_invalidates_every_name_and_attribute_it_changes() {
     let store = Arc::new(MemoryStore::new());
@@ -506,6 +508,7 @@ async fn a_poll_invalidates_every_name_and_attribute_it_changes() {
     let mut seen = recorded.0.lock().unwrap().clone();
     seen.sort();
     let mut expected = vec![
+        format!("inode {dir}"),
         format!("entry {dir} new"),
         format!("entry {dir} gone"),
         format!("entry {dir} changed"),
@@ -532,4 +535,60 @@ fn names_are_kept_briefly_only_when_the_daemon_checks_permissions() {
     let checked = core_with(store, "", Some(Identity::new(1000, 1000)));
     assert_eq!(checked.entry_ttl(), Duration::from_secs(1));
     assert_eq!(checked.attr_ttl(), DEFAULT_KERNEL_TTL);
+}
+
+/// A directory handle pages through one snapshot, so entries that did not change are
+/// each read once however the directory changes meanwhile; reading from the start again
+/// takes the directory as it is now. Offsets carry the snapshot's version.
+#[tokio::test]
+async fn readdir_rereads_a_changed_directory_only_from_the_start() {
+    let store = Arc::new(MemoryStore::new());
+    for name in ["a", "b", "c"] {
+        store.put(&format!("d/{name}"), "1", &[]);
+    }
+    let core = core_with(store.clone(), "", None);
+    let dir = resolve(&core, "d").await.unwrap().ino;
+    let fh = core.opendir(ROOT, dir).await.unwrap();
+    let page = |offset| -> Vec<(String, u64)> {
+        core.readdir(fh, offset)
+            .unwrap()
+            .iter()
+            .map(|(e, next)| (e.name.clone(), next))
+            .collect()
+    };
+    let first = page(0);
+    let listed: Vec<&str> = first.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(listed, [".", "..", "a", "b", "c"]);
+
+    let other = core.opendir(ROOT, dir).await.unwrap();
+    store.put("d/0", "1", &[]);
+    let poller: Arc<dyn crate::store::ObjectStore> = store.clone();
+    core.poll_once(&poller).await;
+    // Paging on from "a" (the offset after ".."): the snapshot, so nothing is skipped.
+    let rest: Vec<String> = page(first[1].1).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(rest, ["a", "b", "c"]);
+
+    let again = page(0);
+    let relisted: Vec<&str> = again.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(relisted, [".", "..", "0", "a", "b", "c"]);
+    let (old_offsets, new_offsets): (HashSet<u64>, HashSet<u64>) = (
+        first.iter().map(|(_, o)| *o).collect(),
+        again.iter().map(|(_, o)| *o).collect(),
+    );
+    assert!(
+        old_offsets.is_disjoint(&new_offsets),
+        "{old_offsets:?} {new_offsets:?}"
+    );
+    // A handle opened before the change, asked to continue the new version's pages
+    // after "0" (as the kernel does from a listing it keeps): the new version, so "a"
+    // is not skipped.
+    let continued: Vec<String> = core
+        .readdir(other, again[2].1)
+        .unwrap()
+        .iter()
+        .map(|(e, _)| e.name.clone())
+        .collect();
+    assert_eq!(continued, ["a", "b", "c"]);
+    core.releasedir(other);
+    core.releasedir(fh);
 }

@@ -385,7 +385,7 @@ pub(crate) async fn snapshot(core: &FsCore) -> (BTreeMap<String, Snap>, Vec<(Str
     while let Some((ino, path)) = dirs.pop() {
         let entries = match core.opendir(ROOT, ino).await {
             Ok(fh) => {
-                let entries = core.readdir(fh).map(|e| e.to_vec()).unwrap_or_default();
+                let entries = core.readdir(fh, 0).map(|e| e.to_vec()).unwrap_or_default();
                 core.releasedir(fh);
                 entries
             }
@@ -481,7 +481,7 @@ pub(crate) async fn read_lost(core: &FsCore, dir: Ino) -> Vec<(String, Vec<u8>)>
     let Ok(fh) = core.opendir(ROOT, dir).await else {
         return vec![("<lost+found opendir failed>".into(), Vec::new())];
     };
-    let entries = core.readdir(fh).map(|e| e.to_vec()).unwrap_or_default();
+    let entries = core.readdir(fh, 0).map(|e| e.to_vec()).unwrap_or_default();
     core.releasedir(fh);
     for entry in entries.iter().skip(2) {
         let Ok(attr) = core.lookup(ROOT, dir, entry.name.as_bytes()).await else {
