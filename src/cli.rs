@@ -186,9 +186,9 @@ pub struct MountArgs {
 
     /// Mount a bucket that does not have versioning enabled. S3 Files requires versioning
     /// so that data overwritten or deleted through the mount stays recoverable; without
-    /// this flag such a mount fails. For stores that have no versioning (benchmarks). On a
-    /// store that also ignores conditional writes (Garage), an export can overwrite
-    /// another writer's newer version of the same file undetected.
+    /// this flag such a mount fails. For stores that have no versioning (benchmarks).
+    /// Such stores may ignore conditional writes (Garage does), so each upload then reads
+    /// the key first to find another writer's version (one HeadObject per export).
     #[arg(long)]
     pub allow_unversioned: bool,
 

@@ -884,6 +884,9 @@ fn s3_options(config: &MountConfig) -> S3Options {
         endpoint_url: config.endpoint_url.clone(),
         region: config.region.clone(),
         force_path_style: config.force_path_style,
+        // Stores S3 Files cannot use (no versioning) may also ignore conditional writes
+        // (Garage): exports there check the key first (`export::check_destination`).
+        enforces_write_conditions: !config.allow_unversioned,
     }
 }
 

@@ -179,7 +179,9 @@ pub async fn export_once(
 /// Deletes and server-side copies cannot be made conditional on what the key holds, so
 /// the key is checked first: it must hold what this mount last saw there (`base_etag`;
 /// nothing, for a copy without one) or a version this mount wrote itself. Anything else
-/// is someone else's change, and the bucket wins (a conflict). None: go ahead.
+/// is someone else's change, and the bucket wins (a conflict). None: go ahead. On a
+/// store that does not enforce write conditions, uploads and metadata changes are
+/// checked the same way, since their condition would not catch it.
 async fn check_destination(
     store: &Arc<dyn ObjectStore>,
     record: &PendingExport,
@@ -188,16 +190,18 @@ async fn check_destination(
     let guarded = match record.kind {
         ExportKind::Copy => true,
         ExportKind::Delete => record.base_etag.is_some(),
-        _ => false,
+        ExportKind::Upload | ExportKind::Metadata => !store.enforces_write_conditions(),
+        ExportKind::Marker => false,
     };
     if !guarded {
         return None;
     }
     match store.head(&record.key).await {
         // Nothing there: a delete is harmless (and goes ahead, so a stale answer cannot
-        // leave the object behind); a copy onto a version someone deleted is a conflict.
+        // leave the object behind); a write onto a version someone deleted is a conflict
+        // (as a conditional write answers there).
         Err(StoreError::NotFound)
-            if record.kind == ExportKind::Copy && record.base_etag.is_some() =>
+            if record.kind != ExportKind::Delete && record.base_etag.is_some() =>
         {
             Some(Outcome::Conflict)
         }
@@ -369,6 +373,52 @@ mod tests {
         let conflict = export_once(&store, &rec, Some(&staged), "tok-2").await;
         assert_eq!(conflict, Outcome::Conflict);
         assert_eq!(&mem.body("f").unwrap()[..], b"theirs");
+    }
+
+    /// On a store that accepts writes whatever their condition (Garage), an upload still
+    /// finds another writer's version first and ends as a conflict (the bucket wins):
+    /// over a version based on one since replaced or deleted, and a new file over a key
+    /// someone else created. One based on what the key holds is written.
+    #[tokio::test]
+    async fn a_store_ignoring_write_conditions_still_finds_conflicts() {
+        let mem = Arc::new(MemoryStore::new());
+        mem.ignore_conditions(true);
+        let store: Arc<dyn ObjectStore> = mem.clone();
+        let dir = tempfile::tempdir().unwrap();
+        let staged = staging::Staging::open(dir.path())
+            .unwrap()
+            .create(1)
+            .unwrap();
+        staged.write_at(b"local bytes", 0).unwrap();
+        let upload = |key: &str, base: Option<&str>| record(key, ExportKind::Upload, base);
+
+        mem.put("f", "base", &[]);
+        let base = mem.head("f").await.unwrap().etag;
+        mem.put("f", "theirs", &[]);
+        let stale = upload("f", base.as_deref());
+        let outcome = export_once(&store, &stale, Some(&staged), "tok").await;
+        assert_eq!(outcome, Outcome::Conflict);
+        assert_eq!(&mem.body("f").unwrap()[..], b"theirs");
+
+        ObjectStore::delete(mem.as_ref(), "f").await.unwrap();
+        let outcome = export_once(&store, &stale, Some(&staged), "tok").await;
+        assert_eq!(outcome, Outcome::Conflict);
+        assert!(mem.body("f").is_none());
+
+        mem.put("g", "theirs", &[]);
+        let outcome = export_once(&store, &upload("g", None), Some(&staged), "tok").await;
+        assert_eq!(outcome, Outcome::Conflict);
+        assert_eq!(&mem.body("g").unwrap()[..], b"theirs");
+
+        mem.put("h", "base", &[]);
+        let base = mem.head("h").await.unwrap().etag;
+        let current = upload("h", base.as_deref());
+        let outcome = export_once(&store, &current, Some(&staged), "tok").await;
+        assert!(
+            matches!(outcome, Outcome::Done { size: 11, .. }),
+            "{outcome:?}"
+        );
+        assert_eq!(&mem.body("h").unwrap()[..], b"local bytes");
     }
 
     #[tokio::test]

@@ -49,6 +49,9 @@ pub struct MemoryStore {
     pub requests: RequestCounts,
     /// While set, HeadObject answers 503 (a store that is failing).
     failing_heads: std::sync::atomic::AtomicBool,
+    /// While set, writes ignore their `WriteCondition` and the store says so (as Garage
+    /// accepts any PutObject).
+    ignoring_conditions: std::sync::atomic::AtomicBool,
 }
 
 impl MemoryStore {
@@ -57,6 +60,11 @@ impl MemoryStore {
             default_page_size: 1000,
             ..Default::default()
         }
+    }
+
+    /// Makes writes ignore their conditions, as Garage does (or honour them again).
+    pub fn ignore_conditions(&self, ignore: bool) {
+        self.ignoring_conditions.store(ignore, Ordering::Relaxed);
     }
 
     /// Makes HeadObject fail with a 503 (or work again).
@@ -104,6 +112,7 @@ impl MemoryStore {
         let mut objects = self.lock();
         let current = objects.get(key).map(|o| o.etag.clone());
         let allowed = match condition {
+            _ if self.ignoring_conditions.load(Ordering::Relaxed) => true,
             WriteCondition::None => true,
             WriteCondition::IfAbsent => current.is_none(),
             WriteCondition::IfMatch(etag) => current.as_deref() == Some(etag.as_str()),
@@ -134,6 +143,10 @@ impl MemoryStore {
 
 #[async_trait]
 impl ObjectStore for MemoryStore {
+    fn enforces_write_conditions(&self) -> bool {
+        !self.ignoring_conditions.load(Ordering::Relaxed)
+    }
+
     async fn list_page(
         &self,
         prefix: &str,

@@ -109,6 +109,14 @@ pub type UserMetadata = HashMap<String, String>;
 
 #[async_trait]
 pub trait ObjectStore: Send + Sync + 'static {
+    /// Whether a write with a `WriteCondition` that does not hold is refused
+    /// (`PreconditionFailed`), as S3 does. Where it may not be, exports read the key
+    /// first, so another writer's version is found before it would be overwritten
+    /// (except by a write landing between that read and the write).
+    fn enforces_write_conditions(&self) -> bool {
+        true
+    }
+
     /// One page of ListObjectsV2 under `prefix` with delimiter `/`.
     async fn list_page(
         &self,

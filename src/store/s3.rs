@@ -42,12 +42,16 @@ pub struct S3Options {
     pub endpoint_url: Option<String>,
     pub region: Option<String>,
     pub force_path_style: bool,
+    /// Whether the store refuses a PutObject whose `If-Match`/`If-None-Match` does not
+    /// hold (S3, MinIO, moto do; Garage accepts it regardless).
+    pub enforces_write_conditions: bool,
 }
 
 pub struct S3Store {
     client: Client,
     bucket: String,
     metrics: Arc<Metrics>,
+    enforces_write_conditions: bool,
 }
 
 impl S3Store {
@@ -85,6 +89,7 @@ impl S3Store {
             client: Client::from_conf(builder.build()),
             bucket: options.bucket.clone(),
             metrics,
+            enforces_write_conditions: options.enforces_write_conditions,
         })
     }
 }
@@ -175,6 +180,10 @@ pub enum Versioning {
 
 #[async_trait]
 impl ObjectStore for S3Store {
+    fn enforces_write_conditions(&self) -> bool {
+        self.enforces_write_conditions
+    }
+
     async fn list_page(
         &self,
         prefix: &str,
