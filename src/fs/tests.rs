@@ -453,6 +453,39 @@ async fn import_rules_choose_what_is_imported_and_when() {
     assert_eq!(core.cached_bytes(&node), Some((3 << 20, 3 << 20)));
 }
 
+/// A sequential reader that opened a file while its import on open ran, and reads on
+/// once the import is done, is served from the cache: no stream repeats the import's
+/// GETs. (Under load a reader can fall that far behind; this makes sure it has.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_behind_a_finished_import_reads_the_cache() {
+    use crate::import_rules::{ImportRule, ImportRules, Trigger};
+    let store = Arc::new(MemoryStore::new());
+    store.put("lazy/multi.bin", vec![b'x'; 3 << 20], &[]);
+    let rules = ImportRules::new(vec![
+        ImportRule::root(0),
+        ImportRule {
+            prefix: "lazy/".into(),
+            trigger: Trigger::OnFileAccess,
+            size_less_than: 4 << 20,
+        },
+    ])
+    .unwrap();
+    let core = core_with(store.clone(), "", None).with_import_rules(rules);
+    let gets = || store.requests.get.load(Ordering::Relaxed);
+    let metrics = core.metrics_handle();
+    let multi = resolve(&core, "lazy/multi.bin").await.unwrap();
+    let (fh, _) = core.open(ROOT, multi.ino, false, false).await.unwrap();
+    settle(&metrics.open_imports, 1).await;
+    assert_eq!(gets(), 12, "one GET per 256 KiB block");
+    let mut offset = 0u64;
+    while offset < 3 << 20 {
+        offset += core.read(fh, offset, 128 << 10).await.unwrap().len() as u64;
+    }
+    core.release(fh);
+    assert_eq!(gets(), 12, "the reader fetched nothing");
+    assert_eq!(metrics.streams.load(Ordering::Relaxed), 0);
+}
+
 /// A name longer than 255 bytes is ENAMETOOLONG, for a new entry and for a lookup, as a
 /// local file system answers (the kernel passes FUSE names up to 1,024 bytes on).
 #[tokio::test]
