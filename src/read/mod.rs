@@ -176,8 +176,13 @@ impl ObjectReader {
         }
         if state.stream.is_none() {
             // While an import on open fetches this version into the cache, reading it
-            // through cache blocks shares the import's GETs; a stream would repeat them.
-            if state.run < STREAM_AFTER || self.fetcher.is_importing(&self.version.object) {
+            // through cache blocks shares the import's GETs; a stream would repeat them,
+            // as it would once the import is done (it may end between this read's look
+            // in the cache and here).
+            if state.run < STREAM_AFTER
+                || self.fetcher.is_importing(&self.version.object)
+                || self.fetcher.is_cached(&self.version)
+            {
                 return None;
             }
             state.stream = Some(Stream::new(offset));
@@ -367,6 +372,31 @@ mod tests {
             );
         }
         assert_eq!(s.gets(), 4);
+    }
+
+    /// A sequential reader whose look in the cache missed just before an import on open
+    /// finished (the import's mark gone, every block cached) does not start a stream,
+    /// which would fetch again what the import just did.
+    #[tokio::test]
+    async fn a_read_racing_a_finished_import_does_not_stream() {
+        let s = setup();
+        let body = data(3 << 20);
+        let r = s.reader(&body).await;
+        {
+            let _mark = s.fetcher.mark_importing(&r.version);
+            s.fetcher.import_blocks(&r.version).await.unwrap();
+        }
+        let gets = s.gets();
+        r.lock().run = STREAM_AFTER;
+        assert!(r
+            .plan_stream(STREAM_AFTER, STREAM_AFTER + (128 << 10))
+            .is_none());
+        assert_eq!(s.metric(|m| &m.streams), 0);
+        assert_eq!(
+            &r.read(STREAM_AFTER, 128 << 10).await.unwrap()[..],
+            &body[1 << 20..(1 << 20) + (128 << 10)]
+        );
+        assert_eq!(s.gets(), gets, "nothing fetched again");
     }
 
     #[tokio::test]
