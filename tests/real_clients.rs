@@ -1,7 +1,8 @@
 //! Real clients on a real mount (a whole bucket, and below a prefix; 1 s write-back):
 //! `cp -a` of a source tree, SQLite in WAL and rollback-journal modes, a zip archive
 //! written, tested and unpacked, atomic saves, sparse files and truncation, a shared
-//! mapping, two appenders, a file used after its unlink, symlinks and FIFOs. Each client
+//! mapping, two appenders, a file used after its unlink, symlinks and FIFOs, and git's
+//! test of whether directory mtimes move as its untracked cache needs. Each client
 //! checks its own results; then `s3files sync` must succeed and every regular file must
 //! be in the bucket with the mount's bytes (read with an independent client), and the
 //! daemon must exit cleanly with no failed export in its log.
@@ -189,6 +190,14 @@ fn clients_leave_the_bucket_equal_to_the_mount(source: &str, prefix: &str) {
     run(&root, "cp", &["-a", from, copy]);
     run(&root, "diff", &["-r", from, copy]);
     run(&root, "python3", &["-c", CLIENTS, root.to_str().unwrap()]);
+    // git's untracked cache skips directories whose mtime did not move; it is only
+    // usable where adding and removing entries moves it, which this checks.
+    run(&root, "git", &["init", "-q", "git-repo"]);
+    run(
+        &root.join("git-repo"),
+        "git",
+        &["update-index", "--test-untracked-cache"],
+    );
 
     sync(&root, Duration::from_secs(60)).unwrap();
     let objects = server.list_all("clients");
