@@ -175,6 +175,14 @@ pub struct MergeReport {
     pub dropped_staged: Vec<u64>,
 }
 
+impl MergeReport {
+    /// Whether the directory's listing changed: an entry added or removed, or an
+    /// object changed (which may have changed its type, which the listing shows).
+    pub fn changes_listing(&self) -> bool {
+        !(self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty())
+    }
+}
+
 #[derive(Debug)]
 pub struct InodeTable {
     nodes: RwLock<HashMap<Ino, Arc<Node>>>,
@@ -422,8 +430,7 @@ impl InodeTable {
             children.insert(name.clone(), ino);
             report.added.push(name);
         }
-        if !(report.added.is_empty() && report.removed.is_empty() && report.changed.is_empty()) {
-            // A changed object may have changed type, which the listing shows.
+        if report.changes_listing() {
             state.touch_entries();
         }
         drop(state);

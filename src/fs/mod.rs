@@ -278,6 +278,13 @@ impl FsCore {
         }
     }
 
+    /// An entry of `dir` changed behind the kernel's back: its name, and the directory's
+    /// attributes (its mtime moved), so the kernel drops the listing it keeps too.
+    fn invalidate_entry_in_listing(&self, dir: Ino, name: &str) {
+        self.invalidate_entry(dir, name);
+        self.invalidate_inode(dir);
+    }
+
     fn invalidate_inode(&self, ino: Ino) {
         crate::lock_order::assert_unlocked("a kernel notification");
         if let Some(kernel) = self.kernel.get() {

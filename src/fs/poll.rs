@@ -102,7 +102,7 @@ impl FsCore {
             // New entries have no metadata yet: the next stat that misses prefetches again.
             self.meta_prefetched.remove(&dir.ino);
         }
-        if !(report.added.is_empty() && report.removed.is_empty() && report.changed.is_empty()) {
+        if report.changes_listing() {
             // The directory's attributes (its mtime moved), so the kernel drops the
             // listing it keeps before it next uses it.
             self.invalidate_inode(dir.ino);

@@ -316,8 +316,7 @@ impl FsCore {
                     .is_some_and(|c| c.ino == node.ino)
                 {
                     self.inodes.remove_child(&dir, node_name);
-                    self.invalidate_entry(*parent, node_name);
-                    self.invalidate_inode(*parent);
+                    self.invalidate_entry_in_listing(*parent, node_name);
                     self.show_remote(&record.key, head);
                 }
             }
@@ -333,8 +332,7 @@ impl FsCore {
                             .is_some_and(|c| c.ino == node.ino)
                         {
                             self.inodes.remove_child(&dir, &node_name);
-                            self.invalidate_entry(parent, &node_name);
-                            self.invalidate_inode(parent);
+                            self.invalidate_entry_in_listing(parent, &node_name);
                         }
                     }
                 }
@@ -509,8 +507,7 @@ impl FsCore {
                 last_modified: head.last_modified,
             });
         }
-        self.invalidate_entry(dir.ino, name);
-        self.invalidate_inode(dir.ino);
+        self.invalidate_entry_in_listing(dir.ino, name);
     }
 
     /// The lost+found directory's node, created at the mount root if needed (None until
@@ -569,8 +566,7 @@ impl FsCore {
                 staged: Some(staged),
             },
         );
-        self.invalidate_entry(dir.ino, file_name);
-        self.invalidate_inode(dir.ino);
+        self.invalidate_entry_in_listing(dir.ino, file_name);
     }
 
     /// Who owns lost+found and its files: the mount's own identity (the access point's,
