@@ -4,6 +4,7 @@
 //! records, timers and the export loop; `crate::fs::sync` ties results to the namespace.
 
 pub mod failure;
+mod file_pool;
 pub mod journal;
 pub mod lost_found;
 pub mod queue;

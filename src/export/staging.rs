@@ -14,11 +14,15 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use super::file_pool::FilePool;
 use crate::local_state::DIR_MODE;
 
 #[derive(Debug)]
 pub struct Staging {
     dir: PathBuf,
+    /// Empty files made ahead of time, so a create on a request does not allocate an
+    /// inode itself.
+    pool: FilePool,
 }
 
 impl Staging {
@@ -29,7 +33,8 @@ impl Staging {
             .recursive(true)
             .mode(DIR_MODE)
             .create(&dir)?;
-        Ok(Staging { dir })
+        let pool = FilePool::new(dir.clone());
+        Ok(Staging { dir, pool })
     }
 
     pub fn path(&self, id: u64) -> PathBuf {
@@ -39,7 +44,10 @@ impl Staging {
     /// Creates (or truncates) the staging file for `id`.
     pub fn create(&self, id: u64) -> std::io::Result<StagedFile> {
         let path = self.path(id);
-        let file = crate::local_state::create_private(&path)?;
+        let file = match self.pool.take(&path) {
+            Some(file) => file,
+            None => crate::local_state::create_private(&path)?,
+        };
         Ok(StagedFile::new(path, Some(file), 0))
     }
 
