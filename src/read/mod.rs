@@ -171,8 +171,16 @@ impl ObjectReader {
     fn plan_stream(&self, offset: u64, end: u64) -> Option<Vec<(Range<u64>, fetch::Fetch)>> {
         let mut state = self.lock();
         note_sequential(&mut state, offset, end);
-        if state.stream.as_ref().is_some_and(|s| !s.accepts(offset)) {
-            state.stream = None;
+        if let Some(stream) = &state.stream {
+            if stream.is_behind(offset) {
+                // Still sequential (else the stream would be gone), so a straggler of
+                // the kernel's read-ahead, whose reads may be answered out of order:
+                // read through cache blocks, and leave the stream to the reads ahead.
+                return None;
+            }
+            if !stream.accepts(offset) {
+                state.stream = None;
+            }
         }
         if state.stream.is_none() {
             // While an import on open fetches this version into the cache, reading it
@@ -346,6 +354,43 @@ mod tests {
         assert!(bytes <= STREAM_AFTER + BLOCK_SIZE, "{bytes} cached");
         drop(r);
         assert_eq!(s.budget.used(), 0, "budget released with the stream");
+    }
+
+    /// The kernel's read-ahead sends several reads at once and they may be answered out
+    /// of order: a read just behind where the stream started is served from cache blocks
+    /// and leaves the stream alone (it used to end it and start a second one, fetching
+    /// again what the first had requested).
+    #[tokio::test]
+    async fn a_read_arriving_behind_the_streams_start_keeps_the_stream() {
+        let s = setup();
+        let body = data(24 << 20);
+        let r = s.reader(&body).await;
+        let piece = 128u32 << 10;
+        let check = |offset: u64, got: Bytes| {
+            let at = offset as usize;
+            assert_eq!(&got[..], &body[at..at + got.len()], "bytes at {offset}");
+        };
+        let mut offset = 0;
+        while offset < STREAM_AFTER {
+            check(offset, r.read(offset, piece).await.unwrap());
+            offset += u64::from(piece);
+        }
+        // The next two reads, answered in the wrong order.
+        let (behind, ahead) = (offset, offset + u64::from(piece));
+        check(ahead, r.read(ahead, piece).await.unwrap());
+        assert_eq!(s.metric(|m| &m.streams), 1, "the stream started");
+        check(behind, r.read(behind, piece).await.unwrap());
+        let mut offset = ahead + u64::from(piece);
+        while offset < body.len() as u64 {
+            check(offset, r.read(offset, piece).await.unwrap());
+            offset += u64::from(piece);
+        }
+        assert_eq!(s.metric(|m| &m.streams), 1, "one stream for one pass");
+        let fetched = s.metric(|m| &m.bytes_fetched);
+        assert!(
+            fetched <= (24 << 20) + BLOCK_SIZE,
+            "{fetched} bytes fetched"
+        );
     }
 
     #[tokio::test]

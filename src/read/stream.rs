@@ -129,11 +129,18 @@ impl Stream {
     /// Whether a read at `offset` continues this stream (within what it keeps behind and
     /// not too far past what it has requested).
     pub fn accepts(&self, offset: u64) -> bool {
-        let start = self
-            .chunks
+        offset >= self.start() && offset <= self.requested + FORWARD_SLACK
+    }
+
+    /// Whether `offset` lies before everything this stream holds or has requested.
+    pub fn is_behind(&self, offset: u64) -> bool {
+        offset < self.start()
+    }
+
+    fn start(&self) -> u64 {
+        self.chunks
             .front()
-            .map_or(self.requested, |c| c.range.start);
-        offset >= start && offset <= self.requested + FORWARD_SLACK
+            .map_or(self.requested, |c| c.range.start)
     }
 
     /// The chunk fetches covering [offset, end), after topping the window up ahead of
