@@ -355,6 +355,36 @@ mod tests {
         assert!(staging.ids().unwrap().is_empty());
     }
 
+    /// A create for an id whose file exists truncates that very file (readers holding it,
+    /// such as the kernel through passthrough, see the change), whether or not the file
+    /// pool has a ready file to offer.
+    #[test]
+    fn creating_an_existing_id_truncates_the_same_file() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let staging = Staging::open(dir.path()).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        for id in 1..=3 {
+            let f = staging.create(id).unwrap();
+            f.write_at(b"old bytes", 0).unwrap();
+        }
+        while staging.pool.ready() == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the pool never filled"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let before = std::fs::metadata(staging.path(2)).unwrap().ino();
+        let again = staging.create(2).unwrap();
+        assert_eq!(std::fs::metadata(staging.path(2)).unwrap().ino(), before);
+        assert_eq!(again.size(), 0);
+        assert_eq!(std::fs::read(staging.path(2)).unwrap(), b"");
+        let mut ids = staging.ids().unwrap();
+        ids.sort_unstable();
+        assert_eq!(ids, vec![1, 2, 3]);
+    }
+
     #[test]
     fn read_tokens_detect_changes() {
         let dir = tempfile::tempdir().unwrap();
