@@ -82,7 +82,9 @@ impl FilePool {
             Err(e)
                 if matches!(
                     e.raw_os_error(),
-                    Some(libc::ENOENT | libc::EXDEV | libc::EPERM | libc::EOPNOTSUPP)
+                    Some(
+                        libc::ENOENT | libc::EXDEV | libc::EPERM | libc::EACCES | libc::EOPNOTSUPP
+                    )
                 ) =>
             {
                 debug!("no file pool for staged files: {e}");
