@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::local_state::FILE_MODE;
 
@@ -87,7 +87,7 @@ impl FilePool {
                     )
                 ) =>
             {
-                debug!("no file pool for staged files: {e}");
+                info!("creates make their staging files themselves (no file pool here): {e}");
                 self.shared.close();
                 None
             }
@@ -178,7 +178,7 @@ impl Shared {
                     state.ready.push(file);
                 }
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR)) => {
-                    debug!("no file pool for staged files: {e}");
+                    info!("creates make their staging files themselves (no file pool here): {e}");
                     self.close();
                     return;
                 }
