@@ -335,6 +335,16 @@ mod tests {
         assert_eq!(user_metadata(&dir, "t")["file-permissions"], "0040755");
     }
 
+    /// A staged file holding `body`, in a staging area under `dir`.
+    fn staged(dir: &tempfile::TempDir, body: &[u8]) -> staging::StagedFile {
+        let staged = staging::Staging::open(dir.path())
+            .unwrap()
+            .create(1)
+            .unwrap();
+        staged.write_at(body, 0).unwrap();
+        staged
+    }
+
     fn record(key: &str, kind: ExportKind, base: Option<&str>) -> PendingExport {
         PendingExport {
             id: 1,
@@ -359,9 +369,7 @@ mod tests {
         let mem = Arc::new(MemoryStore::new());
         let store: Arc<dyn ObjectStore> = mem.clone();
         let dir = tempfile::tempdir().unwrap();
-        let staging = staging::Staging::open(dir.path()).unwrap();
-        let staged = staging.create(1).unwrap();
-        staged.write_at(b"local bytes", 0).unwrap();
+        let staged = staged(&dir, b"local bytes");
         let rec = record("f", ExportKind::Upload, None);
         let done = export_once(&store, &rec, Some(&staged), "tok-1").await;
         assert!(matches!(done, Outcome::Done { size: 11, .. }), "{done:?}");
@@ -386,11 +394,7 @@ mod tests {
         mem.ignore_conditions(true);
         let store: Arc<dyn ObjectStore> = mem.clone();
         let dir = tempfile::tempdir().unwrap();
-        let staged = staging::Staging::open(dir.path())
-            .unwrap()
-            .create(1)
-            .unwrap();
-        staged.write_at(b"local bytes", 0).unwrap();
+        let staged = staged(&dir, b"local bytes");
         let upload = |key: &str, base: Option<&str>| record(key, ExportKind::Upload, base);
 
         mem.put("f", "base", &[]);
@@ -427,14 +431,10 @@ mod tests {
         let mem = Arc::new(MemoryStore::new());
         let store: Arc<dyn ObjectStore> = mem.clone();
         let dir = tempfile::tempdir().unwrap();
-        let staged = staging::Staging::open(dir.path())
-            .unwrap()
-            .create(2)
-            .unwrap();
         let body: Vec<u8> = (0..(MULTIPART_THRESHOLD + 12345))
             .map(|i| (i % 251) as u8)
             .collect();
-        staged.write_at(&body, 0).unwrap();
+        let staged = staged(&dir, &body);
         let rec = record("big", ExportKind::Upload, None);
         let done = export_once(&store, &rec, Some(&staged), "t").await;
         assert!(matches!(done, Outcome::Done { .. }), "{done:?}");
