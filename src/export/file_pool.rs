@@ -87,14 +87,13 @@ impl FilePool {
                     )
                 ) =>
             {
-                info!("creates make their staging files themselves (no file pool here): {e}");
-                self.shared.close();
+                self.shared.turn_off(&e);
                 None
             }
             // The name exists (the caller truncates it), or the disk is full: the
             // file waits for the next create.
             Err(_) => {
-                self.shared.lock().ready.push(file);
+                self.shared.put(file);
                 None
             }
         }
@@ -116,6 +115,24 @@ impl FilePool {
     pub fn ready(&self) -> usize {
         self.shared.lock().ready.len()
     }
+
+    /// Waits (at most 10 s) until the thread has `n` files ready.
+    #[cfg(test)]
+    #[track_caller]
+    pub fn wait_ready(&self, n: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.ready() < n {
+            if std::time::Instant::now() >= deadline {
+                let state = self.shared.lock();
+                panic!(
+                    "the pool never filled: {} ready of {n}, closed: {}",
+                    state.ready.len(),
+                    state.closed
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
 }
 
 impl Drop for FilePool {
@@ -128,6 +145,30 @@ impl Drop for FilePool {
 impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// This file system cannot give files out this way: creates make their own from now
+    /// on, which the log says once.
+    fn turn_off(&self, why: &std::io::Error) {
+        info!("creates make their staging files themselves (no file pool here): {why}");
+        self.close();
+    }
+
+    /// Adds a ready file, unless the pool is closed or already full (a take gave a file
+    /// back while the thread added one); such a file is closed, with no lock held.
+    /// Returns whether the pool is still open.
+    fn put(&self, file: File) -> bool {
+        let (open, extra) = {
+            let mut state = self.lock();
+            if state.closed || state.ready.len() >= TARGET {
+                (!state.closed, Some(file))
+            } else {
+                state.ready.push(file);
+                (true, None)
+            }
+        };
+        drop(extra);
+        open
     }
 
     fn close(&self) {
@@ -171,15 +212,12 @@ impl Shared {
                 .open(&self.dir)
             {
                 Ok(file) => {
-                    let mut state = self.lock();
-                    if state.closed {
+                    if !self.put(file) {
                         return;
                     }
-                    state.ready.push(file);
                 }
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR)) => {
-                    info!("creates make their staging files themselves (no file pool here): {e}");
-                    self.close();
+                    self.turn_off(&e);
                     return;
                 }
                 Err(e) => {
@@ -224,32 +262,30 @@ mod tests {
     use super::*;
     use std::io::{Read, Write};
     use std::os::unix::fs::PermissionsExt;
-    use std::time::Instant;
-
-    fn wait_ready(pool: &FilePool, n: usize) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while pool.ready() < n {
-            assert!(Instant::now() < deadline, "the pool never filled");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
 
     #[test]
     fn takes_private_empty_files_and_never_replaces_a_name() {
         let dir = tempfile::tempdir().unwrap();
         let pool = FilePool::new(dir.path().to_path_buf());
-        let first = dir.path().join("first");
-        assert!(
-            pool.take(&first).is_none(),
-            "empty until the thread fills it"
-        );
-        wait_ready(&pool, TARGET);
+        // Started as the first take would, but with nothing taken, so that the thread
+        // fills the pool and then idles until takes bring it down to half. (Takes made
+        // while it still fills may leave it short of full yet above half, which by
+        // design waits for more takes: the steps below do not rely on that.)
+        pool.started.get_or_init(|| pool.start());
+        pool.wait_ready(TARGET);
         assert_eq!(
             std::fs::read_dir(dir.path()).unwrap().count(),
             0,
             "ready files have no name"
         );
 
+        let taken = dir.path().join("taken");
+        std::fs::write(&taken, b"theirs").unwrap();
+        assert!(pool.take(&taken).is_none(), "an existing name is kept");
+        assert_eq!(std::fs::read(&taken).unwrap(), b"theirs");
+        assert_eq!(pool.ready(), TARGET, "the file went back to the pool");
+
+        let first = dir.path().join("first");
         let mut file = pool.take(&first).expect("a ready file");
         file.write_all(b"bytes").unwrap();
         let mut read = String::new();
@@ -261,17 +297,15 @@ mod tests {
         let mode = std::fs::metadata(&first).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
 
-        let ready = pool.ready();
-        assert!(pool.take(&first).is_none(), "an existing name is kept");
-        assert_eq!(std::fs::read(&first).unwrap(), b"bytes");
-        assert_eq!(pool.ready(), ready, "the file went back to the pool");
-
-        // Taking half the pool wakes the thread, which fills it up again.
-        for i in 0..TARGET / 2 + 1 {
-            let name = dir.path().join(format!("f{i}"));
+        // Taking the pool down to half wakes the thread, which fills it up again.
+        let mut taken = 0;
+        while pool.ready() > TARGET / 2 {
+            assert!(taken < 10 * TARGET, "takes never brought the pool to half");
+            let name = dir.path().join(format!("f{taken}"));
             assert_eq!(pool.take(&name).unwrap().metadata().unwrap().len(), 0);
+            taken += 1;
         }
-        wait_ready(&pool, TARGET);
+        pool.wait_ready(TARGET);
     }
 
     #[test]
@@ -279,7 +313,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pool = FilePool::new(dir.path().to_path_buf());
         pool.take(&dir.path().join("x"));
-        wait_ready(&pool, 1);
+        pool.wait_ready(1);
         // A destination on another file system (or none) cannot be linked.
         assert!(pool.take(Path::new("/nonexistent-dir/x")).is_none());
         assert_eq!(pool.ready(), 0, "closed");
