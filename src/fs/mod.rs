@@ -53,9 +53,11 @@ pub const STATUS_XATTR: &str = "user.s3files.status";
 /// answers once it is in S3 (`s3files sync` uses it).
 pub const SYNC_XATTR: &str = "user.s3files.sync";
 /// How long a status text measured by a size-0 getxattr is kept for the caller's next
-/// call: far longer than the microseconds between a caller's two calls, short enough
-/// that a later read never sees an old text.
-const STATUS_REREAD: std::time::Duration = std::time::Duration::from_secs(1);
+/// call: far longer than the microseconds between a caller's two calls, even on a
+/// loaded machine (CI once took over a second), and short enough that a later read
+/// rarely sees an old text. Past it, a fresh text is answered if it fits the caller's
+/// buffer, and the measured one if it does not, so growth never makes the call fail.
+const STATUS_REREAD: std::time::Duration = std::time::Duration::from_secs(10);
 /// Objects no larger than this may be symlinks (a target is at most PATH_MAX bytes), and
 /// FIFOs and sockets have no body, so a listing alone cannot tell their type: readdir
 /// reports it as unknown (DT_UNKNOWN) until their metadata is known.
@@ -190,6 +192,8 @@ pub struct FsCore {
     /// Status texts whose length a size-0 getxattr just reported, by (inode, name), for
     /// the caller's next call (`getxattr_sized`).
     measured_status: Mutex<MeasuredStatus>,
+    /// `STATUS_REREAD`, which tests change to take the clock out of their outcome.
+    status_reread_ms: AtomicU64,
     /// Entries in `files` plus places reserved by opens under way (`reserve_handle`).
     open_files: std::sync::atomic::AtomicUsize,
     dirs: DashMap<u64, DirSnapshot>,
@@ -250,6 +254,7 @@ impl FsCore {
             files: DashMap::new(),
             open_files: std::sync::atomic::AtomicUsize::new(0),
             measured_status: Mutex::new(std::collections::HashMap::new()),
+            status_reread_ms: AtomicU64::new(STATUS_REREAD.as_millis() as u64),
             dirs: DashMap::new(),
             listings_unkept: Default::default(),
             next_handle: AtomicU64::new(1),
@@ -682,12 +687,19 @@ impl FsCore {
                 .measured_status
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .remove(&key);
+                .remove(&key)
+                .filter(|(_, text)| text.len() <= size as usize);
             return match measured {
-                Some((at, text)) if at.elapsed() < STATUS_REREAD && text.len() <= size as usize => {
-                    Ok(text)
+                Some((at, text)) if at.elapsed() < self.status_reread() => Ok(text),
+                Some((_, text)) => {
+                    let fresh = self.getxattr(ino, name).await?;
+                    Ok(if fresh.len() <= size as usize {
+                        fresh
+                    } else {
+                        text
+                    })
                 }
-                _ => self.getxattr(ino, name).await,
+                None => self.getxattr(ino, name).await,
             };
         }
         let text = self.getxattr(ino, name).await?;
@@ -695,9 +707,21 @@ impl FsCore {
             .measured_status
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        measured.retain(|_, (at, _)| at.elapsed() < STATUS_REREAD);
+        let keep = self.status_reread();
+        measured.retain(|_, (at, _)| at.elapsed() < keep);
         measured.insert(key, (std::time::Instant::now(), text.clone()));
         Ok(text)
+    }
+
+    /// Tests set how long a measured status is kept (`STATUS_REREAD`).
+    #[cfg(test)]
+    pub(crate) fn set_status_reread(&self, keep: std::time::Duration) {
+        self.status_reread_ms
+            .store(keep.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn status_reread(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.status_reread_ms.load(Ordering::Relaxed))
     }
 
     pub async fn setxattr(&self, ino: Ino, name: &[u8]) -> FsResult<()> {

@@ -456,6 +456,8 @@ async fn the_measured_status_is_what_the_next_call_gets() {
     let mem = Arc::new(MemoryStore::new());
     mem.put("f", "0123456789", &[]);
     let r = rig(mem, "");
+    // However slow the machine, the second call comes within the window.
+    r.core.set_status_reread(Duration::from_secs(3600));
     let ino = r.ino("f").await.unwrap();
     let name = b"user.s3files.status;1764442800";
     let measured = r.core.getxattr_sized(ino, name, 0, 7).await.unwrap();
@@ -478,6 +480,36 @@ async fn the_measured_status_is_what_the_next_call_gets() {
     assert_ne!(third, measured);
 }
 
+/// A second call that comes late (a stalled process) gets a fresh text if it fits the
+/// buffer, and the text it measured if the fresh one has outgrown it: never ERANGE.
+#[tokio::test]
+async fn a_late_second_call_gets_a_fresh_text_that_fits_or_the_measured_one() {
+    let mem = Arc::new(MemoryStore::new());
+    mem.put("f", "0123456789", &[]);
+    let r = rig(mem, "");
+    r.core.set_status_reread(Duration::ZERO);
+    let ino = r.ino("f").await.unwrap();
+    let name = b"user.s3files.status";
+    let measured = r.core.getxattr_sized(ino, name, 0, 7).await.unwrap();
+    r.read("f").await;
+    let fresh = r.core.getxattr(ino, name).await.unwrap();
+    assert!(
+        fresh.len() > measured.len(),
+        "the status did not grow; the test proves nothing"
+    );
+    let late = r
+        .core
+        .getxattr_sized(ino, name, measured.len() as u32, 7)
+        .await
+        .unwrap();
+    assert_eq!(late, measured);
+    // With room for the fresh text, the late call gets it.
+    r.core.getxattr_sized(ino, name, 0, 7).await.unwrap();
+    r.read("f").await;
+    let late = r.core.getxattr_sized(ino, name, 65536, 7).await.unwrap();
+    assert_eq!(late, r.core.getxattr(ino, name).await.unwrap());
+}
+
 /// Two processes reading one status at once: each gets the text it measured, not the
 /// other's (which may be longer than its buffer).
 #[tokio::test]
@@ -485,6 +517,7 @@ async fn each_caller_gets_the_status_it_measured() {
     let mem = Arc::new(MemoryStore::new());
     mem.put("f", "0123456789", &[]);
     let r = rig(mem, "");
+    r.core.set_status_reread(Duration::from_secs(3600));
     let ino = r.ino("f").await.unwrap();
     let name = b"user.s3files.status";
     let first = r.core.getxattr_sized(ino, name, 0, 100).await.unwrap();
