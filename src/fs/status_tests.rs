@@ -476,8 +476,13 @@ async fn the_measured_status_is_what_the_next_call_gets() {
     assert_eq!(second, measured);
     // Once answered, the next read is fresh again.
     let third = r.core.getxattr_sized(ino, name, 65536, 7).await.unwrap();
-    assert_eq!(third, r.core.getxattr(ino, name).await.unwrap());
-    assert_ne!(third, measured);
+    // Fresh: it counts the read. (The cache writer moves other counters in the
+    // background, so two texts are never compared whole.)
+    assert!(
+        String::from_utf8_lossy(&third).contains(" read=10;"),
+        "{}",
+        String::from_utf8_lossy(&third)
+    );
 }
 
 /// A second call that comes late (a stalled process) gets a fresh text if it fits the
@@ -507,7 +512,13 @@ async fn a_late_second_call_gets_a_fresh_text_that_fits_or_the_measured_one() {
     r.core.getxattr_sized(ino, name, 0, 7).await.unwrap();
     r.read("f").await;
     let late = r.core.getxattr_sized(ino, name, 65536, 7).await.unwrap();
-    assert_eq!(late, r.core.getxattr(ino, name).await.unwrap());
+    // Fresh: it counts the second read. (The cache writer moves other counters in the
+    // background, so two texts are never compared whole.)
+    assert!(
+        String::from_utf8_lossy(&late).contains(" read=20;"),
+        "{}",
+        String::from_utf8_lossy(&late)
+    );
 }
 
 /// Two processes reading one status at once: each gets the text it measured, not the
