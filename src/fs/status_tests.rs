@@ -449,16 +449,31 @@ async fn descendants_of_a_renamed_directory_can_be_path_too_long() {
     assert_eq!(field(&status, "state"), Some("synced"));
 }
 
+/// A core over a bucket holding one 10-byte file "f", which keeps a measured status
+/// for `keep`; and f's inode.
+async fn one_file_rig(keep: Duration) -> (Rig, Ino) {
+    let mem = Arc::new(MemoryStore::new());
+    mem.put("f", "0123456789", &[]);
+    let r = rig(mem, "");
+    r.core.set_status_reread(keep);
+    let ino = r.ino("f").await.unwrap();
+    (r, ino)
+}
+
+/// A status text made after `read` bytes were read: a fresh one, not a measured one.
+/// (The cache writer moves other counters in the background, so two texts are never
+/// compared whole.)
+fn assert_fresh(text: &[u8], read: u64) {
+    let text = String::from_utf8_lossy(text);
+    assert!(text.contains(&format!(" read={read};")), "{text}");
+}
+
 /// getfattr asks for the length first, then for the value: the counters in the status
 /// may have moved in between, and the second answer must still fit (no ERANGE).
 #[tokio::test]
 async fn the_measured_status_is_what_the_next_call_gets() {
-    let mem = Arc::new(MemoryStore::new());
-    mem.put("f", "0123456789", &[]);
-    let r = rig(mem, "");
     // However slow the machine, the second call comes within the window.
-    r.core.set_status_reread(Duration::from_secs(3600));
-    let ino = r.ino("f").await.unwrap();
+    let (r, ino) = one_file_rig(Duration::from_secs(3600)).await;
     let name = b"user.s3files.status;1764442800";
     let measured = r.core.getxattr_sized(ino, name, 0, 7).await.unwrap();
     // The mount works on: the status's counters grow.
@@ -476,24 +491,14 @@ async fn the_measured_status_is_what_the_next_call_gets() {
     assert_eq!(second, measured);
     // Once answered, the next read is fresh again.
     let third = r.core.getxattr_sized(ino, name, 65536, 7).await.unwrap();
-    // Fresh: it counts the read. (The cache writer moves other counters in the
-    // background, so two texts are never compared whole.)
-    assert!(
-        String::from_utf8_lossy(&third).contains(" read=10;"),
-        "{}",
-        String::from_utf8_lossy(&third)
-    );
+    assert_fresh(&third, 10);
 }
 
 /// A second call that comes late (a stalled process) gets a fresh text if it fits the
 /// buffer, and the text it measured if the fresh one has outgrown it: never ERANGE.
 #[tokio::test]
 async fn a_late_second_call_gets_a_fresh_text_that_fits_or_the_measured_one() {
-    let mem = Arc::new(MemoryStore::new());
-    mem.put("f", "0123456789", &[]);
-    let r = rig(mem, "");
-    r.core.set_status_reread(Duration::ZERO);
-    let ino = r.ino("f").await.unwrap();
+    let (r, ino) = one_file_rig(Duration::ZERO).await;
     let name = b"user.s3files.status";
     let measured = r.core.getxattr_sized(ino, name, 0, 7).await.unwrap();
     r.read("f").await;
@@ -512,24 +517,14 @@ async fn a_late_second_call_gets_a_fresh_text_that_fits_or_the_measured_one() {
     r.core.getxattr_sized(ino, name, 0, 7).await.unwrap();
     r.read("f").await;
     let late = r.core.getxattr_sized(ino, name, 65536, 7).await.unwrap();
-    // Fresh: it counts the second read. (The cache writer moves other counters in the
-    // background, so two texts are never compared whole.)
-    assert!(
-        String::from_utf8_lossy(&late).contains(" read=20;"),
-        "{}",
-        String::from_utf8_lossy(&late)
-    );
+    assert_fresh(&late, 20);
 }
 
 /// Two processes reading one status at once: each gets the text it measured, not the
 /// other's (which may be longer than its buffer).
 #[tokio::test]
 async fn each_caller_gets_the_status_it_measured() {
-    let mem = Arc::new(MemoryStore::new());
-    mem.put("f", "0123456789", &[]);
-    let r = rig(mem, "");
-    r.core.set_status_reread(Duration::from_secs(3600));
-    let ino = r.ino("f").await.unwrap();
+    let (r, ino) = one_file_rig(Duration::from_secs(3600)).await;
     let name = b"user.s3files.status";
     let first = r.core.getxattr_sized(ino, name, 0, 100).await.unwrap();
     r.read("f").await;
