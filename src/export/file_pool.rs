@@ -111,6 +111,11 @@ impl FilePool {
         }
     }
 
+    /// Ends the thread and closes the ready files now; later takes give nothing.
+    pub fn stop(&self) {
+        self.shared.close();
+    }
+
     #[cfg(test)]
     pub fn ready(&self) -> usize {
         self.shared.lock().ready.len()
@@ -306,6 +311,26 @@ mod tests {
             taken += 1;
         }
         pool.wait_ready(TARGET);
+    }
+
+    #[test]
+    fn a_stopped_pool_ends_its_thread_and_closes_its_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = FilePool::new(dir.path().to_path_buf());
+        pool.take(&dir.path().join("x"));
+        pool.wait_ready(1);
+        pool.stop();
+        assert_eq!(pool.ready(), 0);
+        assert!(pool.take(&dir.path().join("y")).is_none());
+        // The thread holds the only other reference to the shared state.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while Arc::strong_count(&pool.shared) > 1 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the thread did not end"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     #[test]

@@ -174,6 +174,11 @@ pub struct ExportQueue {
 }
 
 impl ExportQueue {
+    /// Ends the queue's own threads (the staging file pool) without flushing anything.
+    pub fn halt(&self) {
+        self.staging.stop_pool();
+    }
+
     /// Opens the journal and staging area and reloads every pending record.
     pub fn open(options: &QueueOptions) -> std::io::Result<Self> {
         let journal = ExportJournal::open(&options.cache_dir)?;

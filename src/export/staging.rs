@@ -56,6 +56,11 @@ impl Staging {
         StagedFile::open_path(&self.path(id))
     }
 
+    /// Ends the file pool's thread (creates then make their own files).
+    pub fn stop_pool(&self) {
+        self.pool.stop();
+    }
+
     pub fn remove(&self, id: u64) {
         let _ = std::fs::remove_file(self.path(id));
     }

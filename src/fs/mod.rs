@@ -745,6 +745,16 @@ impl FsCore {
         Err(FsError::NotSupported)
     }
 
+    /// Ends the core's own threads (the staging file pool) without flushing or writing
+    /// anything, as a crash would; the core still answers (creates make their files
+    /// directly). For in-process crash simulations, which then forget the core rather
+    /// than drop it: without this each would leave a thread and its files open.
+    pub fn halt(&self) {
+        if let Some(queue) = &self.queue {
+            queue.halt();
+        }
+    }
+
     pub fn listxattr(&self, ino: Ino) -> FsResult<Vec<u8>> {
         self.node(ino)?;
         let mut names = STATUS_XATTR.as_bytes().to_vec();

@@ -102,7 +102,11 @@ impl System {
 
     /// SIGKILL: nothing is flushed or dropped cleanly; the tasks vanish with the runtime.
     pub(crate) fn crash(&mut self) {
-        std::mem::forget(self.core.take());
+        if let Some(core) = self.core.take() {
+            // A crash ends the daemon's threads too; forgetting the core would not.
+            core.halt();
+            std::mem::forget(core);
+        }
         drop(self.runtime.take());
         self.handles.clear();
         self.open();
