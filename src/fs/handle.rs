@@ -27,6 +27,8 @@ pub(super) struct OpenFile {
     pub(super) writable: bool,
     /// How the kernel serves it (`passthrough`); Direct if its backing was refused.
     pub(super) io: Mutex<IoMode>,
+    /// The node's `conflicts_lost` when the handle was opened.
+    pub(super) conflicts_lost: u32,
 }
 
 pub(super) enum HandleSource {
@@ -312,6 +314,7 @@ impl FsCore {
         // The handle holds the place now; `release` frees it.
         slot.0 = None;
         let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        let conflicts_lost = node.state().conflicts_lost;
         self.files.insert(
             handle,
             Arc::new(OpenFile {
@@ -319,6 +322,7 @@ impl FsCore {
                 source,
                 writable,
                 io: Mutex::new(io),
+                conflicts_lost,
             }),
         );
         Ok(handle)
@@ -359,7 +363,16 @@ impl FsCore {
         offset: u64,
         len: u32,
     ) -> Option<FsResult<Bytes>> {
-        let current = file.node.state().sync.staged().cloned();
+        let (current, lost) = {
+            let state = file.node.state();
+            (state.sync.staged().cloned(), state.conflicts_lost)
+        };
+        if lost != file.conflicts_lost {
+            // Opened on the object, the handle then saw the local bytes of a change made
+            // here (as on a local disk: one file), and those lost a conflict: it must not
+            // go back to an older version, nor on to the bucket's.
+            return Some(Err(FsError::Io));
+        }
         let staged = match (current, &file.source) {
             // A handle opened on local bytes reads only those: if the node now has
             // others, its own went away (the bucket won) and it must not switch.

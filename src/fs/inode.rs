@@ -85,6 +85,9 @@ pub struct NodeState {
     /// change to `children` moves both (`touch_entries`).
     pub entries_changed: Option<SystemTime>,
     pub entries_version: u64,
+    /// How many times this file's local bytes lost a conflict: a handle opened before
+    /// the last time viewed bytes that are gone, and never reads another version.
+    pub conflicts_lost: u32,
 }
 
 impl NodeState {
@@ -112,6 +115,7 @@ impl NodeState {
             io: Default::default(),
             entries_changed: None,
             entries_version: 0,
+            conflicts_lost: 0,
         }
     }
 

@@ -288,6 +288,7 @@ impl FsCore {
             if state.sync.pending().map(|c| c.id) == Some(id) {
                 state.sync = SyncLife::Remote;
                 state.symlink_target = None;
+                state.conflicts_lost += 1;
                 match &head {
                     // The kernel keeps this inode's open handles passed through to the
                     // bytes just kept in lost+found, and would refuse any other bytes for
@@ -641,17 +642,21 @@ impl FsCore {
             .filter(|p| p.ino.is_none() && direct_child(&prefix, &p.record.key).is_some())
             .collect();
         mine.sort_by_key(|p| p.record.id);
+        // Names a change of this mount puts something at: a pending delete there (of
+        // either kind: a file moved onto the name of a directory moved away) does not
+        // hide them, whatever order the records came in.
+        let written: HashSet<String> = mine
+            .iter()
+            .filter(|p| p.record.kind != ExportKind::Delete)
+            .filter_map(|p| direct_child(&prefix, &p.record.key))
+            .map(|(name, _)| name.to_string())
+            .collect();
         for p in mine {
             let Some((name, is_dir)) = direct_child(&prefix, &p.record.key) else {
                 continue;
             };
             if p.record.kind == ExportKind::Delete {
-                // Hidden, unless a change of this mount puts something there again.
-                let rewritten = queue
-                    .under(&p.record.key)
-                    .iter()
-                    .any(|q| q.record.key == p.record.key && q.record.kind != ExportKind::Delete);
-                if !rewritten {
+                if !written.contains(name) {
                     self.inodes.remove_child(dir, name);
                 }
                 continue;
@@ -662,7 +667,13 @@ impl FsCore {
                 staged: p.staged.clone(),
                 source: None,
             };
-            let node = match self.inodes.child(dir, name) {
+            // The listed entry of the other kind (the bucket still has the directory
+            // this file's name was taken from) gives way to a new node.
+            let listed = self
+                .inodes
+                .child(dir, name)
+                .filter(|node| node.state().key == p.record.key);
+            let node = match listed {
                 Some(node) => {
                     let mut state = node.state();
                     state.meta = Some(change.meta);
