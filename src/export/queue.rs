@@ -581,13 +581,15 @@ impl ExportQueue {
     /// name): they were recorded before, and the new record replaces what they would
     /// delete. Returns the version they would have deleted (the new record's base: what
     /// this mount last saw at the key), if there was one. Running ones stay (the new
-    /// record waits for them: one key, in order) and give no base; so do deletes still
-    /// waiting for a rename's copy that reads `key` (the new record must not overwrite
-    /// the copy's source before it ran: the copy would find its source changed and
-    /// report a conflict that is none), unless that copy is the new record itself (a
-    /// rename back). Call after the new record (`id`) is journaled, so a crash never
+    /// record waits for them: one key, in order) and give no base. With `fresh` (a new
+    /// record, whose id is the newest), so do deletes still waiting for a rename's copy
+    /// that reads `key`: the new record must not overwrite the copy's source before the
+    /// copy ran, which would then find its source changed and report a conflict that is
+    /// none. (A record moved here by a rename may be older than such a delete, so it
+    /// could not wait behind it by key order; that case is still open, see
+    /// docs/ARCHITECTURE.md.) Call after the new record is journaled, so a crash never
     /// loses both.
-    pub fn supersede_deletes(&self, key: &str, id: u64) -> Option<Option<String>> {
+    pub fn supersede_deletes(&self, key: &str, fresh: bool) -> Option<Option<String>> {
         let superseded: Vec<(u64, Option<String>)> = {
             let records = self.records.lock();
             let schedule = self.schedule.lock();
@@ -600,9 +602,11 @@ impl ExportQueue {
                 .filter(|q| q.record.kind == ExportKind::Delete)
                 .filter(|q| !matches!(schedule.state(q.record.id), Some((SlotState::Exporting, _))))
                 .filter(|q| {
-                    let copy = q.record.after.filter(|&copy| copy != id);
-                    copy.and_then(|copy| records.by_id.get(&copy))
-                        .is_none_or(|copy| copy.record.copy_from.as_deref() != Some(key))
+                    !fresh
+                        || q.record
+                            .after
+                            .and_then(|copy| records.by_id.get(&copy))
+                            .is_none_or(|copy| copy.record.copy_from.as_deref() != Some(key))
                 })
                 .map(|q| (q.record.id, q.record.base_etag.clone()))
                 .collect()
