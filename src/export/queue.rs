@@ -590,10 +590,10 @@ impl ExportQueue {
     /// docs/ARCHITECTURE.md.) Call after the new record is journaled, so a crash never
     /// loses both.
     pub fn supersede_deletes(&self, key: &str, fresh: bool) -> Option<Option<String>> {
-        let superseded: Vec<(u64, Option<String>)> = {
+        let (superseded, waits_for_copy) = {
             let records = self.records.lock();
             let schedule = self.schedule.lock();
-            records
+            let deletes: Vec<&Queued> = records
                 .by_key
                 .get(key)
                 .into_iter()
@@ -601,20 +601,29 @@ impl ExportQueue {
                 .filter_map(|id| records.by_id.get(id))
                 .filter(|q| q.record.kind == ExportKind::Delete)
                 .filter(|q| !matches!(schedule.state(q.record.id), Some((SlotState::Exporting, _))))
-                .filter(|q| {
-                    !fresh
-                        || q.record
-                            .after
-                            .and_then(|copy| records.by_id.get(&copy))
-                            .is_none_or(|copy| copy.record.copy_from.as_deref() != Some(key))
-                })
+                .collect();
+            let reads_key = |q: &Queued| {
+                q.record
+                    .after
+                    .and_then(|copy| records.by_id.get(&copy))
+                    .is_some_and(|copy| copy.record.copy_from.as_deref() == Some(key))
+            };
+            let waits_for_copy = fresh && deletes.iter().any(|q| reads_key(q));
+            let superseded: Vec<(u64, Option<String>)> = deletes
+                .into_iter()
+                .filter(|q| !(fresh && reads_key(q)))
                 .map(|q| (q.record.id, q.record.base_etag.clone()))
-                .collect()
+                .collect();
+            (superseded, waits_for_copy)
         };
         let mut base = None;
         for (id, seen) in superseded {
             self.remove_obsolete(id);
             base = Some(seen);
+        }
+        // A delete that stays removes the key before the new record runs: no base.
+        if waits_for_copy {
+            base = base.map(|_| None);
         }
         base
     }

@@ -645,7 +645,8 @@ impl FsCore {
         // Names a change of this mount puts something at: a pending delete there (of
         // either kind: a file moved onto the name of a directory moved away) does not
         // hide them, whatever order the records came in.
-        let written: HashSet<String> = mine
+        let written: HashSet<String> = queue
+            .under(&prefix)
             .iter()
             .filter(|p| p.record.kind != ExportKind::Delete)
             .filter_map(|p| direct_child(&prefix, &p.record.key))
