@@ -439,27 +439,6 @@ fn a_file_renamed_onto_its_old_directorys_name_survives_a_crash() {
     ]);
 }
 
-/// A file created at the old name of a file renamed away, while the rename's copy waits
-/// to be retried (found by the 40,000-case run): the new file's upload went first, the
-/// copy then found its source changed and reported a conflict that was none.
-#[test]
-fn a_new_file_at_a_renamed_files_old_name_waits_for_the_copy() {
-    replay(&[
-        Op::Rename("d/a", "d/b"),
-        Op::Create("d/a", 0o644),
-        put_then(
-            "d/a.tmp",
-            "theirs",
-            Refresh::FaultySync(FaultSpec {
-                kind: Some(RequestKind::Copy),
-                fault: Fault::Timeout,
-                skip: 0,
-                count: 1,
-            }),
-        ),
-    ]);
-}
-
 /// A handle opened on a file in the bucket, which then changed here (a truncate by
 /// path) and lost a conflict (found by the 40,000-case run): a read past the old
 /// version's end answered "" from that version instead of failing.
@@ -474,20 +453,5 @@ fn a_handle_opened_before_a_lost_change_fails_with_eio() {
         Op::Truncate("a", 101),
         put_then("a", "wxyza", Refresh::Poll),
         Op::HRead(1, 16, 66),
-    ]);
-}
-
-/// A file renamed away, a new file at its name, a crash, the new file unlinked and a
-/// symlink made there (found by a 20,000-case run after the fix above): the unlink's
-/// delete gave the symlink the old object's ETag as its base, but the delete kept
-/// waiting for the copy removes that object first, so the upload met a false conflict.
-#[test]
-fn a_new_entry_behind_a_delete_that_waits_for_a_copy_has_no_base() {
-    replay(&[
-        Op::Rename("a", "d/a.tmp"),
-        Op::Create("a", 0o644),
-        Op::Crash,
-        Op::Unlink("a"),
-        Op::Symlink("a", "jklmnopqrs".into()),
     ]);
 }

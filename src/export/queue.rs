@@ -581,19 +581,13 @@ impl ExportQueue {
     /// name): they were recorded before, and the new record replaces what they would
     /// delete. Returns the version they would have deleted (the new record's base: what
     /// this mount last saw at the key), if there was one. Running ones stay (the new
-    /// record waits for them: one key, in order) and give no base. With `fresh` (a new
-    /// record, whose id is the newest), so do deletes still waiting for a rename's copy
-    /// that reads `key`: the new record must not overwrite the copy's source before the
-    /// copy ran, which would then find its source changed and report a conflict that is
-    /// none. (A record moved here by a rename may be older than such a delete, so it
-    /// could not wait behind it by key order; that case is still open, see
-    /// docs/ARCHITECTURE.md.) Call after the new record is journaled, so a crash never
-    /// loses both.
-    pub fn supersede_deletes(&self, key: &str, fresh: bool) -> Option<Option<String>> {
-        let (superseded, waits_for_copy) = {
+    /// record waits for them: one key, in order) and give no base. Call after the new
+    /// record is journaled, so a crash never loses both.
+    pub fn supersede_deletes(&self, key: &str) -> Option<Option<String>> {
+        let superseded: Vec<(u64, Option<String>)> = {
             let records = self.records.lock();
             let schedule = self.schedule.lock();
-            let deletes: Vec<&Queued> = records
+            records
                 .by_key
                 .get(key)
                 .into_iter()
@@ -601,29 +595,13 @@ impl ExportQueue {
                 .filter_map(|id| records.by_id.get(id))
                 .filter(|q| q.record.kind == ExportKind::Delete)
                 .filter(|q| !matches!(schedule.state(q.record.id), Some((SlotState::Exporting, _))))
-                .collect();
-            let reads_key = |q: &Queued| {
-                q.record
-                    .after
-                    .and_then(|copy| records.by_id.get(&copy))
-                    .is_some_and(|copy| copy.record.copy_from.as_deref() == Some(key))
-            };
-            let waits_for_copy = fresh && deletes.iter().any(|q| reads_key(q));
-            let superseded: Vec<(u64, Option<String>)> = deletes
-                .into_iter()
-                .filter(|q| !(fresh && reads_key(q)))
                 .map(|q| (q.record.id, q.record.base_etag.clone()))
-                .collect();
-            (superseded, waits_for_copy)
+                .collect()
         };
         let mut base = None;
         for (id, seen) in superseded {
             self.remove_obsolete(id);
             base = Some(seen);
-        }
-        // A delete that stays removes the key before the new record runs: no base.
-        if waits_for_copy {
-            base = base.map(|_| None);
         }
         base
     }

@@ -196,7 +196,7 @@ impl FsCore {
         if !is_dir {
             // Created where this mount removed a file whose delete is still pending: the
             // new file replaces that version instead.
-            if let Some(seen) = queue.supersede_deletes(&key, true) {
+            if let Some(seen) = queue.supersede_deletes(&key) {
                 rec.base_etag = seen;
                 queue.journal(&rec).map_err(io_error)?;
             }

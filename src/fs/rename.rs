@@ -344,7 +344,7 @@ impl FsCore {
     /// replaces what they would delete, and its record is based on that version.
     fn take_over_key(&self, node: &Node, id: u64, key: &str) -> FsResult<()> {
         let queue = self.queue()?;
-        let Some(seen) = queue.supersede_deletes(key, false) else {
+        let Some(seen) = queue.supersede_deletes(key) else {
             return Ok(());
         };
         let Some(queued) = queue.get(id) else {
