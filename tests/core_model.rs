@@ -75,18 +75,11 @@ fn random_cases_match_the_model() {
             .with_test_writer()
             .try_init();
     }
-    let cases: u64 = std::env::var("S3FILES_MODEL_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2000);
+    let cases = env_number("S3FILES_MODEL_CASES", 2000);
     let seeds: Vec<u64> = match std::env::var("S3FILES_MODEL_SEED") {
         Ok(seed) => vec![seed.parse().expect("S3FILES_MODEL_SEED is a number")],
         Err(_) => {
-            let first: u64 = std::env::var("S3FILES_MODEL_FIRST")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            let base = 0x5EED_0000_u64 + first;
+            let base = 0x5EED_0000_u64 + env_number("S3FILES_MODEL_FIRST", 0);
             (0..cases).map(|i| base + i).collect()
         }
     };
@@ -116,6 +109,14 @@ fn random_cases_match_the_model() {
         seeds.len(),
         started.elapsed()
     );
+}
+
+/// A number from the environment, or `default` when unset or not a number.
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// `S3FILES_MODEL_KEEP_GOING=1`: runs every case, then prints one shrunk example of each

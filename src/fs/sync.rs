@@ -636,22 +636,21 @@ impl FsCore {
             }
         }
         let prefix = dir.state().key.clone();
-        let mut mine: Vec<Queued> = queue
-            .under(&prefix)
-            .into_iter()
-            .filter(|p| p.ino.is_none() && direct_child(&prefix, &p.record.key).is_some())
-            .collect();
-        mine.sort_by_key(|p| p.record.id);
+        let queued = queue.under(&prefix);
         // Names a change of this mount puts something at: a pending delete there (of
         // either kind: a file moved onto the name of a directory moved away) does not
         // hide them, whatever order the records came in.
-        let written: HashSet<String> = queue
-            .under(&prefix)
+        let written: HashSet<String> = queued
             .iter()
             .filter(|p| p.record.kind != ExportKind::Delete)
             .filter_map(|p| direct_child(&prefix, &p.record.key))
             .map(|(name, _)| name.to_string())
             .collect();
+        let mut mine: Vec<Queued> = queued
+            .into_iter()
+            .filter(|p| p.ino.is_none() && direct_child(&prefix, &p.record.key).is_some())
+            .collect();
+        mine.sort_by_key(|p| p.record.id);
         for p in mine {
             let Some((name, is_dir)) = direct_child(&prefix, &p.record.key) else {
                 continue;
